@@ -1,0 +1,128 @@
+"""Encoder blocks of the three backbones, with A-SSA masking.
+
+Every block maps tokens ``[T, B, N, D]`` to tokens ``[T, B, N, D]`` and takes the halting
+keep-mask ``[T, B, N]`` (or ``None`` for a static model). Masked (halted) tokens arrive with
+a zero input; every LIF layer in the block gives them no input current and zero spikes
+(:func:`~stas_sweep.models.layers.fire`), so their q/k/v, attention and MLP spikes are zero:
+they neither attend nor are attended, and they fire nothing.
+
+* ``spikformer`` (Zhou et al. 2022): SSA with LIF on q/k/v, ``x = (q k^T v) * 0.125`` (no
+  softmax), ``attn_lif`` (V_th 0.5), proj -> BN -> LIF; spike outputs added to an integer
+  residual stream.
+* ``spikingformer`` (Zhou et al. 2023): pre-activation: every branch starts with a LIF and
+  ends with BN, so the residual stream is real valued and every synapse sees spikes.
+* ``spikedriven`` (Yao et al. 2023): spike-driven self-attention ``q * SN(sum_N k * v)``
+  (column sums gated by a V_th 0.5 LIF), residuals inside the modules.
+
+Dead modules of the reference code (unused LayerNorms, SDT's unused talking-heads conv and
+DropPath) are left out, which is how the published parameter counts are obtained.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import TokenLinear, fire, lif
+
+SSA_SCALE = 0.125  # the reference code's constant, not d ** -0.5
+
+
+class SpikeMatmul(nn.Module):
+    """Spiking self-attention products on binary q, k, v ``[T, B, h, N, d]``.
+
+    ``spikformer``/``spikingformer``: ``q @ (k^T @ v) * 0.125`` (linear order, equal to the
+    reference's ``(q @ k^T) @ v``). ``spikedriven``: ``q * sum_N(k * v)`` before the
+    talking-heads LIF. Kept as a module so the energy meter can see its inputs.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.kind == "ssa":
+            return q @ (k.transpose(-2, -1) @ v) * SSA_SCALE  # [T, B, h, N, d]
+        return (k * v).sum(dim=-2, keepdim=True)  # [T, B, h, 1, d]
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    T, B, N, D = x.shape
+    return x.reshape(T, B, N, h, D // h).transpose(2, 3)  # [T, B, h, N, d]
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    T, B, h, N, d = x.shape
+    return x.transpose(2, 3).reshape(T, B, N, h * d)  # [T, B, N, D]
+
+
+class Attention(nn.Module):
+    """SSA (spikformer / spikingformer) or SDSA (spikedriven); see the module docstring."""
+
+    def __init__(self, family: str, dim: int, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.family, self.num_heads = family, num_heads
+        # spikformer feeds the residual stream straight into q/k/v; the others fire first
+        self.entry_lif = None if family == "spikformer" else lif()
+        self.q, self.k, self.v = (TokenLinear(dim, dim, bias=qkv_bias) for _ in range(3))
+        self.q_lif, self.k_lif, self.v_lif = lif(), lif(), lif()
+        self.matmul = SpikeMatmul("sdsa" if family == "spikedriven" else "ssa")
+        self.attn_lif = lif(v_threshold=0.5)  # SDT: the talking-heads LIF on the column sums
+        self.proj = TokenLinear(dim, dim, bias=True)
+        self.proj_lif = lif() if family == "spikformer" else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        s = x if self.entry_lif is None else fire(self.entry_lif, x, mask)  # [T, B, N, D]
+        q = _heads(fire(self.q_lif, self.q(s), mask), self.num_heads)  # [T, B, h, N, d]
+        k = _heads(fire(self.k_lif, self.k(s), mask), self.num_heads)
+        v = _heads(fire(self.v_lif, self.v(s), mask), self.num_heads)
+        a = self.matmul(q, k, v)
+        if self.family == "spikedriven":
+            a = q * self.attn_lif(a)  # binary channel mask per head, [T, B, h, N, d]
+            a = _merge(a)
+        else:
+            a = fire(self.attn_lif, _merge(a), mask)  # [T, B, N, D]
+        y = self.proj(a)
+        if self.proj_lif is not None:
+            y = fire(self.proj_lif, y, mask)
+        return y
+
+
+class MLP(nn.Module):
+    """fc1 (D -> 4D) -> BN -> LIF -> fc2 (4D -> D) -> BN [-> LIF for spikformer]."""
+
+    def __init__(self, family: str, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.entry_lif = None if family == "spikformer" else lif()
+        self.fc1 = TokenLinear(dim, hidden, bias=True)
+        self.fc1_lif = lif()
+        self.fc2 = TokenLinear(hidden, dim, bias=True)
+        self.fc2_lif = lif() if family == "spikformer" else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        s = x if self.entry_lif is None else fire(self.entry_lif, x, mask)
+        y = self.fc2(fire(self.fc1_lif, self.fc1(s), mask))
+        if self.fc2_lif is not None:
+            y = fire(self.fc2_lif, y, mask)
+        return y
+
+
+class Block(nn.Module):
+    """One encoder block: ``x = x + Attn(x)``; ``x = x + MLP(x)``.
+
+    In ``spikformer`` both branches end in spikes (an integer residual stream); in
+    ``spikingformer`` and ``spikedriven`` they end in BN (a real, membrane-like stream).
+    Branch outputs of halted tokens are zeroed, so halted tokens stay exactly zero.
+    """
+
+    def __init__(self, family: str, dim: int, num_heads: int, mlp_ratio: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.attn = Attention(family, dim, num_heads, qkv_bias)
+        self.mlp = MLP(family, dim, dim * mlp_ratio)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        m = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # [T, B, N, 1]
+        a = self.attn(x, mask)
+        x = x + (a if m is None else a * m)
+        f = self.mlp(x, mask)
+        return x + (f if m is None else f * m)

@@ -1,0 +1,61 @@
+"""Small building blocks shared by the three backbones.
+
+Tensor layout follows spikingjelly: multi-step tensors are ``[T, B, ...]``; stateless layers
+(convolutions, linear layers, batch norm, pooling) run on the flattened ``[T*B, ...]`` batch
+through :class:`spikingjelly.activation_based.layer.SeqToANNContainer`, so batch-norm statistics
+are shared over time and batch exactly as in the reference code.
+"""
+
+from __future__ import annotations
+
+import torch
+from spikingjelly.activation_based import layer, neuron, surrogate
+from torch import nn
+
+SeqToANN = layer.SeqToANNContainer
+
+
+def lif(v_threshold: float = 1.0) -> neuron.LIFNode:
+    """The LIF neuron every reference model uses: tau=2, hard reset to 0, detached reset,
+    sigmoid surrogate (alpha=4), multi-step. ``attn_lif`` and SDT's talking-heads LIF use
+    ``v_threshold=0.5``. spikingjelly 2.0 picks the backend itself (no ``backend=`` argument)."""
+    return neuron.LIFNode(
+        tau=2.0,
+        v_threshold=v_threshold,
+        v_reset=0.0,
+        detach_reset=True,
+        surrogate_function=surrogate.Sigmoid(alpha=4.0),
+        step_mode="m",
+    )
+
+
+def fire(node: neuron.LIFNode, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Run a LIF layer on token tensor ``x`` ``[T, B, N, C]`` with the halting keep-mask
+    ``mask`` ``[T, B, N]`` (1 = token still running, 0 = halted).
+
+    Halted tokens get no input current (their membranes only leak) and their spikes are
+    forced to exactly zero, so they neither send nor receive attention and fire nothing.
+    """
+    if mask is None:
+        return node(x)
+    m = mask.unsqueeze(-1).to(x.dtype)  # [T, B, N, 1]
+    return node(x * m) * m
+
+
+class TokenLinear(nn.Module):
+    """A 1x1 projection on tokens followed by batch norm over channels.
+
+    Equivalent to the reference code's ``Linear`` / ``Conv1d(k=1)`` / ``Conv2d(k=1)`` + BN:
+    input ``[T, B, N, C_in]`` -> output ``[T, B, N, C_out]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features, bias=bias)
+        self.bn = nn.BatchNorm1d(out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, N, _ = x.shape
+        y = self.fc(x.flatten(0, 2))  # [T*B*N, C_out]
+        y = self.bn(y)  # BN over channels; statistics over time, batch and tokens
+        return y.reshape(T, B, N, -1)

@@ -1,0 +1,175 @@
+"""The spiking ViT: stem -> L blocks over T timesteps -> mean-field head, with optional A-SSA.
+
+Data flow (B batch, T timesteps, L blocks, K tokens, D width)::
+
+    image [B, C, H, W] (or frames [B, T, C, H, W])
+      -> stem (SPS or I-SPS)                       tokens X0 [T, B, K, D]
+      -> static:  each block on all T at once     X_l [T, B, K, D]
+         halting: cells in scan order (t, then l), each block on one timestep [1, B, K, D]
+                  with the keep-mask of its cell; Halting.step scores the output
+      -> representation [B, D] (mean over T and K, or the mean field of eq. 8)
+      -> head -> logits [B, classes]
+
+Neuron state is reset at the start of every forward: one call is one whole T-step simulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from spikingjelly.activation_based import functional
+from torch import nn
+
+from .blocks import Block
+from .halting import Halting, HaltingConfig, check_epsilon
+from .layers import lif
+from .stems import STEM_CLASSES, check_img_size, num_tokens
+
+FAMILIES = tuple(STEM_CLASSES)
+
+
+@dataclass
+class STASOutput:
+    """What one forward pass returns (SPEC section 2.4/2.6)."""
+
+    logits: torch.Tensor           # [B, classes]
+    ponder_loss: torch.Tensor      # scalar; 0 for a static model
+    token_ratio: torch.Tensor      # scalar: mean over images of cells run / (T*L*K); 1 if static
+    cells_processed: torch.Tensor  # [B, K]: cells each token ran, 0..T*L
+    active_tokens: torch.Tensor    # [B, T, L]: tokens run in each cell
+    halting_scores: torch.Tensor | None  # [B, T, L, K]: h of every cell (0 once halted); None if static
+    halting_probs: torch.Tensor | None   # [B, T, L, K]: p of every cell; None if static
+
+
+class SpikingViT(nn.Module):
+    """Spikformer / Spikingformer / Spike-driven Transformer with I-SPS and A-SSA.
+
+    Args:
+        family: ``spikformer``, ``spikingformer`` or ``spikedriven``.
+        depth, embed_dim, num_heads, mlp_ratio: L, D, heads, MLP expansion.
+        num_classes, img_size, in_channels, timesteps: task and input shape.
+        stem: ``sps`` or ``isps``.
+        halting: ``None`` (static) or a dict / :class:`HaltingConfig` with alpha, beta,
+            epsilon, accumulation (``tb`` or ``b``).
+        qkv_bias: bias on q/k/v (spikformer's CIFAR code has it, the others do not).
+    """
+
+    def __init__(self, family: str = "spikformer", depth: int = 4, embed_dim: int = 384,
+                 num_heads: int = 12, mlp_ratio: int = 4, num_classes: int = 10, img_size: int = 32,
+                 in_channels: int = 3, timesteps: int = 4, stem: str = "isps",
+                 halting: HaltingConfig | dict | None = None, qkv_bias: bool = False) -> None:
+        super().__init__()
+        if family not in FAMILIES:
+            raise ValueError(f"family {family!r} is not supported; accepted values: {', '.join(FAMILIES)}")
+        check_img_size(img_size, family)
+        if embed_dim % 8 or embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} must be a multiple of 8 and of num_heads={num_heads}")
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        self.family, self.depth, self.embed_dim = family, depth, embed_dim
+        self.num_classes, self.img_size, self.in_channels = num_classes, img_size, in_channels
+        self.timesteps, self.num_tokens = timesteps, num_tokens(img_size)
+        self.stem_mode = stem
+        self.halting = self._halting_config(halting)
+
+        self.stem = STEM_CLASSES[family](in_channels, embed_dim, img_size, timesteps, stem)
+        self.blocks = nn.ModuleList(
+            Block(family, embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth)
+        )
+        # SDT fires the pooled features before a per-step classifier; the others read reals
+        self.head_lif = lif() if family == "spikedriven" else None
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.apply(_init_weights)
+
+    @staticmethod
+    def _halting_config(halting: HaltingConfig | dict | None) -> HaltingConfig | None:
+        if halting is None or isinstance(halting, HaltingConfig):
+            return halting
+        if not isinstance(halting, dict):
+            raise ValueError(f"halting must be None or a dict of alpha, beta, epsilon, accumulation; got {halting!r}")
+        unknown = set(halting) - {"alpha", "beta", "epsilon", "accumulation"}
+        if unknown:
+            raise ValueError(
+                f"unknown halting keys {sorted(unknown)}; accepted keys: alpha, beta, epsilon, accumulation"
+            )
+        return HaltingConfig(**halting)
+
+    def set_halting(self, halting: HaltingConfig | dict | None) -> None:
+        """Switch halting on (stage 2) or off; no parameters change."""
+        self.halting = self._halting_config(halting)
+
+    def set_epsilon(self, epsilon: float) -> None:
+        """STAS^epsilon: change the halting threshold 1 - epsilon with no retraining."""
+        if self.halting is None:
+            raise ValueError("set_epsilon needs a model with halting; this one is static")
+        self.halting.epsilon = check_epsilon(epsilon)
+
+    def forward(self, x: torch.Tensor, epsilon: float | None = None) -> STASOutput:
+        functional.reset_net(self)
+        x0 = self.stem(x)  # [T', B, K, D], T' = T (SPS) or 1 (I-SPS)
+        x0 = x0.expand(self.timesteps, *x0.shape[1:])  # I-SPS: the same tokens at every step
+        if self.halting is None:
+            return self._forward_static(x0)
+        cfg = self.halting
+        if epsilon is not None:
+            cfg = HaltingConfig(cfg.alpha, cfg.beta, epsilon, cfg.accumulation)
+        return self._forward_halting(x0, cfg)
+
+    def _forward_static(self, x: torch.Tensor) -> STASOutput:
+        for block in self.blocks:
+            x = block(x)  # [T, B, K, D]
+        T, B, K, _ = x.shape
+        logits = self._head(x.mean(2))  # tokens averaged, [T, B, D]
+        ones = x.new_ones(B, K)
+        return STASOutput(
+            logits=logits,
+            ponder_loss=x.new_zeros(()),
+            token_ratio=x.new_ones(()),
+            cells_processed=ones * (T * self.depth),
+            active_tokens=x.new_full((B, T, self.depth), float(K)),
+            halting_scores=None,
+            halting_probs=None,
+        )
+
+    def _forward_halting(self, x0: torch.Tensor, cfg: HaltingConfig) -> STASOutput:
+        T, B, K, D = x0.shape
+        L = self.depth
+        state = Halting(cfg, T, L, B, K, D, x0.device, x0.dtype)
+        for t in range(T):
+            state.start_timestep(t)
+            x = x0[t : t + 1]  # [1, B, K, D]
+            for l, block in enumerate(self.blocks):
+                m = state.mask.unsqueeze(0)  # [1, B, K]
+                x = block(x * m.unsqueeze(-1), m)  # halted tokens enter as zeros
+                state.step(t, l, x[0])
+        rep = state.representation()  # [B, D]
+        logits = self._head(rep.unsqueeze(0).expand(T, B, D) if self.head_lif is not None else rep.unsqueeze(0))
+        return STASOutput(
+            logits=logits,
+            ponder_loss=state.ponder(),
+            token_ratio=(state.cells.sum(-1) / (T * L * K)).mean(),
+            cells_processed=state.cells,
+            active_tokens=state.active,
+            halting_scores=state.h,
+            halting_probs=state.p,
+        )
+
+    def _head(self, rep: torch.Tensor) -> torch.Tensor:
+        """``rep`` ``[T'', B, D]`` -> logits ``[B, classes]``.
+
+        spikformer / spikingformer: Linear on the mean over T (their ``head(x.mean(0))``).
+        spikedriven: LIF over the T steps, Linear at every step, mean over T. With halting the
+        mean-field representation drives the head LIF at every step.
+        """
+        if self.head_lif is None:
+            return self.head(rep.mean(0))
+        return self.head(self.head_lif(rep.contiguous())).mean(0)
+
+
+def _init_weights(m: nn.Module) -> None:
+    """Reference-code initialisation: trunc-normal(0.02) linear weights, zero biases."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
