@@ -10,8 +10,8 @@ while the model runs, and each call is classified by what it actually received:
 * an I-SPS rate map (the mean of T spike maps, fed to the stem's later convolutions once) ->
   AC, SOPs = T x rate x dense FLOPs (a convolution is linear, so this equals the T spike maps);
 * anything else (pixels, Spikformer's integer residual stream into q/k/v/fc1, the head's
-  mean) -> MAC at dense FLOPs, counting only token rows that are not all zero, so halted
-  tokens cost nothing there either.
+  mean) -> MAC at dense FLOPs of the tokens still running (halted tokens are skipped, so they
+  cost nothing there either; a running but silent token is still computed).
 
 The attention products follow the Spikingformer counter: per head ``N d^2`` for ``k^T v``
 gated by ``min(fr_k, fr_v)`` plus ``N d^2`` for ``q (k^T v)`` gated by ``fr_q`` (SDSA: ``N d``
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .models.blocks import SpikeMatmul
+from .models.blocks import Block, SpikeMatmul
 from .models.vit import SpikingViT
 
 E_MAC_PJ = 4.6
@@ -79,11 +79,6 @@ def _is_binary(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 
 
-def _nonzero_row_fraction(x: torch.Tensor) -> float:
-    rows = x.reshape(-1, x.shape[-1])
-    return float((rows != 0).any(-1).float().mean()) if rows.numel() else 0.0
-
-
 class EnergyMeter:
     """Context manager that hooks a :class:`SpikingViT` and accumulates operation counts.
 
@@ -106,6 +101,7 @@ class EnergyMeter:
         self.images = 0
         self.halting_macs = 0.0
         self._cells = 0.0
+        self._running = 1.0  # fraction of tokens running in the block being called
 
     # -- hooks ---------------------------------------------------------------------------
     def _add(self, module: nn.Module, op: str, dense: float, sops: float) -> None:
@@ -127,8 +123,7 @@ class EnergyMeter:
         elif _is_binary(x):
             self._add(module, "AC", dense, dense * float(x.mean()))
         else:
-            rows = 1.0 if isinstance(module, nn.Conv2d) else _nonzero_row_fraction(x)
-            self._add(module, "MAC", dense, dense * rows)
+            self._add(module, "MAC", dense, dense * self._running)
 
     def _matmul_hook(self, module: SpikeMatmul, inputs: tuple, out: torch.Tensor) -> None:
         q, k, v = (t.detach() for t in inputs)  # [T', B, h, N, d]
@@ -137,8 +132,18 @@ class EnergyMeter:
         fr_q, fr_k, fr_v = float(q.mean()), float(k.mean()), float(v.mean())
         self._add(module, "AC", 2 * per, per * (min(fr_k, fr_v) + fr_q))
 
+    def _block_pre_hook(self, _block: Block, args: tuple) -> None:
+        mask = args[1] if len(args) > 1 else None  # [T', B, K] keep-mask or None
+        self._running = 1.0 if mask is None else float(mask.float().mean())
+
+    def _block_hook(self, *_args) -> None:
+        self._running = 1.0
+
     def __enter__(self) -> "EnergyMeter":
         for m in self.model.modules():
+            if isinstance(m, Block):
+                self._handles.append(m.register_forward_pre_hook(self._block_pre_hook))
+                self._handles.append(m.register_forward_hook(self._block_hook))
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 self._handles.append(m.register_forward_hook(self._synapse_hook))
             elif isinstance(m, SpikeMatmul):

@@ -1,0 +1,60 @@
+"""The command line: models and energy."""
+
+import json
+
+import pytest
+
+from stas_sweep.cli import main
+
+
+def test_models_json_shows_paper_counts(capsys):
+    assert main(["models", "--json", "--pattern", "*-4-384"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert abs(rows["spikformer-4-384"]["params"] / 1e6 - 9.32) < 0.0932
+    assert abs(rows["spikingformer-4-384"]["params"] / 1e6 - 9.32) < 0.0932
+    assert rows["spikformer-4-384"]["tokens"] == 64
+    assert main(["models", "--json", "--num-classes", "1000", "--img-size", "224", "--pattern", "spikingformer-8-*"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert abs(rows["spikingformer-8-384"]["params"] / 1e6 - 16.81) < 0.1681
+    assert abs(rows["spikingformer-8-512"]["params"] / 1e6 - 29.68) < 0.2968
+    assert rows["spikingformer-8-512"]["tokens"] == 196
+
+
+def test_energy_json_on_random_input(capsys):
+    args = ["energy", "spikingformer-2-32", "--img-size", "16", "--input", "random", "--batch", "4", "--json"]
+    assert main(args) == 0
+    static = json.loads(capsys.readouterr().out)
+    assert static["token_ratio"] == 1.0 and static["energy_mj"] > 0 and static["epsilon"] is None
+    assert static["temporal_similarity"][0] > 0.999  # I-SPS by default
+    assert {r["layer"] for r in static["layers"]} >= {"stem.convs.0.0", "head"}
+    assert main(args + ["--epsilon", "0.3", "--beta", "-5"]) == 0
+    halting = json.loads(capsys.readouterr().out)
+    assert halting["epsilon"] == 0.3 and halting["token_ratio"] < 1.0
+    assert halting["energy_mj"] < static["energy_mj"]
+
+
+def test_energy_table_output(capsys):
+    assert main(["energy", "spikformer-1-16", "--img-size", "16", "--input", "random", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mJ/image" in out and "stem.convs.0.0" in out and "temporal similarity" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["energy", "vit-9-9"], "unknown model 'vit-9-9'; valid names: spikedriven-1-16"),
+        (["energy", "spikformer-1-16", "--epsilon", "1.2"], "epsilon must lie in [0, 1)"),
+        (["energy", "spikformer-1-16", "--img-size", "30"], "img_size=30"),
+    ],
+)
+def test_bad_input_exits_2_with_message(args, message, capsys):
+    assert main(args + ["--input", "random"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "models" in out and "energy" in out

@@ -1,0 +1,418 @@
+"""Pareto dominance, hypervolume and front plots (stas_sweep.sweep)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from stas_sweep.sweep.pareto import (
+    Objective,
+    as_objectives,
+    hypervolume,
+    hypervolume_history,
+    non_dominated,
+    pareto_front,
+    pareto_ranks,
+)
+
+ACC_ENERGY = [Objective("accuracy", "max"), Objective("energy_mj", "min")]
+THREE = [Objective("accuracy", "max"), Objective("energy_mj", "min"), Objective("token_ratio", "min")]
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def brute_non_dominated(points, objectives):
+    """Straight O(n^2) definition, written independently of the implementation."""
+
+    def val(p, o):
+        v = p.get(o.name)
+        return None if v is None or not math.isfinite(v) else v
+
+    def better_eq(a, b, o):  # a no worse than b
+        return a >= b if o.mode == "max" else a <= b
+
+    def strictly(a, b, o):
+        return a > b if o.mode == "max" else a < b
+
+    valid = [all(val(p, o) is not None for o in objectives) for p in points]
+    out = []
+    for i, p in enumerate(points):
+        if not valid[i]:
+            out.append(False)
+            continue
+        dominated = False
+        for j, q in enumerate(points):
+            if j == i or not valid[j]:
+                continue
+            if all(better_eq(q[o.name], p[o.name], o) for o in objectives) and any(
+                strictly(q[o.name], p[o.name], o) for o in objectives
+            ):
+                dominated = True
+                break
+        out.append(not dominated)
+    return out
+
+
+def random_points(rng, n, objectives, levels=6, dup_frac=0.2, nan_frac=0.05):
+    """Points on a coarse grid (many ties), some exact duplicates, a few NaN/missing values."""
+    pts = []
+    for i in range(n):
+        if pts and rng.random() < dup_frac:
+            p = dict(pts[rng.integers(len(pts))])
+        else:
+            p = {o.name: float(rng.integers(levels)) / levels for o in objectives}
+        p["trial_id"] = f"t{i:03d}"
+        pts.append(p)
+    for i in range(n):
+        if rng.random() < nan_frac:
+            o = objectives[rng.integers(len(objectives))]
+            if rng.random() < 0.5:
+                pts[i][o.name] = float("nan")
+            else:
+                pts[i].pop(o.name)
+    return pts
+
+
+def to_min(points, objectives, reference):
+    F = np.array([[(-1 if o.mode == "max" else 1) * p[o.name] for o in objectives] for p in points], float)
+    r = np.array([(-1 if o.mode == "max" else 1) * reference[o.name] for o in objectives], float)
+    return F, r
+
+
+def dominated_mask(samples, F, r):
+    """Which samples (minimisation space) lie in the union of boxes [F_i, r]."""
+    F = F[(F < r).all(axis=1)]
+    if len(F) == 0:
+        return np.zeros(len(samples), bool)
+    return (F[None, :, :] <= samples[:, None, :]).all(axis=2).any(axis=1)
+
+
+# ------------------------------------------------------------------------------- Objective
+
+
+def test_objective_validation_names_bad_value_and_accepted_ones():
+    assert Objective("accuracy", "max").sign == -1.0
+    assert Objective("energy_mj", "min").sign == 1.0
+    assert Objective("energy_mj", "min").label == "energy_mj (min)"
+    with pytest.raises(ValueError) as e:
+        Objective("accuracy", "maximize")
+    assert "'maximize'" in str(e.value) and "'max'" in str(e.value) and "'min'" in str(e.value)
+    with pytest.raises(ValueError, match="non-empty"):
+        Objective("", "min")
+    with pytest.raises(ValueError, match="unique"):
+        as_objectives([Objective("a", "min"), ("a", "max")])
+    with pytest.raises(ValueError, match="at least one"):
+        as_objectives([])
+    assert as_objectives([("a", "min")]) == [Objective("a", "min")]
+
+
+# ------------------------------------------------------------------------------- dominance
+
+
+@pytest.mark.parametrize("objectives", [ACC_ENERGY, THREE, [Objective("a", "min"), Objective("b", "min")],
+                                        [Objective("a", "max"), Objective("b", "max"), Objective("c", "max")]],
+                         ids=["2d-max-min", "3d-max-min-min", "2d-min-min", "3d-max-max-max"])
+def test_non_dominated_matches_brute_force(objectives):
+    rng = np.random.default_rng(1234)
+    for trial in range(25):
+        n = int(rng.integers(0, 60))
+        pts = random_points(rng, n, objectives, levels=int(rng.integers(2, 8)))
+        assert non_dominated(pts, objectives) == brute_non_dominated(pts, objectives), trial
+
+
+def test_non_dominated_chunking_matches_brute_force(monkeypatch):
+    import stas_sweep.sweep.pareto as pareto
+
+    monkeypatch.setattr(pareto, "_CHUNK_ELEMENTS", 7)  # forces many tiny chunks
+    rng = np.random.default_rng(7)
+    pts = random_points(rng, 80, THREE)
+    assert non_dominated(pts, THREE) == brute_non_dominated(pts, THREE)
+
+
+def test_non_dominated_small_cases():
+    pts = [
+        {"accuracy": 0.9, "energy_mj": 1.0},  # front
+        {"accuracy": 0.9, "energy_mj": 1.0},  # duplicate: also front
+        {"accuracy": 0.8, "energy_mj": 0.5},  # front
+        {"accuracy": 0.8, "energy_mj": 0.7},  # dominated by [2] (tie on accuracy)
+        {"accuracy": 0.95, "energy_mj": float("nan")},  # invalid
+        {"accuracy": 0.99},  # missing energy: invalid
+        {"accuracy": 0.7, "energy_mj": None},  # invalid
+        {"accuracy": 1.0, "energy_mj": float("inf")},  # non-finite: invalid
+    ]
+    assert non_dominated(pts, ACC_ENERGY) == [True, True, True, False, False, False, False, False]
+    assert non_dominated([], ACC_ENERGY) == []
+    assert non_dominated([{"accuracy": 0.1, "energy_mj": 9.0}], ACC_ENERGY) == [True]
+
+
+def test_pareto_front_sorted_by_first_objective_and_copies():
+    pts = [
+        {"trial_id": "a", "accuracy": 0.9, "energy_mj": 1.0},
+        {"trial_id": "b", "accuracy": 0.7, "energy_mj": 0.2},
+        {"trial_id": "c", "accuracy": 0.6, "energy_mj": 0.9},
+        {"trial_id": "d", "accuracy": 0.8, "energy_mj": 0.5},
+    ]
+    front = pareto_front(pts, ACC_ENERGY)
+    assert [p["trial_id"] for p in front] == ["b", "d", "a"]
+    assert all(isinstance(p, dict) for p in front)
+    front[0]["trial_id"] = "changed"
+    assert pts[1]["trial_id"] == "b"
+    # first objective energy: sorted by energy ascending
+    front = pareto_front(pts, [Objective("energy_mj", "min"), Objective("accuracy", "max")])
+    assert [p["trial_id"] for p in front] == ["b", "d", "a"]
+
+
+def test_pareto_ranks_layers():
+    rng = np.random.default_rng(3)
+    pts = random_points(rng, 50, ACC_ENERGY)
+    ranks = pareto_ranks(pts, ACC_ENERGY)
+    front = non_dominated(pts, ACC_ENERGY)
+    for i, (r, f) in enumerate(zip(ranks, front)):
+        assert (r == 1) == f
+        if r is None:
+            assert not f
+    # layer k+1 is the front of what remains after removing layers 1..k
+    k = 1
+    remaining = [i for i, r in enumerate(ranks) if r is not None]
+    while remaining:
+        sub = [pts[i] for i in remaining]
+        nd = brute_non_dominated(sub, ACC_ENERGY)
+        assert [ranks[i] == k for i in remaining] == nd
+        remaining = [i for i, m in zip(remaining, nd) if not m]
+        k += 1
+
+
+# ------------------------------------------------------------------------------- hypervolume
+
+
+def test_hypervolume_2d_hand_computed():
+    # minimise both, reference (4, 4): boxes [1,4]x[3,4], [2,4]x[2,4], [3,4]x[1,4]
+    objs = [Objective("f1", "min"), Objective("f2", "min")]
+    pts = [{"f1": 1, "f2": 3}, {"f1": 2, "f2": 2}, {"f1": 3, "f2": 1}]
+    assert hypervolume(pts, objs, {"f1": 4, "f2": 4}) == pytest.approx(3 + 2 + 1)
+    # max accuracy / min energy: acc 0.8 @ 1 mJ, acc 0.6 @ 0.5 mJ, reference acc 0, energy 2
+    pts = [{"accuracy": 0.8, "energy_mj": 1.0}, {"accuracy": 0.6, "energy_mj": 0.5}]
+    # union = [0.5,2]x[0,0.6] + [1,2]x[0.6,0.8] = 0.9 + 0.2
+    assert hypervolume(pts, ACC_ENERGY, {"accuracy": 0.0, "energy_mj": 2.0}) == pytest.approx(1.1)
+    # a point on the reference boundary or beyond adds nothing
+    pts_more = pts + [{"accuracy": 0.99, "energy_mj": 2.0}, {"accuracy": 0.0, "energy_mj": 0.1},
+                      {"accuracy": -1.0, "energy_mj": 5.0}]
+    assert hypervolume(pts_more, ACC_ENERGY, {"accuracy": 0.0, "energy_mj": 2.0}) == pytest.approx(1.1)
+    assert hypervolume([], ACC_ENERGY, {"accuracy": 0.0, "energy_mj": 2.0}) == 0.0
+
+
+def test_hypervolume_1d_and_single_point():
+    assert hypervolume([{"a": 3.0}, {"a": 1.0}], [Objective("a", "min")], {"a": 5.0}) == pytest.approx(4.0)
+    p = [{"accuracy": 0.5, "energy_mj": 1.0, "token_ratio": 0.25}]
+    ref = {"accuracy": 0.0, "energy_mj": 2.0, "token_ratio": 1.0}
+    assert hypervolume(p, THREE, ref) == pytest.approx(0.5 * 1.0 * 0.75)
+
+
+def test_hypervolume_3d_hand_computed():
+    objs = [Objective(n, "min") for n in "xyz"]
+    ref = {"x": 2, "y": 2, "z": 2}
+    # two unit-overlap boxes: [0,2]x[1,2]x[1,2] (vol 2) and [1,2]x[0,2]x[1,2] (vol 2), overlap 1
+    pts = [{"x": 0, "y": 1, "z": 1}, {"x": 1, "y": 0, "z": 1}]
+    assert hypervolume(pts, objs, ref) == pytest.approx(3.0)
+    # the three "axis" points of the unit cube corner plus the corner itself
+    pts = [{"x": 0, "y": 1, "z": 1}, {"x": 1, "y": 0, "z": 1}, {"x": 1, "y": 1, "z": 0}]
+    # inclusion-exclusion: 3*2 - 3*1 + 1 = 4
+    assert hypervolume(pts, objs, ref) == pytest.approx(4.0)
+    assert hypervolume(pts + [{"x": 1, "y": 1, "z": 1}], objs, ref) == pytest.approx(4.0)
+    assert hypervolume(pts + [{"x": 0, "y": 0, "z": 0}], objs, ref) == pytest.approx(8.0)
+    # 4-D: inclusion-exclusion for two boxes
+    objs4 = [Objective(n, "min") for n in "abcd"]
+    pts4 = [{"a": 0, "b": 1, "c": 0, "d": 1}, {"a": 1, "b": 0, "c": 1, "d": 0}]
+    assert hypervolume(pts4, objs4, dict.fromkeys("abcd", 2)) == pytest.approx(4 + 4 - 1)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_hypervolume_exact_on_integer_grid(dim):
+    """Integer coordinates: counting the dominated unit cells gives the exact value."""
+    rng = np.random.default_rng(100 + dim)
+    modes = ["max", "min", "min"][:dim]
+    objs = [Objective(f"o{k}", m) for k, m in enumerate(modes)]
+    L = 12
+    sign = np.where(np.array(modes) == "max", -1.0, 1.0)
+    ref = {o.name: (0 if o.mode == "max" else L) for o in objs}  # min-space box: [-L,0] or [0,L]
+    centres = np.stack(np.meshgrid(*[np.arange(L) + 0.5] * dim, indexing="ij"), -1).reshape(-1, dim)
+    cells = centres * sign  # unit-cell centres in min-space
+    for _ in range(10):
+        n = int(rng.integers(1, 30))
+        # min: values 0..L+1, max: values -1..L; some lie on or beyond the reference (they
+        # must add nothing), and the coarse grid makes many ties and duplicates
+        pts = [{o.name: float(rng.integers(0, L + 2) if o.mode == "min" else rng.integers(-1, L + 1))
+                for o in objs} for _ in range(n)]
+        F, r = to_min(pts, objs, ref)
+        expected = float(dominated_mask(cells, F, r).sum())
+        assert hypervolume(pts, objs, ref) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_hypervolume_monte_carlo(dim):
+    rng = np.random.default_rng(42 + dim)
+    objs = THREE[:dim]
+    ref = {"accuracy": 0.0, "energy_mj": 1.0, "token_ratio": 1.0}
+    n_samples = 200_000
+    for _ in range(3):
+        n = int(rng.integers(5, 40))
+        pts = [{"accuracy": rng.random(), "energy_mj": rng.random(), "token_ratio": rng.random()}
+               for _ in range(n)]
+        F, r = to_min(pts, objs, ref)
+        lo = np.array([-1.0, 0.0, 0.0][:dim])  # bounding box of min-space: [lo, r]
+        u = lo + rng.random((n_samples, dim)) * (r - lo)
+        frac = 0.0
+        for chunk in np.array_split(u, 20):
+            frac += dominated_mask(chunk, F, r).sum()
+        frac /= n_samples
+        box = float(np.prod(r - lo))
+        estimate = frac * box
+        sigma = box * math.sqrt(max(frac * (1 - frac), 1e-12) / n_samples)
+        assert hypervolume(pts, objs, ref) == pytest.approx(estimate, abs=5 * sigma + 1e-12)
+
+
+def test_hypervolume_matches_optuna_internal_if_available():
+    try:
+        from optuna._hypervolume import compute_hypervolume
+    except Exception:  # private API: only an extra cross-check
+        pytest.skip("optuna._hypervolume.compute_hypervolume not available")
+    rng = np.random.default_rng(5)
+    ref = {"accuracy": 0.0, "energy_mj": 1.0, "token_ratio": 1.0}
+    for dim in (2, 3):
+        objs = THREE[:dim]
+        for _ in range(5):
+            pts = [{"accuracy": rng.random(), "energy_mj": rng.random(), "token_ratio": rng.random()}
+                   for _ in range(int(rng.integers(1, 80)))]
+            F, r = to_min(pts, objs, ref)
+            assert hypervolume(pts, objs, ref) == pytest.approx(compute_hypervolume(F, r), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_hypervolume_invariant_to_dominated_points(dim):
+    rng = np.random.default_rng(9 + dim)
+    objs = THREE[:dim]
+    ref = {"accuracy": 0.0, "energy_mj": 1.0, "token_ratio": 1.0}
+    pts = [{"accuracy": rng.random(), "energy_mj": rng.random(), "token_ratio": rng.random()} for _ in range(30)]
+    base = hypervolume(pts, objs, ref)
+    front = pareto_front(pts, objs)
+    assert hypervolume(front, objs, ref) == pytest.approx(base, rel=1e-12)
+    extra = []
+    for p in front:  # worsen a front point in every objective -> dominated
+        q = dict(p)
+        q["accuracy"] -= 0.01 * rng.random()
+        q["energy_mj"] += 0.01 * rng.random()
+        q["token_ratio"] += 0.01 * rng.random()
+        extra.append(q)
+    extra += [dict(p) for p in front[:3]]  # exact duplicates
+    extra += [{"accuracy": float("nan"), "energy_mj": 0.0, "token_ratio": 0.0}, {"accuracy": 1.0}]
+    assert hypervolume(pts + extra, objs, ref) == pytest.approx(base, rel=1e-12)
+    # adding a strictly better point increases it
+    best = {"accuracy": 1.0, "energy_mj": 0.0, "token_ratio": 0.0}
+    assert hypervolume(pts + [best], objs, ref) == pytest.approx(1.0) and base < 1.0
+
+
+def test_hypervolume_reference_validation():
+    pts = [{"accuracy": 0.5, "energy_mj": 1.0}]
+    with pytest.raises(ValueError, match="energy_mj"):
+        hypervolume(pts, ACC_ENERGY, {"accuracy": 0.0})
+    with pytest.raises(ValueError, match="finite"):
+        hypervolume(pts, ACC_ENERGY, {"accuracy": 0.0, "energy_mj": float("nan")})
+
+
+def test_hypervolume_3d_few_hundred_points_is_fast():
+    import time
+
+    rng = np.random.default_rng(0)
+    # points on the simplex: all non-dominated, the worst case for slicing
+    w = rng.dirichlet([1, 1, 1], size=300)
+    pts = [{"accuracy": 1 - a, "energy_mj": b, "token_ratio": c} for a, b, c in w]
+    t0 = time.perf_counter()
+    hv = hypervolume(pts, THREE, {"accuracy": 0.0, "energy_mj": 1.0, "token_ratio": 1.0})
+    assert time.perf_counter() - t0 < 5.0
+    assert 0.0 < hv < 1.0
+
+
+# ------------------------------------------------------------------------------- history
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_hypervolume_history(dim):
+    rng = np.random.default_rng(77 + dim)
+    objs = THREE[:dim]
+    ref = {"accuracy": 0.0, "energy_mj": 1.0, "token_ratio": 1.0}
+    pts = random_points(rng, 60, objs, levels=10)
+    hist = hypervolume_history(pts, objs, ref)
+    assert len(hist) == len(pts)
+    assert all(b >= a for a, b in zip(hist, hist[1:]))
+    for t in range(len(pts)):
+        assert hist[t] == pytest.approx(hypervolume(pts[: t + 1], objs, ref), rel=1e-9, abs=1e-12)
+    assert hypervolume_history([], objs, ref) == []
+
+
+# ------------------------------------------------------------------------------- plots
+
+
+def _sweep_points(n=25, seed=11):
+    rng = np.random.default_rng(seed)
+    pts = []
+    for i in range(n):
+        eps = float(rng.choice([0.0, 0.01, 0.05]))
+        acc = float(rng.uniform(0.5, 0.9))
+        pts.append({"trial_id": f"trial_{i:04d}", "epsilon": eps, "alpha": float(rng.random()),
+                    "beta": float(rng.random()), "delta_p": 0.001, "accuracy": acc,
+                    "energy_mj": float(acc * rng.uniform(0.5, 1.5)), "token_ratio": float(rng.random())})
+    pts.append({"trial_id": "trial_nan", "epsilon": 0.0, "accuracy": float("nan"), "energy_mj": 1.0})
+    return pts
+
+
+@pytest.mark.parametrize("objectives", [ACC_ENERGY, THREE, [Objective("energy_mj", "max"), Objective("accuracy", "max")]],
+                         ids=["2d", "3d", "max-max"])
+def test_plot_front_png(tmp_path, objectives):
+    from stas_sweep.sweep.plots import plot_front_png
+
+    out = plot_front_png(_sweep_points(), objectives, tmp_path / "sub" / "front.png", title="t")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_plot_front_png_handles_empty_and_non_objective_axes(tmp_path):
+    from stas_sweep.sweep.plots import plot_front_png
+
+    out = plot_front_png([], ACC_ENERGY, tmp_path / "empty.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = plot_front_png(_sweep_points(), ACC_ENERGY, tmp_path / "eps.png", x="epsilon", y="accuracy")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_front_html_is_self_contained_with_trial_ids(tmp_path):
+    from stas_sweep.sweep.plots import plot_front_html
+
+    pts = _sweep_points()
+    out = plot_front_html(pts, ACC_ENERGY, tmp_path / "front.html")
+    text = out.read_text(encoding="utf-8")
+    assert text.lstrip().lower().startswith("<html") or "<!doctype" in text[:200].lower() or "<html" in text[:500]
+    assert "<script src=" not in text  # plotly.js is inlined, nothing loaded from a CDN
+    assert len(text) > 1_000_000
+    for p in pts[:-1]:  # the NaN point is not drawn
+        assert p["trial_id"] in text
+    assert "energy_mj (min)" in text and "accuracy (max)" in text
+    assert "epsilon: " in text and "alpha: " in text
+    assert "Pareto front (" in text
+
+
+def test_step_vertices():
+    from stas_sweep.sweep.plots import _step_xy
+
+    assert _step_xy([0, 1, 2], [0, 1, 2], "post") == ([0, 1, 1, 2, 2], [0, 0, 1, 1, 2])
+    assert _step_xy([0, 1, 2], [2, 1, 0], "pre") == ([0, 0, 1, 1, 2], [2, 1, 1, 0, 0])
+
+
+def test_plot_hypervolume_png(tmp_path):
+    from stas_sweep.sweep.plots import plot_hypervolume_png
+
+    hist = hypervolume_history(_sweep_points(), ACC_ENERGY, {"accuracy": 0.0, "energy_mj": 2.0})
+    out = plot_hypervolume_png(hist, tmp_path / "hv.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert plot_hypervolume_png([], tmp_path / "hv0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
