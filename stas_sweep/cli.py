@@ -2,6 +2,10 @@
 
     stas-sweep models [--json]              named configurations and parameter counts
     stas-sweep energy MODEL [--epsilon E]   energy, firing rates and token ratio on a batch
+    stas-sweep train CONFIG [--set k=v]     one training run (stage 1 or stage 2)
+    stas-sweep eval CHECKPOINT              accuracy / tokens / energy at several epsilons
+
+Bad input (a file, key or value that cannot be used) prints one line naming it and exits 2.
 """
 
 from __future__ import annotations
@@ -98,6 +102,112 @@ def cmd_energy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .train import Trainer, epsilon_table, format_table, load_config
+    from .train.plots import plot_training_curves
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.output_dir) if args.output_dir else Path("runs") / Path(args.config).stem
+    last = out / "checkpoints" / "last.pt"
+    if last.exists() and not args.resume:
+        raise UsageError(f"{out} already holds a run ({last}); continue it with --resume, "
+                         f"or choose another --output-dir")
+    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
+    tracker = _train_tracker(args, cfg, out, trainer)
+    print(f"stage {cfg.stage}: {cfg.model.name} on {cfg.data.name}, {cfg.epochs} epochs, device {trainer.device}; "
+          f"output {out.resolve()}" + (f"; MLflow {tracker.uri} run {tracker.run_id}" if tracker.enabled else ""))
+
+    def log_epoch(epoch: int, metrics: dict, _trainer) -> None:
+        tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+
+    try:
+        history = trainer.fit(callbacks=[log_epoch])
+        curves = plot_training_curves(history, out / "curves.png", title=f"{cfg.model.name} stage {cfg.stage}")
+        tracker.log_artifact(curves)
+        if cfg.stage == 2:
+            rows = epsilon_table(trainer.model, trainer.val_loader, cfg.eval_epsilons, trainer.device,
+                                 energy_batches=cfg.energy_batches)
+            (out / "epsilon_table.json").write_text(json.dumps(rows, indent=2))
+            tracker.log_table(rows, "epsilon_table.json")
+            print(format_table(rows))
+        tracker.log_artifact(trainer.last_path, "checkpoints")
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    final = history[-1] if history else {}
+    print(f"done: accuracy {final.get('accuracy', float('nan')):.2f}%, token ratio "
+          f"{final.get('token_ratio', float('nan')):.3f}, energy {final.get('energy_mj', float('nan')):.4f} mJ; "
+          f"checkpoint {trainer.last_path}")
+    return 0
+
+
+def _train_tracker(args, cfg, out, trainer):
+    from .tracking import Tracker
+
+    enabled = cfg.tracking.enabled and not args.no_mlflow
+    run_id = trainer.extra.get("mlflow_run_id") if args.resume else None
+    tracker = Tracker(args.tracking_uri or cfg.tracking.uri, cfg.tracking.experiment, out.name,
+                      tags={"stage": cfg.stage, "output_dir": str(out.resolve())}, run_id=run_id, enabled=enabled)
+    if enabled and run_id is None:
+        tracker.log_params({**cfg.to_dict(), "model_args": trainer.model_args})
+        trainer.extra["mlflow_run_id"] = tracker.run_id
+    return tracker
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import build_datasets, build_loaders
+    from .models.diagnostics import temporal_similarity
+    from .train import epsilon_table, format_table, halting_maps, model_from_checkpoint
+    from .train.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    model, state = model_from_checkpoint(args.checkpoint, device)
+    cfg = state.get("config", {})
+    data = cfg.get("data", {})
+    _, val, info = build_datasets(
+        data.get("name", "digits"), args.data_root or data.get("root"), img_size=model.img_size,
+        timesteps=model.timesteps, augment=False, recipe=data.get("recipe"),
+    )
+    _, loader = build_loaders(val, val, args.batch_size, data.get("workers", 0), drop_last=False)
+    epsilons = _parse_epsilons(args.epsilons) if args.epsilons else cfg.get("eval_epsilons", [0.0])
+    rows = epsilon_table(model, loader, epsilons, device, max_batches=args.max_batches)
+    result: dict = {"rows": rows}
+    if args.similarity:
+        x = next(iter(loader))[0].to(device)
+        result["temporal_similarity"] = temporal_similarity(model, x)
+    if args.halting_maps:
+        eps = epsilons[0] if model.halting is not None else None
+        paths = halting_maps(model, loader, args.halting_maps, epsilon=eps, device=device,
+                             mean=info.mean, std=info.std)
+        result["halting_maps"] = [str(p) for p in paths]
+    if args.json:
+        print(json.dumps(rows if not (args.similarity or args.halting_maps) else result, indent=2))
+        return 0
+    print(f"{args.checkpoint}: {state['model_args']['name']}, epoch {state.get('epoch')}, "
+          f"{rows[0]['images']} validation images of {info.name}")
+    print(format_table(rows))
+    if args.similarity:
+        print("temporal similarity of block inputs: " + ", ".join(f"{s:.3f}" for s in result["temporal_similarity"]))
+    if args.halting_maps:
+        print(f"halting maps: {result['halting_maps'][0]} (+{len(result['halting_maps']) - 1} per-sample files)")
+    return 0
+
+
+def _parse_epsilons(text: str) -> list[float]:
+    from .models.halting import check_epsilon
+
+    try:
+        return [check_epsilon(float(e)) for e in text.split(",") if e.strip()]
+    except ValueError as e:
+        raise UsageError(f"--epsilons {text!r}: {e}; give comma-separated values in [0, 1), e.g. 0,0.05,0.1") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stas-sweep",
@@ -127,6 +237,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_energy)
+
+    p = sub.add_parser("train", help="train one model from a YAML config (stage 1 or 2)")
+    p.add_argument("config", help="training config, e.g. configs/digits_stage1.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pt")
+    p.add_argument("--output-dir", help="default: ./runs/<config name>")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint at several epsilons")
+    p.add_argument("checkpoint")
+    p.add_argument("--epsilons", help="comma-separated, e.g. 0,0.05,0.1,0.2 (default: the config's)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--halting-maps", metavar="DIR", help="write PNG halting maps of a few validation images")
+    p.add_argument("--similarity", action="store_true", help="print per-block temporal similarity")
+    p.add_argument("--data-root", help="override the data set root stored in the checkpoint")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-batches", type=int, help="evaluate on the first N batches only")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -135,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"stas-sweep {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"stas-sweep {args.command}: error: {e}", file=sys.stderr)
         return 2

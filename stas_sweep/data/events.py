@@ -38,7 +38,8 @@ It is split 9:1 inside each class exactly as the reference code's
 indices are computed from the file list, without loading every sample.
 
 DVS128 Gesture layout (11 classes; the official per-subject split of
-``trials_to_train.txt`` / ``trials_to_test.txt``)::
+``trials_to_train.txt`` / ``trials_to_test.txt``; label ``k`` is folder ``k``, i.e. gesture
+``k + 1`` of ``gesture_mapping.csv``, see :func:`_numeric_labels`)::
 
     root/download/{DvsGesture.tar.gz, gesture_mapping.csv, LICENSE.txt, README.txt}  (raw, IBM)
     root/events_np/{train,test}/<label 0..10>/<user>_<lighting>_<k>.npz               (made from them)
@@ -164,10 +165,10 @@ def check_events(name: str, root: str | Path, timesteps: int, download: bool = F
     for folder in (root / "events_np", frames):
         marker = folder.with_name(folder.name + ".building")
         if marker.exists():
+            also = f" (and {root / 'extract'}, which may be partial)" if folder.name == "events_np" else ""
             fail(f"spikingjelly's marker {marker} is left over from an interrupted preprocessing run (or another "
                  f"process is building it right now). If no other process is running, delete {folder} and "
-                 f"{marker}" + (f" (and {root / 'extract'}, which may be partial)" if folder.name == "events_np" else "")
-                 + " and retry.")
+                 f"{marker}{also} and retry.")
 
     events_np = root / "events_np"
     if events_np.is_dir():
@@ -253,4 +254,23 @@ def build_events(name: str, root: str | Path, timesteps: int, img_size: int, rec
         base = sj(str(root), **kw)
         train_idx, val_idx = per_class_split(base.targets, 0.9, EVENT_DATASETS[name]["num_classes"])
         return TransformedSubset(base, train_idx, train_tf), TransformedSubset(base, val_idx, eval_tf)
-    return sj(str(root), train=True, transform=train_tf, **kw), sj(str(root), train=False, transform=eval_tf, **kw)
+    train = _numeric_labels(sj(str(root), train=True, transform=train_tf, **kw))
+    val = _numeric_labels(sj(str(root), train=False, transform=eval_tf, **kw))
+    return train, val
+
+
+def _numeric_labels(ds):
+    """Label = the gesture number of its folder (0..10), not the folder's rank in string order.
+
+    torchvision's ``DatasetFolder`` numbers sorted folder names, and ``'10' < '2'``: plain
+    spikingjelly gives folder ``10`` label 2, ``2`` label 3 ... (a consistent permutation,
+    harmless for accuracy, confusing for per-class plots). Here label ``k`` is folder ``k``,
+    i.e. gesture ``k + 1`` of ``gesture_mapping.csv``.
+    """
+    rank_to_label = [int(c) for c in ds.classes]
+    ds.samples = sorted(((path, rank_to_label[t]) for path, t in ds.samples), key=lambda s: (s[1], s[0]))
+    ds.imgs = ds.samples
+    ds.targets = [t for _, t in ds.samples]
+    ds.classes = sorted(ds.classes, key=int)
+    ds.class_to_idx = {c: int(c) for c in ds.classes}
+    return ds

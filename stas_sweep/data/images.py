@@ -96,7 +96,8 @@ def check_cifar(name: str, root: str | Path, download: bool) -> Path:
     folder = root / _CIFAR[name].base_folder
     missing = [f for f in _cifar_files(_CIFAR[name]) if not (folder / f).is_file()]
     if missing:
-        problem = f"folder {folder} does not exist" if not folder.is_dir() else f"missing {', '.join(missing)} in {folder}"
+        problem = (f"folder {folder} does not exist" if not folder.is_dir()
+                   else f"missing {', '.join(missing)} in {folder}")
         raise DatasetNotFoundError(name, root, problem, _cifar_layout(name, root), _cifar_how(name, root))
     return root
 

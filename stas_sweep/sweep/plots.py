@@ -44,7 +44,7 @@ def _prepare(points, objectives, x, y):
     drawable = [i for i, (a, b) in enumerate(xy) if not (math.isnan(a) or math.isnan(b))]
     modes = {o.name: o.mode for o in objs}
     stair = None
-    if x in modes and y in modes:
+    if x in modes and y in modes and x != y:
         f_idx = [i for i in drawable if front[i]]
         sub = [{x: xy[i][0], y: xy[i][1]} for i in f_idx]
         keep = non_dominated(sub, [Objective(x, modes[x]), Objective(y, modes[y])])
@@ -106,7 +106,7 @@ def plot_front_png(
     on = [i for i in drawable if front[i]]
     if others:
         ax.scatter([xy[i][0] for i in others], [xy[i][1] for i in others], s=18, c=_GREY,
-                   alpha=0.7, label=f"points ({len(others)})", zorder=2)
+                   alpha=0.7, label=f"other points ({len(others)})", zorder=2)
     if stair is not None:
         ax.step(stair[0], stair[1], where=stair[2], color=_FRONT, linewidth=1.5, zorder=3)
     if on:
@@ -166,7 +166,7 @@ def plot_front_html(
         return list(p.keys()) if hover_keys is None else list(hover_keys)
 
     fig = go.Figure()
-    for on_front, name, color, size in ((False, "points", _GREY, 7), (True, "Pareto front", _FRONT, 10)):
+    for on_front, name, color, size in ((False, "other points", _GREY, 7), (True, "Pareto front", _FRONT, 10)):
         idx = [i for i in drawable if bool(front[i]) == on_front]
         if not idx:
             continue

@@ -1,0 +1,271 @@
+"""Training configuration: YAML in, validated dataclasses out.
+
+Every section is a dataclass; unknown keys and wrong types are errors naming the file and the
+dotted key, and saying what would be accepted. ``--set key=value`` overrides use the same
+dotted keys (``--set halting.delta_p=0.01``), parsed as YAML scalars.
+
+A configuration with ``halting: null`` is stage 1 (static backbone, usually I-SPS); one with a
+``halting`` section is stage 2 and normally sets ``init_from`` to a stage-1 checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "spikformer-2-32"
+    timesteps: int = 4
+    stem: str = "isps"  # sps | isps
+    img_size: int | None = None     # default: the data set's size
+    num_classes: int | None = None  # default: the data set's classes
+
+
+@dataclass
+class HaltingSection:
+    alpha: float = 5.0
+    beta: float = -25.0
+    epsilon: float = 0.01
+    delta_p: float = 1e-3
+    accumulation: str = "tb"  # tb | b
+
+    def model_kwargs(self) -> dict:
+        return {"alpha": self.alpha, "beta": self.beta, "epsilon": self.epsilon, "accumulation": self.accumulation}
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    img_size: int | None = None  # resize to this side (digits: 8x8 native)
+    workers: int = 0
+    augment: bool = True
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_off_epoch: int | None = None  # the recipes switch mixup off after this epoch
+    label_smoothing: float = 0.1
+    recipe: dict | None = None  # overrides of the data set's augmentation recipe, e.g. {aa: null, reprob: 0}
+
+
+@dataclass
+class OptimConfig:
+    opt: str = "adamw"
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 0.06  # not applied to biases and norm weights
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-5
+    grad_clip: float | None = None
+
+
+@dataclass
+class SMLConfig:
+    enabled: bool = False
+    weight: float = 1.0   # weight of the auxiliary branch's loss
+    block: int | None = None  # block whose output feeds the branch; default: the middle one
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "stas-train"
+    enabled: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    halting: HaltingSection | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sml: SMLConfig = field(default_factory=SMLConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    epochs: int = 10
+    batch_size: int = 64
+    amp: str = "auto"  # auto (on for CUDA) | on | off
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    init_from: str | None = None  # checkpoint whose model weights start this run (stage 1 -> 2)
+    eval_epsilons: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
+    energy_batches: int | None = None  # validation batches the energy meter sees (None: all)
+
+    @property
+    def stage(self) -> int:
+        return 1 if self.halting is None else 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "model.stem": ("sps", "isps"),
+    "halting.accumulation": ("tb", "b"),
+    "amp": ("auto", "on", "off"),
+    "optim.opt": ("adamw", "sgd", "lamb", "adam"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {type(None): "null", int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            dict: "a mapping"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:  # a section: let its own errors (unknown keys...) through
+            if dataclasses.is_dataclass(a) and isinstance(value, dict):
+                return _build(a, value, where, key)
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix or 'the top level'} must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {dotted!r}; accepted keys here: {', '.join(names)}")
+        v = _coerce(value, hints[key], dotted, where)
+        if dotted in _CHOICES and v not in _CHOICES[dotted]:
+            raise ConfigError(f"{where}: {dotted} is {v!r}; accepted values: {', '.join(_CHOICES[dotted])}")
+        kwargs[key] = v
+    return cls(**kwargs)
+
+
+def _check(cfg: TrainConfig, where: str) -> None:
+    from ..models import get_arch
+    from ..models.halting import check_epsilon
+
+    try:
+        get_arch(cfg.model.name)
+    except ValueError as e:
+        raise ConfigError(f"{where}: model.name: {e}") from None
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "model.timesteps": cfg.model.timesteps}
+    for key, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{where}: {key} must be >= 1, got {v}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"{where}: optim.lr must be > 0, got {cfg.optim.lr}")
+    if not 0 <= cfg.data.label_smoothing < 1:
+        raise ConfigError(f"{where}: data.label_smoothing must lie in [0, 1), got {cfg.data.label_smoothing}")
+    if cfg.halting is not None:
+        try:
+            check_epsilon(cfg.halting.epsilon)
+        except ValueError as e:
+            raise ConfigError(f"{where}: halting.epsilon: {e}") from None
+        if cfg.halting.delta_p < 0:
+            raise ConfigError(f"{where}: halting.delta_p must be >= 0, got {cfg.halting.delta_p}")
+    for i, e in enumerate(cfg.eval_epsilons):
+        try:
+            check_epsilon(e)
+        except ValueError as err:
+            raise ConfigError(f"{where}: eval_epsilons[{i}]: {err}") from None
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise ConfigError(f"{where}: device is {cfg.device!r}; accepted values: auto, cpu, cuda, cuda:N")
+
+
+def config_from_dict(raw: dict, where: str = "<config>") -> TrainConfig:
+    cfg = _build(TrainConfig, raw, where)
+    _check(cfg, where)
+    return cfg
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``['halting.delta_p=0.01', 'epochs=3']`` -> nested dict, values parsed as YAML scalars."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set halting.delta_p=0.01")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text.strip() else None
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read ``path`` (YAML, safe loader), apply ``--set`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    # a halting section written as `halting: {}` means "halting with the defaults"
+    raw = merge(raw, parse_overrides(overrides))
+    return config_from_dict(raw, str(path))

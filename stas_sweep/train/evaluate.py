@@ -1,0 +1,153 @@
+"""Evaluation: accuracy, token ratio and energy on a validation loader, at one or many epsilons.
+
+Plain functions on a model and a loader, so the trainer, the ``eval`` command and the sweep's
+trainable share them. Metric names follow SPEC 2.6: ``accuracy`` (top-1, %), ``token_ratio``,
+``energy_mj`` (per image), plus ``energy_reduction`` (% against the same weights with halting
+off) in epsilon tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from ..energy import EnergyMeter
+from ..models.vit import SpikingViT
+
+
+@torch.no_grad()
+def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, epsilon: float | None = None,
+             energy: bool = True, energy_batches: int | None = None, max_batches: int | None = None) -> dict:
+    """Top-1 accuracy (%), mean token ratio and energy (mJ/image) over ``loader``.
+
+    The energy meter sees the first ``energy_batches`` batches (all when None); accuracy and
+    token ratio use every batch (or the first ``max_batches``).
+    """
+    model.eval()
+    correct = seen = 0
+    ratio_sum = 0.0
+    meter = EnergyMeter(model) if energy else None
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        metering = meter is not None and (energy_batches is None or i < energy_batches)
+        with meter if metering else contextlib.nullcontext():
+            out = model(x, epsilon=epsilon)
+        if metering:
+            meter.observe(out)
+        correct += int((out.logits.argmax(-1) == y).sum())
+        seen += len(y)
+        ratio_sum += float(out.token_ratio) * len(y)
+    if seen == 0:
+        raise ValueError("evaluation loader produced no samples")
+    result = {"accuracy": 100.0 * correct / seen, "token_ratio": ratio_sum / seen, "images": seen}
+    if meter is not None:
+        result["energy_mj"] = meter.report().energy_mj
+    return result
+
+
+def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torch.device | str = "cpu", *,
+                  energy_batches: int | None = None, max_batches: int | None = None) -> list[dict]:
+    """One row per epsilon: ``epsilon, accuracy, token_ratio, energy_mj, energy_reduction``.
+
+    ``energy_reduction`` is ``100 * (1 - E / E_static)`` where ``E_static`` is the same
+    weights evaluated with halting switched off. A static model gives one row with
+    ``epsilon = None``.
+    """
+    kw = dict(energy_batches=energy_batches, max_batches=max_batches)
+    halting = model.halting
+    model.set_halting(None)
+    try:
+        static = evaluate(model, loader, device, **kw)
+    finally:
+        model.set_halting(halting)
+    if halting is None:
+        return [{"epsilon": None, **static, "energy_reduction": 0.0}]
+    rows = []
+    for eps in epsilons:
+        r = evaluate(model, loader, device, epsilon=eps, **kw)
+        r["energy_reduction"] = 100.0 * (1.0 - r["energy_mj"] / static["energy_mj"]) if static["energy_mj"] else 0.0
+        rows.append({"epsilon": float(eps), **r})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'epsilon':>8} {'accuracy %':>10} {'token ratio':>11} {'energy mJ':>10} {'reduction %':>11}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        eps = "static" if r["epsilon"] is None else f"{r['epsilon']:g}"
+        lines.append(f"{eps:>8} {r['accuracy']:>10.2f} {r['token_ratio']:>11.3f} {r['energy_mj']:>10.4f} "
+                     f"{r['energy_reduction']:>11.1f}")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int = 8,
+                 epsilon: float | None = None, device: torch.device | str = "cpu",
+                 mean: tuple = (0.0,), std: tuple = (1.0,)) -> list[Path]:
+    """PNG heat maps of ``cells_processed`` over the image (paper Fig. 7).
+
+    Writes ``halting_map_<i>.png`` (image | map) per sample and ``halting_maps.png`` with all
+    of them; returns the paths. Brighter = more cells processed (at most T*L).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    images, maps = [], []
+    for x, _ in loader:
+        out = model(x.to(device), epsilon=epsilon)
+        images.append(x.cpu())
+        maps.append(out.cells_processed.cpu())
+        if sum(len(i) for i in images) >= samples:
+            break
+    images = torch.cat(images)[:samples]
+    maps = torch.cat(maps)[:samples]
+    side = int(round(maps.shape[1] ** 0.5))
+    vmax = model.timesteps * model.depth
+    m = torch.tensor(mean).view(-1, 1, 1)
+    s = torch.tensor(std).view(-1, 1, 1)
+
+    def show_image(ax, img):
+        if img.dim() == 4:  # event frames [T, 2, H, W]: events summed over time and polarity
+            ax.imshow(img.sum((0, 1)).numpy(), cmap="gray")
+        else:
+            img = (img * s + m).clamp(0, 1)
+            ax.imshow(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy(),
+                      cmap="gray" if img.shape[0] == 1 else None)
+        ax.set_axis_off()
+
+    def show_map(ax, cells):
+        im = ax.imshow(cells.view(side, side).numpy(), cmap="inferno", vmin=0, vmax=vmax)
+        ax.set_axis_off()
+        return im
+
+    paths = []
+    for i in range(len(images)):
+        fig = Figure(figsize=(5, 2.4))
+        FigureCanvasAgg(fig)
+        a, b = fig.subplots(1, 2)
+        show_image(a, images[i])
+        im = show_map(b, maps[i])
+        b.set_title(f"cells run (max {vmax}), mean {float(maps[i].mean()):.1f}", fontsize=8)
+        fig.colorbar(im, ax=b, fraction=0.046)
+        path = out_dir / f"halting_map_{i}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        paths.append(path)
+    fig = Figure(figsize=(2 * len(images), 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(images), squeeze=False)
+    for i in range(len(images)):
+        show_image(axes[0, i], images[i])
+        im = show_map(axes[1, i], maps[i])
+    fig.suptitle(f"tokens' processed cells (of T*L = {vmax}); epsilon = "
+                 f"{epsilon if epsilon is not None else (model.halting.epsilon if model.halting else 'static')}")
+    fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02)
+    grid = out_dir / "halting_maps.png"
+    fig.savefig(grid, dpi=100, bbox_inches="tight")
+    return [grid, *paths]

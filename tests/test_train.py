@@ -1,0 +1,152 @@
+"""Training end to end on digits: stage 1 -> stage 2, resume, evaluation and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stas_sweep.cli import main
+from stas_sweep.train import CheckpointError, ConfigError, Trainer, config_from_dict, load_config
+
+TINY = {
+    "model": {"name": "spikingformer-1-32", "timesteps": 2, "stem": "isps"},
+    "data": {"name": "digits", "img_size": 16},
+    "optim": {"lr": 5e-3, "weight_decay": 0.01},
+    "epochs": 3,
+    "batch_size": 32,
+    "seed": 0,
+    "device": "cpu",
+    "tracking": {"enabled": False},
+}
+
+
+def write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    """One tiny stage-1 run shared by the tests below (through the CLI, with MLflow)."""
+    root = tmp_path_factory.mktemp("stage1")
+    cfg = write(root / "s1.yaml", dict(TINY, tracking={"experiment": "t", "enabled": True}))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    rc = main(["train", str(cfg), "--output-dir", str(root / "run"), "--no-progress", "--tracking-uri", uri])
+    assert rc == 0
+    return root, uri
+
+
+def test_stage1_then_stage2_end_to_end(stage1, tmp_path, capsys):
+    root, uri = stage1
+    history = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 3
+    assert history[-1]["accuracy"] > 50.0  # 10 classes: chance is 10 %
+    assert all(h["token_ratio"] == 1.0 and h["ponder_loss"] == 0.0 for h in history)
+    for key in ("train_loss", "task_loss", "energy_mj", "lr", "images_per_s"):
+        assert key in history[-1]
+    assert (root / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    s2 = dict(TINY, halting={"alpha": 5.0, "beta": -8.0, "epsilon": 0.01, "delta_p": 0.01},
+              init_from=str(root / "run" / "checkpoints" / "last.pt"), epochs=2,
+              eval_epsilons=[0.0, 0.2, 0.5])
+    cfg = write(tmp_path / "s2.yaml", s2)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path / "s2"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "initialised from" in out
+    h2 = [json.loads(line) for line in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert h2[-1]["accuracy"] > 50.0
+    assert h2[-1]["token_ratio"] < 1.0 and h2[-1]["ponder_loss"] > 0
+    rows = json.loads((tmp_path / "s2" / "epsilon_table.json").read_text())
+    assert [r["epsilon"] for r in rows] == [0.0, 0.2, 0.5]
+    assert rows[-1]["token_ratio"] <= rows[0]["token_ratio"]
+    assert all(r["energy_reduction"] > 0 for r in rows)
+
+    # eval: the table, JSON keyed by the SPEC names, halting maps and similarity
+    ckpt = str(tmp_path / "s2" / "checkpoints" / "last.pt")
+    assert main(["eval", ckpt, "--epsilons", "0,0.3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["epsilon"] for r in rows] == [0.0, 0.3]
+    assert {"epsilon", "accuracy", "token_ratio", "energy_mj", "energy_reduction"} <= set(rows[0])
+    maps = tmp_path / "maps"
+    assert main(["eval", ckpt, "--epsilons", "0.1", "--halting-maps", str(maps), "--similarity"]) == 0
+    out = capsys.readouterr().out
+    assert "temporal similarity" in out and "reduction" in out
+    assert (maps / "halting_maps.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list(maps.glob("halting_map_*.png"))) == 8
+
+    # the stage-1 run is in MLflow with its params and per-epoch metrics
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert run.data.params["model.name"] == "spikingformer-1-32"
+    assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 3
+    assert run.info.status == "FINISHED"
+    assert any(a.path == "checkpoints" for a in client.list_artifacts(run.info.run_id))
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    cfg = config_from_dict(dict(TINY, epochs=2))
+    full = Trainer(cfg, tmp_path / "full", progress=False, log=None).fit()
+    Trainer(config_from_dict(dict(TINY, epochs=1)), tmp_path / "cut", progress=False, log=None).fit()
+    resumed = Trainer(cfg, tmp_path / "cut", resume=True, progress=False, log=None).fit()
+    assert len(resumed) == 2
+    for a, b in zip(full, resumed):
+        for key in ("train_loss", "accuracy", "token_ratio", "energy_mj", "lr"):
+            assert a[key] == b[key], key
+    wa = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_bad_config_errors_name_the_key(tmp_path, capsys):
+    cases = [
+        ({**TINY, "epochz": 3}, "unknown key 'epochz'"),
+        ({**TINY, "model": {"name": "spikingformer-1-32", "stem": "xps"}}, "model.stem is 'xps'; accepted values: sps, isps"),
+        ({**TINY, "batch_size": "big"}, "batch_size must be an integer"),
+        ({**TINY, "halting": {"epsilon": 1.5}}, "halting.epsilon"),
+        ({**TINY, "halting": {"gamma": 1}}, "unknown key 'halting.gamma'"),
+        ({**TINY, "model": {"name": "vit-1-32"}}, "model.name: unknown model 'vit-1-32'"),
+    ]
+    for i, (raw, message) in enumerate(cases):
+        path = write(tmp_path / f"bad{i}.yaml", raw)
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_config(path)
+        assert main(["train", str(path), "--output-dir", str(tmp_path / "out"), "--no-mlflow"]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and "error" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="--set 'epochs': expected KEY=VALUE"):
+        load_config(write(tmp_path / "ok.yaml", TINY), ["epochs"])
+
+
+def test_missing_dataset_and_bad_checkpoints_exit_2_and_keep_files(stage1, tmp_path, capsys):
+    root, _ = stage1
+    last = root / "run" / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    # a missing data set
+    cfg = write(tmp_path / "cifar.yaml", dict(TINY, data={"name": "cifar10", "root": str(tmp_path / "nowhere")}))
+    assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere") in err and "cifar-10-batches-py" in err
+    # rerunning into a folder that holds a run, without --resume
+    cfg = write(tmp_path / "s1.yaml", TINY)
+    assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(root / "run")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # a corrupt init_from checkpoint
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cfg = write(tmp_path / "s2.yaml", dict(TINY, halting={}, init_from=str(bad)))
+    assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(tmp_path / "o2")]) == 2
+    assert "not a readable stas-sweep checkpoint" in capsys.readouterr().err
+    # a mismatched one: stage 1 weights into a wider model
+    cfg = write(tmp_path / "s3.yaml", dict(TINY, model={"name": "spikingformer-1-16", "timesteps": 2}, halting={},
+                                            init_from=str(last)))
+    assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(tmp_path / "o3")]) == 2
+    assert "do not fit this model" in capsys.readouterr().err
+    with pytest.raises(CheckpointError):
+        Trainer(config_from_dict(TINY), tmp_path / "o4", resume=True, progress=False, log=None)
+    assert last.read_bytes() == before
+    assert main(["eval", str(bad)]) == 2
