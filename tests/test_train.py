@@ -90,7 +90,12 @@ def test_stage1_then_stage2_end_to_end(stage1, tmp_path, capsys):
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     cfg = config_from_dict(dict(TINY, epochs=2))
     full = Trainer(cfg, tmp_path / "full", progress=False, log=None).fit()
-    Trainer(config_from_dict(dict(TINY, epochs=1)), tmp_path / "cut", progress=False, log=None).fit()
+
+    def interrupt(epoch, _metrics, _trainer):  # Ctrl-C after the first epoch's checkpoint
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "cut", progress=False, log=None).fit(callbacks=[interrupt])
     resumed = Trainer(cfg, tmp_path / "cut", resume=True, progress=False, log=None).fit()
     assert len(resumed) == 2
     for a, b in zip(full, resumed):
@@ -145,7 +150,14 @@ def test_missing_dataset_and_bad_checkpoints_exit_2_and_keep_files(stage1, tmp_p
     cfg = write(tmp_path / "s3.yaml", dict(TINY, model={"name": "spikingformer-1-16", "timesteps": 2}, halting={},
                                             init_from=str(last)))
     assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(tmp_path / "o3")]) == 2
-    assert "do not fit this model" in capsys.readouterr().err
+    assert "trained with name='spikingformer-1-32', this run has name='spikingformer-1-16'" in capsys.readouterr().err
+    # weights of another shape under the same name
+    from stas_sweep import create_model
+    from stas_sweep.train.checkpoint import load_model_weights
+
+    state = torch.load(last, weights_only=True)["model"]
+    with pytest.raises(CheckpointError, match="do not fit this model.*of another shape"):
+        load_model_weights(create_model("spikingformer-1-32", img_size=16, num_classes=7, in_channels=1), state, "x")
     with pytest.raises(CheckpointError):
         Trainer(config_from_dict(TINY), tmp_path / "o4", resume=True, progress=False, log=None)
     assert last.read_bytes() == before
