@@ -4,6 +4,10 @@
     stas-sweep energy MODEL [--epsilon E]   energy, firing rates and token ratio on a batch
     stas-sweep train CONFIG [--set k=v]     one training run (stage 1 or stage 2)
     stas-sweep eval CHECKPOINT              accuracy / tokens / energy at several epsilons
+    stas-sweep validate FILE                check a search-space file
+    stas-sweep run FILE [--dry-run]         a sweep: Ray Tune + Optuna + ASHA, front in MLflow
+    stas-sweep pareto [--json]              the front of the latest sweep, from MLflow
+    stas-sweep ui                           the MLflow UI on 127.0.0.1 for the default store
 
 Bad input (a file, key or value that cannot be used) prints one line naming it and exits 2.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 class UsageError(ValueError):
@@ -208,6 +213,132 @@ def _parse_epsilons(text: str) -> list[float]:
         raise UsageError(f"--epsilons {text!r}: {e}; give comma-separated values in [0, 1), e.g. 0,0.05,0.1") from None
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .sweep.space import describe, load_spec
+    from .tracking import default_tracking_uri
+
+    spec = load_spec(args.file)
+    print(f"{args.file}: ok")
+    print(describe(spec, default_tracking_uri(args.tracking_uri or spec.tracking_uri)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .sweep.space import describe, load_spec
+
+    spec = load_spec(args.file)  # every check of the file happens before Ray starts
+    from .tracking import default_tracking_uri
+
+    uri = default_tracking_uri(args.tracking_uri or spec.tracking_uri)
+    plan = describe(spec, uri)
+    if args.dry_run:
+        print(plan)
+        print("dry run: nothing was trained")
+        return 0
+    from .sweep.callbacks import TrackerCallback
+    from .sweep.runner import SweepError, check_can_start, experiment_path, run_sweep
+    from .tracking import SweepTracker
+
+    try:
+        check_can_start(spec, args.resume)
+    except SweepError as e:
+        raise UsageError(str(e)) from None
+    print(plan, flush=True)
+    tracker = SweepTracker(uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
+                           spec.reference, spec.max_epochs)
+    tracker.start_parent(spec, plan)
+    try:
+        result = run_sweep(spec, address=args.address, resume=args.resume, callbacks=[TrackerCallback(tracker)])
+    except SweepError as e:
+        tracker.fail()
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        tracker.fail("KILLED")
+        print(f"interrupted; continue with: stas-sweep run {args.file} --resume", file=sys.stderr)
+        raise
+    except BaseException:
+        tracker.fail()
+        raise
+    tracker.finish(result)
+    _print_sweep_summary(result, spec, uri)
+    return 0
+
+
+def _print_sweep_summary(result, spec, uri: str) -> None:
+    counts: dict = {}
+    for t in result.trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    print(f"\nsweep {spec.name}: {len(result.trials)} trials (" + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + f"); {len(result.points)} candidate points, {len(result.front)} on the front; "
+            f"hypervolume {result.hypervolume:.4g}")
+    print(_front_table(result.front, spec.objectives, [p.key for p in spec.params]))
+    print(f"\nbrowse it: stas-sweep ui{'' if uri.startswith('sqlite:///' + str(Path.cwd())) else ' --tracking-uri ' + uri}"
+          f"  -> experiment {spec.experiment!r}, filter  tags.pareto = 'true' , Chart view, scatter of "
+          f"energy_mj against accuracy; the sweep's parent run holds pareto_front.png / .html")
+
+
+def _front_table(front: list[dict], objectives, params: list[str]) -> str:
+    cols = ["trial_id", "epsilon", *[m for m, _ in objectives], *params]
+    rows = [[("" if p.get(c) is None else (f"{p[c]:.4g}" if isinstance(p.get(c), float) else str(p[c])))
+             for c in cols] for p in front]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from .tracking import ROLE_TAG, default_tracking_uri
+
+    uri = default_tracking_uri(args.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if args.experiment:
+        exp = client.get_experiment_by_name(args.experiment)
+        if exp is None:
+            names = [e.name for e in client.search_experiments()]
+            raise UsageError(f"no experiment {args.experiment!r} in {uri}; experiments: {', '.join(names) or 'none'}")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string=f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"],
+                              max_results=1) if ids else []
+    if not runs:
+        raise UsageError(f"no sweep found in {uri}" + (f" experiment {args.experiment!r}" if args.experiment else "")
+                         + "; run one with: stas-sweep run search_spaces/digits.yaml")
+    parent = runs[0]
+    try:
+        front = json.loads(Path(client.download_artifacts(parent.info.run_id, "pareto_front.json")).read_text())
+    except Exception:  # noqa: BLE001 - the sweep has not finished a trial yet
+        front = []
+    if args.json:
+        print(json.dumps(front, indent=2))
+        return 0
+    objectives = json.loads(parent.data.tags.get("stas.objectives", '[["accuracy", "max"], ["energy_mj", "min"]]'))
+    params = sorted({k for p in front for k in p} - {"trial_id", "epsilon", "accuracy", "energy_mj", "token_ratio",
+                                                     "energy_reduction"})
+    print(f"sweep {parent.data.tags.get('stas.sweep')} (run {parent.info.run_id}, {parent.info.status}): "
+          f"{len(front)} points on the front")
+    print(_front_table(front, objectives, params))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .tracking import default_tracking_uri
+
+    uri = default_tracking_uri(args.tracking_uri)
+    if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:")) and "://" in uri:
+        print(f"{uri} is a tracking server: open it in a browser instead")
+        return 0
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (filter runs with tags.pareto = 'true'; Ctrl-C stops)")
+    return subprocess.call(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stas-sweep",
@@ -259,6 +390,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int, help="evaluate on the first N batches only")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("validate", help="check a search-space file and print its resolved plan")
+    p.add_argument("file")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run a sweep from a search-space file (the main command)")
+    p.add_argument("file", help="search-space file, e.g. search_spaces/digits.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
+    p.add_argument("--address", help="attach to a Ray cluster (auto, ray://host:10001); default: a local Ray")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pareto", help="print the Pareto front of the latest sweep from MLflow")
+    p.add_argument("--experiment", help="MLflow experiment (default: the latest sweep of any)")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--json", action="store_true", help="a JSON list of points")
+    p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("ui", help="start the MLflow UI for the default store (127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=cmd_ui)
     return parser
 
 

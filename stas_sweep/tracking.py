@@ -7,7 +7,9 @@ Default store: a local sqlite database at an absolute path in the working direct
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +67,6 @@ class Tracker:
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         if self.enabled:
-            import time
-
             from mlflow.entities import Metric
 
             ts = int(time.time() * 1000)
@@ -91,3 +91,237 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled:
             self.client.set_terminated(self.run_id, status=status)
+
+
+# -- sweeps: one parent run per sweep, one nested child run per trial ---------------------------
+
+SWEEP_TAG, ROLE_TAG, PATH_TAG = "stas.sweep", "stas.role", "stas.path"
+
+
+def code_version() -> str:
+    """The git commit of the working tree (with '+dirty'), else the package version."""
+    import subprocess
+
+    from . import __version__
+
+    try:
+        root = Path(__file__).resolve().parent.parent
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"stas-sweep {__version__}"
+
+
+class SweepTracker:
+    """The MLflow layout of a sweep.
+
+    * parent run (tags ``stas.role=sweep``, ``stas.sweep``, ``stas.path``): the search-space
+      file, the resolved plan, code version and seeds; the front as a table
+      (``pareto_front.json``), a PNG and an interactive HTML scatter; ``hypervolume`` per
+      finished trial and ``hypervolume.png``; ``candidates.json`` (every (trial, epsilon) point);
+    * child run per trial, nested by ``mlflow.parentRunId`` and found again by tag ``trial_id``
+      (so a resumed sweep never logs a trial twice): sampled params, per-epoch metrics, its
+      ``epsilon_table.json``, tags ``full_budget``, ``stopped_by``, ``pareto`` and, for a failed
+      trial, ``error``.
+
+    Picklable (Ray Tune stores its callbacks with the experiment); the client is rebuilt lazily.
+    """
+
+    def __init__(self, uri: str | None, experiment: str, sweep: str, path: str, objectives: list,
+                 reference: dict, max_epochs: int) -> None:
+        self.uri = default_tracking_uri(uri)
+        self.experiment, self.sweep, self.path = experiment, sweep, path
+        self.objectives, self.reference, self.max_epochs = list(objectives), dict(reference), max_epochs
+        self.parent_id: str | None = None
+        self.runs: dict[str, str] = {}       # trial id -> child run id
+        self.points: list[dict] = []
+        self.finished = 0
+        self._client = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        return exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+
+    # -- parent -------------------------------------------------------------------------------
+    def start_parent(self, spec, plan: str) -> str:
+        """Create the sweep's parent run, or reopen it when the sweep is resumed."""
+        exp_id = self._experiment_id()
+        found = self.client.search_runs(
+            [exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{self.sweep}' "
+                                    f"AND tags.`{PATH_TAG}` = '{self.path}'", max_results=1)
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            self._load_state()
+            return self.parent_id
+        run = self.client.create_run(exp_id, run_name=f"sweep-{self.sweep}", tags={
+            ROLE_TAG: "sweep", SWEEP_TAG: self.sweep, PATH_TAG: self.path, "code_version": code_version(),
+            "stas.objectives": json.dumps(self.objectives),
+            "mlflow.note.content": f"STAS sweep {self.sweep}. Filter children with tags.pareto = 'true' and chart "
+                                   f"energy_mj against accuracy.",
+        })
+        self.parent_id = run.info.run_id
+        self.log_params_to(self.parent_id, {
+            "sampler": spec.sampler, "seed": spec.seed, "num_samples": spec.num_samples,
+            "scheduler": spec.scheduler, "max_epochs": spec.max_epochs, "epsilons": spec.epsilons,
+            "objectives": spec.objectives, "reference": spec.reference, "stage1_key": spec.stage1_key(),
+            "base": spec.base,
+        })
+        self.client.log_artifact(self.parent_id, str(spec.path))
+        self._log_text(self.parent_id, plan, "plan.txt")
+        self._log_json(self.parent_id, {"base": spec.base, "stage1": spec.stage1_config(),
+                                        "space": {p.key: p.describe() for p in spec.params}}, "resolved_config.json")
+        return self.parent_id
+
+    def _load_state(self) -> None:
+        """After a resume: the child runs by trial id and the points found so far."""
+        for run in self.client.search_runs([self._experiment_id()],
+                                           filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'"):
+            tid = run.data.tags.get("trial_id")
+            if tid:
+                self.runs[tid] = run.info.run_id
+        try:
+            path = self.client.download_artifacts(self.parent_id, "candidates.json")
+            self.points = json.loads(Path(path).read_text())
+        except Exception:  # noqa: BLE001 - no candidates logged yet
+            self.points = []
+        self.finished = len({p["trial_id"] for p in self.points})
+
+    def log_params_to(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def _log_json(self, run_id: str, obj, name: str) -> None:
+        self._log_text(run_id, json.dumps(obj, indent=2, default=str), name)
+
+    def _log_text(self, run_id: str, text: str, name: str) -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(text)
+            self.client.log_artifact(run_id, str(p))
+
+    # -- children -----------------------------------------------------------------------------
+    def child(self, trial_id: str, params: dict) -> str:
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        run = self.client.create_run(self._experiment_id(), run_name=f"trial-{trial_id}", tags={
+            "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep,
+            "pareto": "false", "full_budget": "false",
+        })
+        self.runs[trial_id] = run.info.run_id
+        self.log_params_to(run.info.run_id, params)
+        return run.info.run_id
+
+    def trial_result(self, trial_id: str, params: dict, result: dict) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.child(trial_id, params)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
+                   if k in _TRIAL_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def trial_complete(self, trial_id: str, params: dict, last: dict | None) -> None:
+        run_id = self.child(trial_id, params)
+        last = last or {}
+        full = bool(last.get("full_budget"))
+        self.client.set_tag(run_id, "full_budget", str(full).lower())
+        self.client.set_tag(run_id, "stopped_by", "none" if full else "asha")
+        if full and last.get("epsilon_table") and not any(p["trial_id"] == trial_id for p in self.points):
+            from .sweep.runner import trial_points
+
+            rows = json.loads(last["epsilon_table"])
+            self.client.log_table(run_id, data={k: [r[k] for r in rows] for k in rows[0]},
+                                  artifact_file="epsilon_table.json")
+            self.points += trial_points(trial_id, params, rows)
+        self.client.set_terminated(run_id, "FINISHED")
+        self.finished += 1
+        self.update_front(final=False)
+
+    def trial_failed(self, trial_id: str, params: dict, reason: str) -> None:
+        run_id = self.child(trial_id, params)
+        self.client.set_tag(run_id, "error", reason[:5000])
+        self.client.set_tag(run_id, "stopped_by", "error")
+        self.client.set_terminated(run_id, "FAILED")
+
+    # -- the front ----------------------------------------------------------------------------
+    def update_front(self, final: bool) -> tuple[list[dict], float]:
+        """Recompute the front over all points; retag children; log the front artifacts."""
+        from .sweep.pareto import hypervolume, non_dominated
+        from .sweep.plots import plot_front_html, plot_front_png, plot_hypervolume_png
+
+        flags = non_dominated(self.points, self.objectives) if self.points else []
+        front = sorted((p for p, f in zip(self.points, flags) if f), key=lambda p: p[self.objectives[0][0]])
+        on_front = {p["trial_id"] for p in front}
+        for tid, run_id in self.runs.items():
+            self.client.set_tag(run_id, "pareto", "true" if tid in on_front else "false")
+        hv = hypervolume(self.points, self.objectives, self.reference) if self.points else 0.0
+        self.client.log_metric(self.parent_id, "hypervolume", hv, step=self.finished)
+        self.client.log_metric(self.parent_id, "front_size", len(front), step=self.finished)
+        self._log_json(self.parent_id, self.points, "candidates.json")
+        self._log_json(self.parent_id, front, "pareto_front.json")
+        import tempfile
+
+        x, y = "energy_mj", "accuracy"
+        names = [m for m, _ in self.objectives]
+        if x not in names or y not in names:
+            x, y = names[1], names[0]
+        with tempfile.TemporaryDirectory() as d:
+            if self.points:
+                self.client.log_artifact(self.parent_id, str(plot_front_png(
+                    self.points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y,
+                    title=f"{self.sweep}: {len(front)} of {len(self.points)} points on the front")))
+                if final:
+                    self.client.log_artifact(self.parent_id, str(plot_front_html(
+                        self.points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y)))
+            history = self.client.get_metric_history(self.parent_id, "hypervolume")
+            if history:
+                values = [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+                self.client.log_artifact(self.parent_id, str(plot_hypervolume_png(values, Path(d) / "hypervolume.png")))
+        return front, hv
+
+    def finish(self, result) -> None:
+        """Authoritative last pass from the sweep's results (covers trials of earlier drivers)."""
+        for t in result.trials:
+            run_id = self.child(t["trial_id"], t["params"])
+            if t["status"] == "failed":
+                self.client.set_tag(run_id, "error", (t["error"] or "")[:5000])
+                self.client.set_tag(run_id, "stopped_by", "error")
+            else:
+                self.client.set_tag(run_id, "full_budget", str(t["full_budget"]).lower())
+                self.client.set_tag(run_id, "stopped_by", "none" if t["full_budget"] else "asha")
+        self.points = list(result.points)
+        self.finished = len(result.trials)
+        front, hv = self.update_front(final=True)
+        self.client.set_tag(self.parent_id, "front_size", str(len(front)))
+        self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def fail(self, status: str = "FAILED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status)
+
+
+_TRIAL_METRICS = ("train_loss", "task_loss", "ponder_loss", "accuracy", "token_ratio", "energy_mj", "lr",
+                  "images_per_s")

@@ -275,8 +275,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         base_cfg: TrainConfig = config_from_dict(base, base_where)
     except ConfigError as e:
         raise SpaceError(f"{path}: base: {e}") from None
-    if base.get("init_from"):
-        raise _err(path, "base: init_from must not be set: the sweep trains the shared stage 1 itself")
+    base["init_from"] = None  # trials start from the sweep's shared stage 1, not the base's init_from
     if base_where != f"{path} (base)" and base.get("data", {}).get("root"):
         root = Path(base["data"]["root"])
         if not root.is_absolute():  # trials run in their own folders: make data paths absolute

@@ -65,10 +65,12 @@ class Trainer:
         resume: continue from ``output_dir/checkpoints/last.pt``.
         progress: show a progress bar per epoch.
         log: where one-line epoch summaries go (``print`` by default, None for silence).
+        init_weights: a model state dict to start from instead of ``cfg.init_from`` (the
+            sweep hands every trial the shared stage-1 weights this way).
     """
 
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 log: Callable[[str], None] | None = print) -> None:
+                 log: Callable[[str], None] | None = print, init_weights: dict | None = None) -> None:
         self.cfg = cfg
         self.out = Path(output_dir)
         self.progress, self.log = progress, log or (lambda _msg: None)
@@ -120,6 +122,8 @@ class Trainer:
 
         if resume:
             self._resume()
+        elif init_weights is not None:
+            load_model_weights(self.model, init_weights, "init_weights")
         elif cfg.init_from:
             self._init_from(cfg.init_from)
 
@@ -239,20 +243,25 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_config()
         for epoch in range(self.epoch, self.cfg.epochs):
-            metrics = {"epoch": epoch + 1, **self.train_epoch(epoch)}
-            metrics.update(self.evaluate())
-            self.epoch = epoch + 1
-            self.history.append(metrics)
-            self.save()
-            self.log(
-                f"epoch {epoch + 1}/{self.cfg.epochs}  loss {metrics['train_loss']:.4f} "
-                f"(task {metrics['task_loss']:.4f}, ponder {metrics['ponder_loss']:.3f})  "
-                f"acc {metrics['accuracy']:.2f}%  tokens {metrics['token_ratio']:.3f}  "
-                f"energy {metrics['energy_mj']:.4f} mJ  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s"
-            )
+            metrics = self.run_epoch(epoch)
             for cb in callbacks:
                 cb(epoch + 1, metrics, self)
         return self.history
+
+    def run_epoch(self, epoch: int) -> dict:
+        """Train one epoch, evaluate, checkpoint; returns the epoch's metrics."""
+        metrics = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+        metrics.update(self.evaluate())
+        self.epoch = epoch + 1
+        self.history.append(metrics)
+        self.save()
+        self.log(
+            f"epoch {epoch + 1}/{self.cfg.epochs}  loss {metrics['train_loss']:.4f} "
+            f"(task {metrics['task_loss']:.4f}, ponder {metrics['ponder_loss']:.3f})  "
+            f"acc {metrics['accuracy']:.2f}%  tokens {metrics['token_ratio']:.3f}  "
+            f"energy {metrics['energy_mj']:.4f} mJ  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s"
+        )
+        return metrics
 
     def state(self) -> dict:
         return {

@@ -1,0 +1,214 @@
+"""Running a sweep: Ray (local or a cluster), the shared stage 1, Optuna + ASHA, the results.
+
+    spec = load_spec("search_spaces/digits.yaml")
+    result = run_sweep(spec, callbacks=[...Tune callbacks, e.g. the MLflow one...])
+    result.front          # non-dominated (trial, epsilon) points
+
+Wiring (Ray 2.60, Optuna 5):
+* metric/mode lists go on ``OptunaSearch`` only (setting them on ``TuneConfig`` would make the
+  study single-objective); ASHA gets its own single metric;
+* ASHA-stopped trials reach Optuna with partial-budget values (Ray's design); they are kept
+  off the front here: only trials that ran every epoch give points;
+* stage 1 runs once, as a Ray task with a trial's resources, before any trial; its run is kept
+  under ``<storage_path>/stage1-<key>`` and reused by any later sweep with the same stage-1 config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .pareto import hypervolume, non_dominated
+from .space import SweepSpec
+from .trainable import train_stage1, train_trial
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start or resume (message says why and what to do)."""
+
+
+@dataclass
+class SweepResult:
+    name: str
+    path: str                                   # Ray Tune experiment folder
+    trials: list[dict] = field(default_factory=list)
+    points: list[dict] = field(default_factory=list)   # candidate (trial, epsilon) points
+    front: list[dict] = field(default_factory=list)
+    hypervolume: float = 0.0
+
+
+def trial_points(trial_id: str, params: dict, epsilon_rows: list[dict]) -> list[dict]:
+    """One candidate point per evaluated epsilon of a full-budget trial."""
+    points = []
+    for row in epsilon_rows:
+        p = {"trial_id": trial_id, "epsilon": row["epsilon"], "accuracy": row["accuracy"],
+             "energy_mj": row["energy_mj"], "token_ratio": row["token_ratio"],
+             "energy_reduction": row.get("energy_reduction")}
+        p.update({k: v for k, v in params.items()})
+        points.append(p)
+    return points
+
+
+def front_of(points: list[dict], spec: SweepSpec) -> tuple[list[dict], float]:
+    flags = non_dominated(points, spec.objectives)
+    front = sorted((p for p, f in zip(points, flags) if f), key=lambda p: p[spec.objectives[0][0]])
+    return front, hypervolume(points, spec.objectives, spec.reference) if points else 0.0
+
+
+def experiment_path(spec: SweepSpec) -> str:
+    return f"{spec.storage_dir().rstrip('/')}/{spec.name}"
+
+
+def init_ray(address: str | None, spec: SweepSpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trials keep the driver's working directory
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SweepError(f"cannot reach a Ray cluster at {address!r}: {e}") from None
+        return
+    temp = os.environ.get("STAS_SWEEP_RAY_TMPDIR")
+    ray.init(include_dashboard=False, _temp_dir=temp, **kwargs)
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """Refuse trials that could never be placed (e.g. GPUs asked of a cluster without any)."""
+    import ray
+
+    total = ray.cluster_resources()
+    need = {"CPU": spec.resources["cpu"], "GPU": spec.resources["gpu"]}
+    missing = [f"{k}: a trial needs {v:g}, the cluster has {total.get(k, 0):g}" for k, v in need.items()
+               if v and total.get(k, 0) < v]
+    if missing:
+        raise SweepError("no trial could ever be placed (" + "; ".join(missing) + "). Lower resources in the "
+                         "search-space file or attach to a cluster with more (--address).")
+
+
+def stage1_weights(spec: SweepSpec, log=print) -> dict:
+    """The shared stage-1 weights: reused from storage when complete, else trained once."""
+    import ray
+    import torch
+
+    from ..train.checkpoint import load_checkpoint
+
+    cfg = spec.stage1_config()
+    local = "://" not in spec.storage_path
+    out = Path(spec.storage_dir()) / f"stage1-{spec.stage1_key()}" if local else None
+    if out is not None:
+        last = out / "checkpoints" / "last.pt"
+        if last.is_file():
+            state = load_checkpoint(last)
+            if state.get("epoch") == cfg.get("epochs", 10):
+                log(f"stage 1: reusing {last} (trained {state['epoch']} epochs)")
+                return {k: v for k, v in state["model"].items()}
+        log(f"stage 1: training once for this sweep in {out}")
+    else:
+        log("stage 1: training once for this sweep (storage is remote: kept in memory for the trials)")
+    task = ray.remote(train_stage1).options(num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"])
+    weights, history = ray.get(task.remote(cfg, str(out) if out else None))
+    if history:
+        h = history[-1]
+        log(f"stage 1: accuracy {h['accuracy']:.2f}%, energy {h['energy_mj']:.4f} mJ after {h['epoch']} epochs")
+    return {k: torch.as_tensor(v) for k, v in weights.items()}
+
+
+def build_searcher(spec: SweepSpec):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    if spec.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True,
+                                             n_startup_trials=min(10, max(2, spec.num_samples // 3)))
+    elif spec.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.num_samples // 2)))
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    metrics = [m for m, _ in spec.objectives]
+    modes = [d for _, d in spec.objectives]
+    return OptunaSearch(metric=metrics, mode=modes, sampler=sampler, study_name=spec.name,
+                        points_to_evaluate=spec.points_to_evaluate or None)
+
+
+def build_scheduler(spec: SweepSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", metric=spec.scheduler_metric, mode=spec.scheduler_mode,
+                         max_t=spec.max_epochs, grace_period=spec.grace_period,
+                         reduction_factor=spec.reduction_factor)
+
+
+def check_can_start(spec: SweepSpec, resume: bool) -> None:
+    """Before anything starts: a new sweep must not overwrite one, a resume needs one."""
+    path = experiment_path(spec)
+    if "://" in path:
+        return
+    exists = (Path(path) / "tuner.pkl").exists()
+    if exists and not resume:
+        raise SweepError(f"{path} already holds sweep {spec.name!r}; finish it with --resume, or set another "
+                         f"name: in the search-space file")
+    if resume and not exists:
+        raise SweepError(f"--resume: no sweep {spec.name!r} to resume at {path}")
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False, callbacks: list = (),
+              log=print, verbose: int = 1) -> SweepResult:
+    """Run (or resume) the sweep described by ``spec``; returns every trial, point and the front."""
+    from ray import tune
+
+    path = experiment_path(spec)
+    check_can_start(spec, resume)
+    init_ray(address, spec)
+    check_resources(spec)
+    if resume and not tune.Tuner.can_restore(path):
+        raise SweepError(f"--resume: no sweep to resume at {path}")
+
+    weights = stage1_weights(spec, log=log)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=spec.base, epochs=spec.max_epochs, epsilons=spec.epsilons,
+                             stage1_weights=weights),
+        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
+    )
+    if resume:
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=spec.param_space(),
+            tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
+                                        num_samples=spec.num_samples,
+                                        max_concurrent_trials=spec.max_concurrent_trials),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=spec.storage_dir(), callbacks=list(callbacks), verbose=verbose,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=spec.retries),
+            ),
+        )
+    grid = tuner.fit()
+    return summarise(grid, spec, path)
+
+
+def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
+    result = SweepResult(spec.name, path)
+    for r in grid:
+        m = r.metrics or {}
+        trial_id = m.get("trial_id") or Path(r.path).name
+        info = {
+            "trial_id": trial_id, "params": dict(r.config or {}), "epochs": m.get("training_iteration", 0),
+            "full_budget": bool(m.get("full_budget")), "error": str(r.error).splitlines()[0] if r.error else None,
+            **{k: m.get(k) for k in ("accuracy", "energy_mj", "token_ratio")},
+        }
+        info["status"] = "failed" if r.error else ("finished" if info["full_budget"] else "stopped_by_asha")
+        result.trials.append(info)
+        if info["full_budget"] and m.get("epsilon_table"):
+            result.points += trial_points(trial_id, info["params"], json.loads(m["epsilon_table"]))
+    result.front, result.hypervolume = front_of(result.points, spec)
+    return result

@@ -1,0 +1,89 @@
+"""The Ray Tune function trainable around the trainer, and the shared stage-1 task.
+
+One trial = stage 2 of STAS from the shared stage-1 weights: it fine-tunes with halting,
+reports every metric every epoch with a Tune checkpoint, and after its last epoch evaluates
+the model at every epsilon of the sweep's grid (``epsilon_table``), so one training yields
+several candidate points for the front.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..train.config import config_from_dict
+from ..train.evaluate import epsilon_table
+from ..train.trainer import Trainer
+
+# keys every report carries (Tune checks the scheduler's metric is in every result)
+REPORT_KEYS = ("epoch", "train_loss", "task_loss", "ponder_loss", "accuracy", "token_ratio", "energy_mj", "lr",
+               "images_per_s")
+
+
+def trial_config(base: dict, sampled: dict, epochs: int) -> dict:
+    """Base training config with the sampled dotted keys set (``halting.alpha`` ...)."""
+    import copy
+
+    cfg = copy.deepcopy(base)
+    for key, value in sampled.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    cfg["epochs"] = epochs
+    cfg.setdefault("tracking", {})["enabled"] = False  # the driver logs to MLflow
+    cfg["init_from"] = None
+    return cfg
+
+
+def train_trial(config: dict, *, base: dict, epochs: int, epsilons: list[float], stage1_weights: dict) -> None:
+    """Function trainable: ``config`` holds the sampled dotted keys of one trial."""
+    from ray import tune
+
+    cfg = config_from_dict(trial_config(base, config, epochs), "<trial>")
+    out = Path(tune.get_context().get_trial_dir()) / "train"
+    resume = False
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a retried or resumed trial continues from its last epoch
+        with checkpoint.as_directory() as d:
+            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(d) / "last.pt", out / "checkpoints" / "last.pt")
+        resume = True
+    trainer = Trainer(cfg, out, resume=resume, progress=False, log=None,
+                      init_weights=None if resume else stage1_weights)
+    for epoch in range(trainer.epoch, cfg.epochs):
+        metrics = trainer.run_epoch(epoch)
+        report = {k: metrics[k] for k in REPORT_KEYS}
+        report["full_budget"] = epoch + 1 == epochs
+        if epoch + 1 == epochs:
+            rows = epsilon_table(trainer.model, trainer.val_loader, epsilons, trainer.device,
+                                 energy_batches=cfg.energy_batches)
+            report["epsilon_table"] = json.dumps(rows)
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copyfile(trainer.last_path, Path(d) / "last.pt")
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def train_stage1(cfg_dict: dict, out_dir: str | None) -> tuple[dict, list[dict]]:
+    """Train (or finish, or reuse) the shared stage-1 model; returns (weights, history).
+
+    ``out_dir`` is a local or shared path where the run is kept and reused by later sweeps
+    with the same stage-1 config; None trains in a temporary folder.
+    """
+    import torch
+
+    cfg = config_from_dict(cfg_dict, "<stage1>")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(out_dir) if out_dir else Path(tmp)
+        last = out / "checkpoints" / "last.pt"
+        trainer = Trainer(cfg, out, resume=last.is_file(), progress=False,
+                          log=lambda msg: print(f"[stage 1] {msg}", flush=True))
+        history = trainer.fit()
+        weights = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        return weights, history
