@@ -254,8 +254,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
         tracker.fail("KILLED")
-        print(f"interrupted; continue with: stas-sweep run {args.file} --resume", file=sys.stderr)
-        raise
+        print(f"interrupted; the sweep's state is saved. Finish it with: stas-sweep run {args.file} --resume",
+              file=sys.stderr)
+        return 130
     except BaseException:
         tracker.fail()
         raise
@@ -288,6 +289,9 @@ def _front_table(front: list[dict], objectives, params: list[str]) -> str:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     from .tracking import ROLE_TAG, default_tracking_uri

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
+
 
 def default_tracking_uri(uri: str | None = None) -> str:
     if uri:
@@ -140,11 +142,18 @@ class SweepTracker:
         self.points: list[dict] = []
         self.finished = 0
         self._client = None
+        self._synced = False  # runs/points read back from MLflow since this object was built
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_client"] = None
+        state["_synced"] = False  # a copy restored by Tune (resume) re-reads MLflow first
         return state
+
+    def _sync(self) -> None:
+        if not self._synced and self.parent_id:
+            self._load_state()
+            self._synced = True
 
     @property
     def client(self):
@@ -168,7 +177,7 @@ class SweepTracker:
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
-            self._load_state()
+            self._sync()
             return self.parent_id
         run = self.client.create_run(exp_id, run_name=f"sweep-{self.sweep}", tags={
             ROLE_TAG: "sweep", SWEEP_TAG: self.sweep, PATH_TAG: self.path, "code_version": code_version(),
@@ -177,6 +186,7 @@ class SweepTracker:
                                    f"energy_mj against accuracy.",
         })
         self.parent_id = run.info.run_id
+        self._synced = True
         self.log_params_to(self.parent_id, {
             "sampler": spec.sampler, "seed": spec.seed, "num_samples": spec.num_samples,
             "scheduler": spec.scheduler, "max_epochs": spec.max_epochs, "epsilons": spec.epsilons,
@@ -223,7 +233,15 @@ class SweepTracker:
 
     # -- children -----------------------------------------------------------------------------
     def child(self, trial_id: str, params: dict) -> str:
+        """The trial's run: found by its ``trial_id`` tag, created on first sight."""
+        self._sync()
         if trial_id in self.runs:
+            return self.runs[trial_id]
+        found = self.client.search_runs(
+            [self._experiment_id()],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' AND tags.trial_id = '{trial_id}'")
+        if found:
+            self.runs[trial_id] = found[0].info.run_id
             return self.runs[trial_id]
         run = self.client.create_run(self._experiment_id(), run_name=f"trial-{trial_id}", tags={
             "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep,

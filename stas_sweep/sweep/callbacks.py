@@ -25,6 +25,6 @@ class TrackerCallback(tune.Callback):
         self.tracker.trial_complete(trial.trial_id, trial.config, trial.last_result)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        err = trial.get_error()
-        lines = str(err).strip().splitlines() if err else []
-        self.tracker.trial_failed(trial.trial_id, trial.config, lines[-1] if lines else "the trial raised an error")
+        from .runner import error_reason
+
+        self.tracker.trial_failed(trial.trial_id, trial.config, error_reason(trial.get_error() or ""))

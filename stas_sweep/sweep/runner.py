@@ -29,6 +29,10 @@ class SweepError(RuntimeError):
     """The sweep cannot start or resume (message says why and what to do)."""
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGUSR1) stopped the sweep; Tune saved its state, ``--resume`` finishes it."""
+
+
 @dataclass
 class SweepResult:
     name: str
@@ -78,17 +82,23 @@ def init_ray(address: str | None, spec: SweepSpec) -> None:
     ray.init(include_dashboard=False, _temp_dir=temp, **kwargs)
 
 
-def check_resources(spec: SweepSpec) -> None:
-    """Refuse trials that could never be placed (e.g. GPUs asked of a cluster without any)."""
+def check_resources(spec: SweepSpec, strict: bool = True, log=print) -> None:
+    """Refuse trials that could never be placed (e.g. GPUs asked of a machine without any).
+
+    On a cluster (``strict=False``) an autoscaler may still add GPU nodes, so it only warns.
+    """
     import ray
 
     total = ray.cluster_resources()
     need = {"CPU": spec.resources["cpu"], "GPU": spec.resources["gpu"]}
     missing = [f"{k}: a trial needs {v:g}, the cluster has {total.get(k, 0):g}" for k, v in need.items()
                if v and total.get(k, 0) < v]
-    if missing:
+    if missing and strict:
         raise SweepError("no trial could ever be placed (" + "; ".join(missing) + "). Lower resources in the "
                          "search-space file or attach to a cluster with more (--address).")
+    if missing:
+        log("warning: the cluster cannot place a trial right now (" + "; ".join(missing) + "); trials stay "
+            "pending until an autoscaler adds such nodes")
 
 
 def stage1_weights(spec: SweepSpec, log=print) -> dict:
@@ -167,7 +177,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     path = experiment_path(spec)
     check_can_start(spec, resume)
     init_ray(address, spec)
-    check_resources(spec)
+    check_resources(spec, strict=address is None, log=log)
     if resume and not tune.Tuner.can_restore(path):
         raise SweepError(f"--resume: no sweep to resume at {path}")
 
@@ -188,12 +198,24 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
                                         max_concurrent_trials=spec.max_concurrent_trials),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage_dir(), callbacks=list(callbacks), verbose=verbose,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
             ),
         )
     grid = tuner.fit()
+    if len(grid) < spec.num_samples or grid.num_terminated + grid.num_errors < len(grid):
+        # Tune catches SIGINT itself, saves the experiment and returns early
+        raise SweepInterrupted(f"{grid.num_terminated + grid.num_errors} of {spec.num_samples} trials ended")
     return summarise(grid, spec, path)
+
+
+def error_reason(error) -> str:
+    """The last line of a trial's error (the exception itself, not Ray's wrapper lines)."""
+    import re
+
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(error).splitlines()]
+    lines = [ln for ln in lines if ln]
+    return lines[-1] if lines else "the trial raised an error"
 
 
 def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
@@ -203,7 +225,7 @@ def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
         trial_id = m.get("trial_id") or Path(r.path).name
         info = {
             "trial_id": trial_id, "params": dict(r.config or {}), "epochs": m.get("training_iteration", 0),
-            "full_budget": bool(m.get("full_budget")), "error": str(r.error).splitlines()[0] if r.error else None,
+            "full_budget": bool(m.get("full_budget")), "error": error_reason(r.error) if r.error else None,
             **{k: m.get(k) for k in ("accuracy", "energy_mj", "token_ratio")},
         }
         info["status"] = "failed" if r.error else ("finished" if info["full_budget"] else "stopped_by_asha")

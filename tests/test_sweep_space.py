@@ -1,0 +1,109 @@
+"""Search-space files: strict validation before anything starts."""
+
+import copy
+
+import pytest
+import yaml
+
+from stas_sweep.cli import main
+from stas_sweep.sweep.space import SpaceError, load_spec
+
+BASE = {
+    "model": {"name": "spikingformer-1-32", "timesteps": 2},
+    "data": {"name": "digits", "img_size": 16},
+    "optim": {"lr": 5e-3, "weight_decay": 0.01},
+    "epochs": 2,
+    "batch_size": 32,
+    "device": "cpu",
+}
+GOOD = {
+    "name": "t",
+    "base": BASE,
+    "stage1": {"epochs": 1},
+    "space": {
+        "halting.alpha": {"uniform": [3.0, 8.0]},
+        "halting.beta": {"uniform": [-10.0, -4.0]},
+        "halting.delta_p": {"loguniform": [1e-3, 1e-1]},
+        "halting.epsilon": {"fixed": 0.01},
+        "model.timesteps": {"int": [2, 3]},
+        "optim.lr": {"choice": [1e-3, 5e-3]},
+    },
+    "eval": {"epsilons": [0.0, 0.2]},
+    "objectives": {"accuracy": "max", "energy_mj": "min"},
+    "reference": {"energy_mj": 1.0},
+    "search": {"sampler": "tpe", "seed": 0, "num_samples": 3},
+    "scheduler": {"type": "asha", "grace_period": 1, "max_epochs": 2},
+    "resources": {"cpu": 1},
+}
+
+
+def write(tmp_path, raw, name="space.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(raw) if isinstance(raw, dict) else raw)
+    return p
+
+
+def test_good_file_resolves(tmp_path, capsys):
+    spec = load_spec(write(tmp_path, GOOD))
+    assert [p.key for p in spec.params][:2] == ["halting.alpha", "halting.beta"]
+    assert spec.objectives == [("accuracy", "max"), ("energy_mj", "min")]
+    assert spec.reference == {"accuracy": 0.0, "energy_mj": 1.0}
+    assert spec.stage1_config()["halting"] is None and spec.stage1_config()["epochs"] == 1
+    assert spec.base["halting"] == {}  # trials are stage 2
+    spec2 = load_spec(write(tmp_path, {**GOOD, "space": {**GOOD["space"], "optim.lr": {"fixed": 1e-3}}}, "b.yaml"))
+    assert spec2.stage1_key() == spec.stage1_key()  # stage 1 does not depend on the searched stage-2 keys
+    assert main(["run", str(tmp_path / "space.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "halting.delta_p" in out and "loguniform" in out and "dry run" in out and "up to 6" in out
+
+
+MUTATIONS = [
+    (lambda r: r.update(epochz=1), "unknown key epochz"),
+    (lambda r: r["space"].update({"halting.alpha": {"uniform": [8.0, 3.0]}}), "space.halting.alpha.uniform: low must be < high"),
+    (lambda r: r["space"].update({"halting.delta_p": {"loguniform": [0.0, 0.1]}}), "bounds must be > 0"),
+    (lambda r: r["space"].update({"halting.alpha": {"normal": [0, 1]}}), "unknown distribution 'normal'"),
+    (lambda r: r["space"].update({"halting.gamma": {"uniform": [0, 1]}}), "space.halting.gamma: value 0 does not make a valid training config"),
+    (lambda r: r["space"].update({"halting.epsilon": {"uniform": [0.5, 1.5]}}), "space.halting.epsilon: value 1.5"),
+    (lambda r: r.pop("objectives"), "missing key 'objectives'"),
+    (lambda r: r.update(objectives={"accuracy": "max"}), "at least two metrics"),
+    (lambda r: r.update(objectives={"accuracy": "max", "latency": "min"}), "unknown metric 'latency'"),
+    (lambda r: r.update(objectives={"accuracy": "up", "energy_mj": "min"}), "objectives.accuracy must be max or min"),
+    (lambda r: r.update(reference={}), "reference.energy_mj is missing"),
+    (lambda r: r["eval"].update(epsilons=[0.0, 1.0]), r"eval.epsilons\[1\] must lie in \[0, 1\)"),
+    (lambda r: r["eval"].update(epsilons=[-0.1]), r"eval.epsilons\[0\] must be >= 0"),
+    (lambda r: r["search"].update(sampler="cmaes"), "search.sampler is 'cmaes'; accepted: tpe, nsga2, random"),
+    (lambda r: r["search"].update(num_samples=0), "search.num_samples must be >= 1"),
+    (lambda r: r["search"].update(points_to_evaluate=[{"halting.zeta": 1}]), "points_to_evaluate\\[0\\]: 'halting.zeta' is not in space"),
+    (lambda r: r["scheduler"].update(grace_period=5), "grace_period \\(5\\) must be <= scheduler.max_epochs \\(2\\)"),
+    (lambda r: r["scheduler"].update(type="pbt"), "scheduler.type is 'pbt'; accepted: asha, fifo"),
+    (lambda r: r["resources"].update(gpu=-1), "resources.gpu must be >= 0"),
+    (lambda r: r["resources"].update(tpu=1), "unknown key resources.tpu"),
+    (lambda r: r["base"].update(epochs="many"), "base: .*epochs must be an integer"),
+    (lambda r: r["base"]["model"].update(name="vit-1-32"), "unknown model 'vit-1-32'"),
+    (lambda r: r.update(base="missing.yaml"), "base: no such training config"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", MUTATIONS)
+def test_bad_files_are_rejected_naming_file_and_key(tmp_path, capsys, mutate, message):
+    import ray
+
+    raw = copy.deepcopy(GOOD)
+    mutate(raw)
+    path = write(tmp_path, raw)
+    with pytest.raises(SpaceError, match=message):
+        load_spec(path)
+    for command in (["validate", str(path)], ["run", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_metric_named_twice_is_rejected(tmp_path):
+    text = yaml.safe_dump({k: v for k, v in GOOD.items() if k != "objectives"})
+    text += "objectives:\n  accuracy: max\n  energy_mj: min\n  accuracy: min\n"
+    with pytest.raises(SpaceError, match="key 'accuracy' is given twice"):
+        load_spec(write(tmp_path, text))
+    assert main(["validate", str(tmp_path / "space.yaml")]) == 2
