@@ -6,6 +6,7 @@
     stas-sweep eval CHECKPOINT              accuracy / tokens / energy at several epsilons
     stas-sweep validate FILE                check a search-space file
     stas-sweep run FILE [--dry-run]         a sweep: Ray Tune + Optuna + ASHA, front in MLflow
+    stas-sweep submit FILE --address URL    the same sweep as a Ray job on a cluster
     stas-sweep pareto [--json]              the front of the latest sweep, from MLflow
     stas-sweep ui                           the MLflow UI on 127.0.0.1 for the default store
 
@@ -265,6 +266,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .sweep.space import load_spec
+    from .sweep.submit import submit
+
+    spec = load_spec(args.file)  # a bad file is rejected here, before anything reaches the cluster
+    uri = args.tracking_uri or spec.tracking_uri
+    if uri is None or uri.startswith("sqlite:"):
+        print("note: no --tracking-uri: the job logs to a sqlite file on the head node; give the URL of a shared "
+              "`mlflow server` to browse the front from here", file=sys.stderr)
+    job_id, status = submit(spec, args.address, tracking_uri=uri, resume=args.resume, wait=not args.no_wait)
+    if args.no_wait:
+        return 0
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
 def _print_sweep_summary(result, spec, uri: str) -> None:
     counts: dict = {}
     for t in result.trials:
@@ -408,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("submit", help="submit a sweep to a Ray cluster as a job (streams its logs)")
+    p.add_argument("file", help="search-space file")
+    p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    p.add_argument("--tracking-uri", help="MLflow server every node can reach, e.g. http://HEAD:5000")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep of the same file")
+    p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.set_defaults(func=cmd_submit)
+
     p = sub.add_parser("pareto", help="print the Pareto front of the latest sweep from MLflow")
     p.add_argument("--experiment", help="MLflow experiment (default: the latest sweep of any)")
     p.add_argument("--tracking-uri")
@@ -430,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stas-sweep {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError) as e:
+    except (UsageError, ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"stas-sweep {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -162,3 +162,16 @@ def test_missing_dataset_and_bad_checkpoints_exit_2_and_keep_files(stage1, tmp_p
         Trainer(config_from_dict(TINY), tmp_path / "o4", resume=True, progress=False, log=None)
     assert last.read_bytes() == before
     assert main(["eval", str(bad)]) == 2
+
+
+def test_sml_branch_trains_only_in_training(tmp_path):
+    cfg = config_from_dict(dict(TINY, epochs=1, sml={"enabled": True, "weight": 0.5}))
+    trainer = Trainer(cfg, tmp_path / "sml", progress=False, log=None)
+    plain = Trainer(config_from_dict(dict(TINY, epochs=1)), tmp_path / "plain", progress=False, log=None)
+    (metrics,) = trainer.fit()
+    assert metrics["train_loss"] > metrics["task_loss"]  # the auxiliary loss is added
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(trainer.model) == count(plain.model)  # the branch is not part of the model
+    in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in in_optimizer for p in trainer.sml.module.parameters())
+    assert "sml" in torch.load(trainer.last_path, weights_only=True)

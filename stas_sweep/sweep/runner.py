@@ -70,6 +70,7 @@ def init_ray(address: str | None, spec: SweepSpec) -> None:
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job: attach to its cluster
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trials keep the driver's working directory
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
     if address:
@@ -177,7 +178,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     path = experiment_path(spec)
     check_can_start(spec, resume)
     init_ray(address, spec)
-    check_resources(spec, strict=address is None, log=log)
+    check_resources(spec, strict=not (address or os.environ.get("RAY_ADDRESS")), log=log)
     if resume and not tune.Tuner.can_restore(path):
         raise SweepError(f"--resume: no sweep to resume at {path}")
 

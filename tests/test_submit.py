@@ -1,0 +1,96 @@
+"""Submitting a sweep as a Ray job to a Ray head on this machine, logging to an MLflow server.
+
+Real components: ``ray start --head`` (dashboard on 127.0.0.1, its own temp dir, auth mode set
+explicitly) and ``mlflow server`` on 127.0.0.1; the test stops only what it started.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from test_sweep_e2e import mlflow_runs, sweep_file
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture
+def head_and_mlflow(tmp_path):
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    dash, gcs, ml = free_port(), free_port(), free_port()
+    subprocess.run(["ray", "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={ray_tmp}",
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+                               str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(ml)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{ml}/health")
+        wait_http(f"http://127.0.0.1:{dash}/api/version")
+        yield tmp_path, env, f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{ml}"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflow):
+    folder, env, address, mlflow_url = head_and_mlflow
+    space = sweep_file(folder, name="submitted", search={"sampler": "tpe", "seed": 0, "num_samples": 2},
+                       space={"halting.beta": {"uniform": [-8.0, -4.0]}}, scheduler={"type": "fifo", "max_epochs": 1},
+                       mlflow={"experiment": "tiny-sweep"})
+    proc = subprocess.run([sys.executable, "-m", "stas_sweep.cli", "submit", str(space), "--address", address,
+                           "--tracking-uri", mlflow_url], env=env, cwd=folder, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "SUCCEEDED" in proc.stdout and "on the front" in proc.stdout  # the job's own output was streamed
+    _, parents, children = mlflow_runs({"MLFLOW_TRACKING_URI": mlflow_url}, "tiny-sweep")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    assert {c.data.tags["pareto"] for c in children} <= {"true", "false"}
+    assert any(c.data.tags["pareto"] == "true" for c in children)
+
+
+def test_submit_to_an_unreachable_address_fails_clearly(tmp_path):
+    space = sweep_file(tmp_path)
+    port = free_port()  # nothing listens there
+    proc = subprocess.run([sys.executable, "-m", "stas_sweep.cli", "submit", str(space), "--address",
+                           f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    assert proc.returncode == 2
+    assert f"cannot reach the Ray dashboard at http://127.0.0.1:{port}" in proc.stderr
+
+
+def test_local_run_refuses_gpus_it_does_not_have(tmp_path):
+    space = sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1})
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", STAS_SWEEP_RAY_TMPDIR=tempfile.mkdtemp(prefix="r", dir="/tmp"),
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-m", "stas_sweep.cli", "run", str(space)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no trial could ever be placed (GPU: a trial needs 1, the cluster has 0)" in proc.stderr
