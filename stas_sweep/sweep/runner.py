@@ -71,8 +71,9 @@ def init_ray(address: str | None, spec: SweepSpec) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job: attach to its cluster
-    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trials keep the driver's working directory
-    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    kwargs: dict = {"log_to_driver": True}
+    if os.environ.get("RAY_CHDIR_TO_TRIAL_DIR") != "0":  # a submitted job's runtime env already sets it
+        kwargs["runtime_env"] = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}  # trials keep the driver's cwd
     if address:
         try:
             ray.init(address=address, **kwargs)
