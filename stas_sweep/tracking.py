@@ -287,15 +287,13 @@ class SweepTracker:
     # -- the front ----------------------------------------------------------------------------
     def update_front(self, final: bool) -> tuple[list[dict], float]:
         """Recompute the front over all points; retag children; log the front artifacts."""
-        from .sweep.pareto import hypervolume, non_dominated
         from .sweep.plots import plot_front_html, plot_front_png, plot_hypervolume_png
+        from .sweep.runner import front_of
 
-        flags = non_dominated(self.points, self.objectives) if self.points else []
-        front = sorted((p for p, f in zip(self.points, flags) if f), key=lambda p: p[self.objectives[0][0]])
+        front, hv = front_of(self.points, self.objectives, self.reference)
         on_front = {p["trial_id"] for p in front}
         for tid, run_id in self.runs.items():
             self.client.set_tag(run_id, "pareto", "true" if tid in on_front else "false")
-        hv = hypervolume(self.points, self.objectives, self.reference) if self.points else 0.0
         self.client.log_metric(self.parent_id, "hypervolume", hv, step=self.finished)
         self.client.log_metric(self.parent_id, "front_size", len(front), step=self.finished)
         self._log_json(self.parent_id, self.points, "candidates.json")

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .pareto import hypervolume, non_dominated
+from .pareto import hypervolume, pareto_front
 from .space import SweepSpec
 from .trainable import train_stage1, train_trial
 
@@ -55,10 +55,11 @@ def trial_points(trial_id: str, params: dict, epsilon_rows: list[dict]) -> list[
     return points
 
 
-def front_of(points: list[dict], spec: SweepSpec) -> tuple[list[dict], float]:
-    flags = non_dominated(points, spec.objectives)
-    front = sorted((p for p, f in zip(points, flags) if f), key=lambda p: p[spec.objectives[0][0]])
-    return front, hypervolume(points, spec.objectives, spec.reference) if points else 0.0
+def front_of(points: list[dict], objectives, reference: dict) -> tuple[list[dict], float]:
+    """The non-dominated points and the hypervolume of all points against ``reference``."""
+    if not points:
+        return [], 0.0
+    return pareto_front(points, objectives), hypervolume(points, objectives, reference)
 
 
 def experiment_path(spec: SweepSpec) -> str:
@@ -234,5 +235,5 @@ def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
         result.trials.append(info)
         if info["full_budget"] and m.get("epsilon_table"):
             result.points += trial_points(trial_id, info["params"], json.loads(m["epsilon_table"]))
-    result.front, result.hypervolume = front_of(result.points, spec)
+    result.front, result.hypervolume = front_of(result.points, spec.objectives, spec.reference)
     return result

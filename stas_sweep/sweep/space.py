@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from ..train.config import ConfigError, TrainConfig, config_from_dict, merge
+from ..train.config import ConfigError, TrainConfig, config_from_dict, merge, set_dotted
 
 OBJECTIVE_METRICS = ("accuracy", "energy_mj", "token_ratio")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "fixed")
@@ -145,20 +145,6 @@ class SweepSpec:
         text = json.dumps(cfg, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-    def trial_config(self, sampled: dict) -> dict:
-        """The stage-2 training config of one trial: base + sampled dotted keys."""
-        cfg = copy.deepcopy(self.base)
-        for key, value in sampled.items():
-            node = cfg
-            parts = key.split(".")
-            for p in parts[:-1]:
-                if node.get(p) is None:
-                    node[p] = {}
-                node = node[p]
-            node[parts[-1]] = value
-        cfg["epochs"] = self.max_epochs
-        return cfg
-
     def storage_dir(self) -> str:
         p = self.storage_path
         return p if "://" in p else str(Path(p).resolve())
@@ -197,18 +183,6 @@ def _number(path, value, key, *, integer=False, low=None, high=None, low_open=Fa
     return value
 
 
-def _set_dotted(cfg: dict, key: str, value: Any) -> dict:
-    out = copy.deepcopy(cfg)
-    node = out
-    parts = key.split(".")
-    for p in parts[:-1]:
-        if node.get(p) is None:
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
-    return out
-
-
 def _param(path: Path, key: str, raw: Any, base: dict) -> Param:
     where = f"space.{key}"
     if not isinstance(raw, dict) or len(raw) != 1:
@@ -235,7 +209,7 @@ def _param(path: Path, key: str, raw: Any, base: dict) -> Param:
     # every value the distribution can produce must make a valid training config
     for v in samples:
         try:
-            config_from_dict(_set_dotted(base, key, v), "<trial>")
+            config_from_dict(set_dotted(base, key, v), "<trial>")
         except ConfigError as e:
             msg = str(e).removeprefix("<trial>: ")
             raise _err(path, f"{where}: value {v!r} does not make a valid training config ({msg})") from None
@@ -354,7 +328,7 @@ def load_spec(path: str | Path) -> SweepSpec:
                 raise _err(path, f"search.points_to_evaluate[{i}]: {k!r} is not in space; searched keys: "
                                  f"{', '.join(sorted(keys))}")
             try:
-                config_from_dict(_set_dotted(base, k, v), "<point>")
+                config_from_dict(set_dotted(base, k, v), "<point>")
             except ConfigError as e:
                 raise _err(path, f"search.points_to_evaluate[{i}].{k}: {str(e).removeprefix('<point>: ')}") from None
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..train.config import config_from_dict
+from ..train.config import config_from_dict, set_dotted
 from ..train.evaluate import epsilon_table
 from ..train.trainer import Trainer
 
@@ -24,18 +24,10 @@ REPORT_KEYS = ("epoch", "train_loss", "task_loss", "ponder_loss", "accuracy", "t
 
 def trial_config(base: dict, sampled: dict, epochs: int) -> dict:
     """Base training config with the sampled dotted keys set (``halting.alpha`` ...)."""
-    import copy
-
-    cfg = copy.deepcopy(base)
+    cfg = base
     for key, value in sampled.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if node.get(p) is None:
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = value
-    cfg["epochs"] = epochs
+        cfg = set_dotted(cfg, key, value)
+    cfg = set_dotted(cfg, "epochs", epochs)
     cfg.setdefault("tracking", {})["enabled"] = False  # the driver logs to MLflow
     cfg["init_from"] = None
     return cfg

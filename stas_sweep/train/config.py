@@ -245,6 +245,21 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
+def set_dotted(cfg: dict, key: str, value: Any) -> dict:
+    """A copy of ``cfg`` with the dotted ``key`` (``halting.alpha``) set to ``value``."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+    return out
+
+
 def merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
