@@ -175,3 +175,21 @@ def test_sml_branch_trains_only_in_training(tmp_path):
     in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert all(id(p) in in_optimizer for p in trainer.sml.module.parameters())
     assert "sml" in torch.load(trainer.last_path, weights_only=True)
+
+
+def test_data_parallel_gather_merges_replica_outputs():
+    """The gather of a multi-GPU trial (run here on CPU tensors: no GPU on this machine)."""
+    from stas_sweep import create_model
+    from stas_sweep.train.parallel import merge_outputs, wrap_data_parallel
+
+    torch.manual_seed(0)
+    m = create_model("spikingformer-1-16", img_size=16, halting={"alpha": 5.0, "beta": -5.0}).eval()
+    x = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        whole = m(x)
+        merged = merge_outputs([m(x[:2]), m(x[2:])], torch.device("cpu"))
+    for name in ("logits", "cells_processed", "active_tokens", "halting_scores", "halting_probs"):
+        torch.testing.assert_close(getattr(merged, name), getattr(whole, name))
+    torch.testing.assert_close(merged.ponder_loss, whole.ponder_loss)
+    torch.testing.assert_close(merged.token_ratio, whole.token_ratio)
+    assert wrap_data_parallel(m, torch.device("cpu")) is m  # one device: no wrapper

@@ -104,6 +104,17 @@ def check_resources(spec: SweepSpec, strict: bool = True, log=print) -> None:
             "pending until an autoscaler adds such nodes")
 
 
+def check_storage(spec: SweepSpec, log=print) -> None:
+    """Several nodes need shared storage: Ray stopped syncing trial folders to the head in 2.7."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and "://" not in spec.storage_path:
+        log(f"warning: storage_path {spec.storage_dir()} is a local path and this cluster has {len(nodes)} nodes: "
+            f"it must be a shared file system mounted at that path on every node (NFS), or use an s3:// / gs:// "
+            f"URI, or trials on other nodes cannot save or restore checkpoints")
+
+
 def stage1_weights(spec: SweepSpec, log=print) -> dict:
     """The shared stage-1 weights: reused from storage when complete, else trained once."""
     import ray
@@ -181,6 +192,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     check_can_start(spec, resume)
     init_ray(address, spec)
     check_resources(spec, strict=not (address or os.environ.get("RAY_ADDRESS")), log=log)
+    check_storage(spec, log=log)
     if resume and not tune.Tuner.can_restore(path):
         raise SweepError(f"--resume: no sweep to resume at {path}")
 

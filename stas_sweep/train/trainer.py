@@ -33,6 +33,7 @@ from ..models import create_model
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .evaluate import evaluate
+from .parallel import wrap_data_parallel
 from .sml import SML
 
 Callback = Callable[[int, dict, "Trainer"], None]
@@ -100,6 +101,10 @@ class Trainer:
         )
         self.mixup = build_mixup(d.mixup, d.cutmix, d.label_smoothing, self.model_args["num_classes"])
         self.criterion = self._criterion(mixup=self.mixup is not None)
+        self.train_model = wrap_data_parallel(self.model, self.device, log=self.log)
+        if cfg.sml.enabled and self.train_model is not self.model:
+            raise ValueError("sml.enabled: SML is not supported with several GPUs per trial; give the trial "
+                             "one GPU or switch SML off")
         self.sml = SML(self.model, cfg.sml.weight, cfg.sml.block) if cfg.sml.enabled else None
         if self.sml is not None:
             self.sml.module.to(self.device)
@@ -202,7 +207,7 @@ class Trainer:
             if mixup is not None:
                 x, target = mixup(x, y)
             with torch.autocast(self.device.type, enabled=self.amp):
-                out = model(x)
+                out = self.train_model(x)  # data-parallel over a trial's GPUs when it has several
                 task = criterion(out.logits.float(), target)
                 loss = task + delta_p * out.ponder_loss
                 if self.sml is not None:
