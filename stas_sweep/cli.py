@@ -77,7 +77,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
     halting = None
     if args.epsilon is not None or args.halting:
-        halting = {"alpha": args.alpha, "beta": args.beta, "epsilon": args.epsilon or 0.01,
+        halting = {"alpha": args.alpha, "beta": args.beta, "epsilon": 0.01 if args.epsilon is None else args.epsilon,
                    "accumulation": args.accumulation}
     model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
                          in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,

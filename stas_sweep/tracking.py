@@ -37,6 +37,15 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def log_params(client, run_id: str, params: dict) -> None:
+    """Nested params, flattened to dotted keys, in batches (MLflow takes 100 a call)."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
 class Tracker:
     """One MLflow run (optionally nested under ``parent_run_id``); a no-op when disabled."""
 
@@ -61,11 +70,7 @@ class Tracker:
 
     def log_params(self, params: dict) -> None:
         if self.enabled:
-            from mlflow.entities import Param
-
-            items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
-            for i in range(0, len(items), 100):
-                self.client.log_batch(self.run_id, params=items[i : i + 100])
+            log_params(self.client, self.run_id, params)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         if self.enabled:
@@ -187,7 +192,7 @@ class SweepTracker:
         })
         self.parent_id = run.info.run_id
         self._synced = True
-        self.log_params_to(self.parent_id, {
+        log_params(self.client, self.parent_id, {
             "sampler": spec.sampler, "seed": spec.seed, "num_samples": spec.num_samples,
             "scheduler": spec.scheduler, "max_epochs": spec.max_epochs, "epsilons": spec.epsilons,
             "objectives": spec.objectives, "reference": spec.reference, "stage1_key": spec.stage1_key(),
@@ -212,13 +217,6 @@ class SweepTracker:
         except Exception:  # noqa: BLE001 - no candidates logged yet
             self.points = []
         self.finished = len({p["trial_id"] for p in self.points})
-
-    def log_params_to(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def _log_json(self, run_id: str, obj, name: str) -> None:
         self._log_text(run_id, json.dumps(obj, indent=2, default=str), name)
@@ -248,7 +246,7 @@ class SweepTracker:
             "pareto": "false", "full_budget": "false",
         })
         self.runs[trial_id] = run.info.run_id
-        self.log_params_to(run.info.run_id, params)
+        log_params(self.client, run.info.run_id, params)
         return run.info.run_id
 
     def trial_result(self, trial_id: str, params: dict, result: dict) -> None:

@@ -67,8 +67,6 @@ def train_stage1(cfg_dict: dict, out_dir: str | None) -> tuple[dict, list[dict]]
     ``out_dir`` is a local or shared path where the run is kept and reused by later sweeps
     with the same stage-1 config; None trains in a temporary folder.
     """
-    import torch
-
     cfg = config_from_dict(cfg_dict, "<stage1>")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(out_dir) if out_dir else Path(tmp)
@@ -76,6 +74,4 @@ def train_stage1(cfg_dict: dict, out_dir: str | None) -> tuple[dict, list[dict]]
         trainer = Trainer(cfg, out, resume=last.is_file(), progress=False,
                           log=lambda msg: print(f"[stage 1] {msg}", flush=True))
         history = trainer.fit()
-        weights = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        return weights, history
+        return {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, history
