@@ -104,7 +104,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
           f"batch-norm calibrated on the batch")
     print(report.table())
     if similarity:
-        print("temporal similarity of block inputs: " + ", ".join(f"{s:.3f}" for s in similarity))
+        print("temporal similarity of block inputs (halting off): " + ", ".join(f"{s:.3f}" for s in similarity))
     return 0
 
 
@@ -199,7 +199,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{rows[0]['images']} validation images of {info.name}")
     print(format_table(rows))
     if args.similarity:
-        print("temporal similarity of block inputs: " + ", ".join(f"{s:.3f}" for s in result["temporal_similarity"]))
+        print("temporal similarity of block inputs (halting off): " + ", ".join(f"{s:.3f}" for s in result["temporal_similarity"]))
     if args.halting_maps:
         print(f"halting maps: {result['halting_maps'][0]} (+{len(result['halting_maps']) - 1} per-sample files)")
     return 0

@@ -30,6 +30,7 @@ def test_energy_json_on_random_input(capsys):
     assert main(args + ["--epsilon", "0.3", "--beta", "-5"]) == 0
     halting = json.loads(capsys.readouterr().out)
     assert halting["epsilon"] == 0.3 and halting["token_ratio"] < 1.0
+    assert halting["temporal_similarity"][0] > 0.999  # measured on the static architecture
     assert halting["energy_mj"] < static["energy_mj"]
     assert main(args + ["--epsilon", "0", "--beta", "-5"]) == 0
     assert json.loads(capsys.readouterr().out)["epsilon"] == 0.0  # 0 is a value, not "unset"

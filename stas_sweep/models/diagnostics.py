@@ -3,6 +3,9 @@
 For block l, the mean over images, tokens and consecutive timestep pairs of
 ``cos(X_in[t, b, k, :], X_in[t+1, b, k, :])``. A pair where both vectors are zero (a silent or
 halted token) counts as identical (1), a pair where only one is zero as 0.
+
+It describes the static architecture (SPS against I-SPS), so by default it is measured with
+halting switched off: a halted token's zeroed input would otherwise read as a change.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from .vit import SpikingViT
 
 
 @torch.no_grad()
-def temporal_similarity(model: SpikingViT, x: torch.Tensor, epsilon: float | None = None) -> list[float]:
+def temporal_similarity(model: SpikingViT, x: torch.Tensor, *, with_halting: bool = False) -> list[float]:
     """Mean cosine similarity between consecutive timesteps of each block's input tokens."""
     if model.timesteps < 2:
         raise ValueError("temporal similarity needs timesteps >= 2")
@@ -23,12 +26,15 @@ def temporal_similarity(model: SpikingViT, x: torch.Tensor, epsilon: float | Non
         block.register_forward_pre_hook(lambda _m, args, l=l: seen[l].append(args[0].detach()))
         for l, block in enumerate(model.blocks)
     ]
-    was_training = model.training
+    was_training, halting = model.training, model.halting
     model.eval()
+    if not with_halting:
+        model.set_halting(None)
     try:
-        model(x, epsilon=epsilon)
+        model(x)
     finally:
         model.train(was_training)
+        model.set_halting(halting)
         for h in hooks:
             h.remove()
     sims = []
