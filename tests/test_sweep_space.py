@@ -7,15 +7,7 @@ import yaml
 
 from stas_sweep.cli import main
 from stas_sweep.sweep.space import SpaceError, load_spec
-
-BASE = {
-    "model": {"name": "spikingformer-1-32", "timesteps": 2},
-    "data": {"name": "digits", "img_size": 16},
-    "optim": {"lr": 5e-3, "weight_decay": 0.01},
-    "epochs": 2,
-    "batch_size": 32,
-    "device": "cpu",
-}
+from test_sweep_e2e import BASE  # the tiny training config every sweep test uses
 GOOD = {
     "name": "t",
     "base": BASE,
