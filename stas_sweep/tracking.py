@@ -81,11 +81,6 @@ class Tracker:
                      if isinstance(v, (int, float)) and not isinstance(v, bool)]
             self.client.log_batch(self.run_id, metrics=items)
 
-    def set_tags(self, tags: dict) -> None:
-        if self.enabled:
-            for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v))
-
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
             self.client.log_artifact(self.run_id, str(path), artifact_path)

@@ -59,7 +59,6 @@ from .recipes import TensorAugment
 
 __all__ = ["EVENT_DATASETS", "check_events", "build_events", "per_class_split", "TransformedSubset"]
 
-EVENT_SIZE = 128  # both sensors are 128 x 128 (``get_H_W()``)
 _EXT = (".npz", ".npy")
 
 CIFAR10_DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
