@@ -1,27 +1,27 @@
-"""A-SSA two-dimensional token halting (STAS eqs. 3-10, SPEC section 2.3-2.4).
+"""A-SSA two-dimensional token halting: the paper's eqs. 3-9 as written (SPEC 2.3-2.4).
 
-Everything the method computes about halting lives in :class:`Halting`; the backbones only
-call :meth:`Halting.step` once per cell, in scan order, with the block's output tokens.
+Notation: B batch, T timesteps, L blocks, K tokens, D width. A *cell* is (block l, timestep t).
+The model runs block by block; each block runs on all T timesteps in one multi-step call, and
+after block l the state is told the block's output ``X[l]`` ``[T, B, K, D]``:
 
-Notation (B batch, T timesteps, L blocks, K tokens, D width), one *cell* = (t, l):
+    h[k,l,t] = sigmoid(alpha * X[k,l,t][0] + beta),  0 where the token is masked    eq. 3
+    C[k,l,t] = sum_{l' <= l} sum_{t' <= t} h[k,l',t']             (``tb``)          eq. 4
+    C[k,l,t] = sum_{l' <= l} h[k,l',t]                            (``b``, Table 4)
+    N[k,t]   = min { l : C[k,l,t] >= 1 - epsilon }, or L                            eq. 5
+    r[k,t]   = 1 - C[k, N[k,t]-1, t]                                                eq. 6
+    p[k,l,t] = h[k,l,t] for l < N;  r[k,t] for l = N;  0 for l > N                 eq. 7
+    rep      = 1/(T K) sum_t sum_k sum_l p[k,l,t] X[k,l,t]                          eq. 8
+    ponder   = 1/(T K) sum_t sum_k (N[k,t] + r[k,t])                                eq. 9
 
-    h[k,l,t] = sigmoid(alpha * X[k,l,t][0] + beta)                      eq. 3
-    c        = running sum of h over the cells visited so far          eq. 4
-               ``tb``: one sum over the grid, scanned (t=1,l=1..L), (t=2,l=1..L), ...
-               ``b`` : the sum restarts at 0 at the start of every timestep
-    N        = first cell with c >= 1 - epsilon; at the last cell      eq. 5
-               (t=T,l=L in ``tb``; l=L of each timestep in ``b``) every running token halts
-    r        = 1 - c_before, one minus the sum accumulated before N     eq. 6
-    p        = h before N, r at N, 0 after N                            eq. 7
-    rep      = 1/K sum_k sum_cells p * X   (``b``: also 1/T)            eq. 8
-    ponder   = 1/(T K) sum_k sum_t (blocks run at t + r if it halted at t)   eq. 9
+At every timestep a token starts again at block 1 (I-SPS feeds the same tokens at every step);
+in ``tb`` the scores of earlier timesteps count, so N[k,t] never grows with t. The mask of
+block l at every timestep depends only on blocks 1..l-1, which is why one call per block
+suffices. A token masked at (l, t) gets zero input in block l at t, so it fires nothing and
+accumulates no score there.
 
-Decisions the paper leaves open (SPEC wins):
-    * eq. 8's 1/T is dropped in ``tb``: the p of a token sum to 1 over the whole grid, so the
-      mean-field representation is a proper weighted average in both modes.
-    * the counts in the ponder loss carry no gradient; the remainders do (through h).
-    * a halted token is masked from the *next* cell on: its block input, q/k/v and MLP spikes
-      are zero and it accumulates no more score. In ``b`` it runs again at the next timestep.
+Decisions (SPEC): the p of a timestep are not renormalised in ``tb``; the counts N in the
+ponder loss carry no gradient, the remainders r do (through h); the state is float32 even
+under autocast.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ ACCUMULATIONS = ("tb", "b")
 
 @dataclass
 class HaltingConfig:
-    """Hyper-parameters of A-SSA. Paper: alpha=5, beta=-25, epsilon small (0.01 as A-ViT)."""
+    """Hyper-parameters of A-SSA. Paper: alpha=5, beta=-25 (Spikingformer; Spikformer uses
+    alpha=-5, beta=0), epsilon small (0.01 as A-ViT), ``tb`` accumulation."""
 
     alpha: float = 5.0
     beta: float = -25.0
@@ -61,66 +62,86 @@ def check_epsilon(epsilon: float) -> float:
 
 
 class Halting:
-    """State of one forward pass of A-SSA halting over a T x L grid of cells.
+    """The halting state of one forward pass, updated block by block.
 
-    Usage, in scan order ``for t in range(T): for l in range(L):``::
+    Usage (dense, masked execution)::
 
-        mask = state.mask                    # [B, K] who runs cell (t, l)
-        x = block_l(x * mask)                # [B, K, D] block output
-        state.step(t, l, x)                  # scores, halts, accumulates
+        state = Halting(cfg, T, L, B, K, D, device)
+        for l, block in enumerate(blocks):
+            m = state.mask                       # [T, B, K] 1 = runs block l at timestep t
+            x = block(x * m[..., None], m)       # [T, B, K, D]
+            state.step(l, x)
 
-    and afterwards :meth:`representation`, :attr:`ponder`, :attr:`cells`.
+    A caller that holds only the running tokens' rows uses :meth:`update` and
+    :meth:`add_mean_field` instead of :meth:`step`. Afterwards: :meth:`representation`,
+    :meth:`ponder`, and the records ``N``, ``h``, ``p``, ``active``.
     """
 
     def __init__(self, cfg: HaltingConfig, T: int, L: int, B: int, K: int, D: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
-        self.cfg, self.T, self.L = cfg, T, L
-        zeros = lambda *s: torch.zeros(*s, device=device, dtype=dtype)  # noqa: E731
-        self.c = zeros(B, K)                       # cumulative halting score
-        self.mask = torch.ones(B, K, device=device, dtype=dtype)  # 1 = running this cell
-        self.rep = zeros(B, K, D)                  # sum over cells of p * X
-        self.ponder_sum = zeros(B, K)              # sum over t of (N^t + r^t)
-        self.cells = zeros(B, K)                   # cells each token ran, 0..T*L
-        self.h = zeros(B, T, L, K)                 # every cell's h (0 where masked)
-        self.p = zeros(B, T, L, K)                 # halting probabilities
-        self.active = zeros(B, T, L)               # tokens run per cell
+                 device: torch.device | str, dtype: torch.dtype = torch.float32) -> None:
+        self.cfg, self.T, self.L, self.K = cfg, T, L, K
+        self.dtype = torch.promote_types(dtype, torch.float32)  # float32 at least, even under AMP
+        f32 = dict(device=device, dtype=self.dtype)
+        self.C = torch.zeros(T, B, K, **f32)       # C[k, l-1, t] for the block about to run
+        self.mask = torch.ones(T, B, K, **f32)     # 1 = running in the block about to run
+        self.N = torch.zeros(T, B, K, **f32)       # blocks run so far at each timestep
+        self.rep = torch.zeros(T, B, D, **f32)     # sum_k sum_l p * X, per timestep
+        self.ponder_sum = torch.zeros(T, B, K, **f32)  # sum of (N + r) terms
+        self.h = torch.zeros(B, T, L, K, **f32)    # every cell's h (0 where masked)
+        self.p = torch.zeros(B, T, L, K, **f32)    # halting probabilities
+        self.active = torch.zeros(B, T, L, **f32)  # tokens run in each cell
 
-    def start_timestep(self, t: int) -> None:
-        """``b`` restarts the accumulation every timestep; ``tb`` carries it on."""
-        if self.cfg.accumulation == "b" and t > 0:
-            self.c = torch.zeros_like(self.c)
-            self.mask = torch.ones_like(self.mask)
+    def score(self, x0: torch.Tensor) -> torch.Tensor:
+        """eq. 3 on the first channel ``x0`` ``[T, B, K]`` of block l's output; masked -> 0."""
+        return torch.sigmoid(self.cfg.alpha * x0.to(self.dtype) + self.cfg.beta) * self.mask
 
-    def step(self, t: int, l: int, x: torch.Tensor) -> None:
-        """Account for cell (t, l) given the block output ``x`` ``[B, K, D]``."""
-        cfg, m = self.cfg, self.mask                                 # m: [B, K]
-        h = torch.sigmoid(cfg.alpha * x[..., 0] + cfg.beta) * m      # eq. 3, [B, K]
-        c_new = self.c + h                                           # eq. 4
-        last = l == self.L - 1 and (cfg.accumulation == "b" or t == self.T - 1)
-        if last:
-            halt = m.bool()                                          # forced halting
+    def update(self, l: int, h: torch.Tensor) -> torch.Tensor:
+        """Account for block l given its scores ``h`` ``[T, B, K]``; returns p ``[T, B, K]``."""
+        m, C_prev = self.mask, self.C                                  # [T, B, K]
+        if self.cfg.accumulation == "tb":
+            C = C_prev + h.cumsum(0)                                   # eq. 4: all t' <= t
         else:
-            halt = m.bool() & (c_new >= 1.0 - cfg.epsilon)           # eq. 5
-        r = 1.0 - self.c                                             # eq. 6, [B, K]
-        p = torch.where(halt, r, h) * m                              # eq. 7, [B, K]
+            C = C_prev + h                                             # b: this timestep only
+        if l == self.L - 1:
+            halt = m.bool()                                            # N = L at the latest
+        else:
+            halt = m.bool() & (C >= 1.0 - self.cfg.epsilon)            # eq. 5
+        r = 1.0 - C_prev                                               # eq. 6 (used where halt)
+        p = torch.where(halt, r, h) * m                                # eq. 7
 
-        self.rep = self.rep + p.unsqueeze(-1) * x                    # eq. 8 numerator
+        self.N = self.N + m                                            # block l ran where m = 1
         self.ponder_sum = self.ponder_sum + m + torch.where(halt, r, torch.zeros_like(r))
-        self.cells = self.cells + m
-        self.h[:, t, l] = h.detach()
-        self.p[:, t, l] = p.detach()
-        self.active[:, t, l] = m.sum(-1)
+        self.h[:, :, l] = h.detach().transpose(0, 1)
+        self.p[:, :, l] = p.detach().transpose(0, 1)
+        self.active[:, :, l] = m.sum(-1).transpose(0, 1)
+        self.C = C
+        self.mask = m * (~halt).to(m.dtype)                            # masked from block l+1
+        return p
 
-        self.c = c_new
-        self.mask = m * (~halt).to(m.dtype)                           # masked from next cell
+    def add_mean_field(self, p: torch.Tensor, x: torch.Tensor) -> None:
+        """eq. 8 numerator: ``rep[t, b] += sum_k p[t, b, k] * x[t, b, k]`` (``x`` ``[T, B, K, D]``)."""
+        self.rep = self.rep + torch.einsum("tbk,tbkd->tbd", p, x.to(self.dtype))
+
+    def add_mean_field_rows(self, p: torch.Tensor, x: torch.Tensor, groups: torch.Tensor) -> None:
+        """The same on running rows: ``p`` ``[R]``, ``x`` ``[R, D]``, ``groups`` ``[R]`` = t*B + b."""
+        T, B, D = self.rep.shape
+        rep = self.rep.reshape(T * B, D).index_add(0, groups, p.unsqueeze(-1) * x.to(self.dtype))
+        self.rep = rep.view(T, B, D)
+
+    def step(self, l: int, x: torch.Tensor) -> torch.Tensor:
+        """Dense path: scores, halting and mean field for block l's output ``x`` ``[T, B, K, D]``."""
+        p = self.update(l, self.score(x[..., 0]))
+        self.add_mean_field(p, x)
+        return p
 
     def representation(self) -> torch.Tensor:
-        """Mean-field representation ``[B, D]`` fed to the head (eq. 8)."""
-        rep = self.rep.mean(1)                                       # 1/K sum_k, [B, D]
-        if self.cfg.accumulation == "b":
-            rep = rep / self.T                                       # p sum to 1 per timestep
-        return rep
+        """Mean field per timestep ``[T, B, D]`` (1/K sum_k sum_l p X); its mean over T is eq. 8."""
+        return self.rep / self.K
 
     def ponder(self) -> torch.Tensor:
-        """Ponder loss (eq. 9): scalar, mean over T, K and the batch."""
-        return (self.ponder_sum / self.T).mean()
+        """Ponder loss (eq. 9): 1/(T K) sum_t sum_k (N + r), averaged over the batch."""
+        return self.ponder_sum.mean()
+
+    def token_ratio(self) -> torch.Tensor:
+        """Blocks run, summed over tokens and timesteps, over T*L*K; mean over images."""
+        return self.N.mean((0, 2)).mean() / self.L

@@ -88,10 +88,12 @@ def format_table(rows: list[dict]) -> str:
 def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int = 8,
                  epsilon: float | None = None, device: torch.device | str = "cpu",
                  mean: tuple = (0.0,), std: tuple = (1.0,)) -> list[Path]:
-    """PNG heat maps of ``cells_processed`` over the image (paper Fig. 7).
+    """PNG heat maps of where the model spends its blocks.
 
-    Writes ``halting_map_<i>.png`` (image | map) per sample and ``halting_maps.png`` with all
-    of them; returns the paths. Brighter = more cells processed (at most T*L).
+    Per sample, ``halting_map_<i>.png``: the image, the blocks run per token summed over
+    timesteps (0..T*L, paper Fig. 7) and, per timestep, the block at which each token halted
+    (N[k,t], 1..L, paper Fig. 5b). ``halting_maps.png`` puts every sample's image and summed
+    map side by side. Returns the paths (grid first).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -99,19 +101,22 @@ def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    images, maps = [], []
+    images, cells, blocks = [], [], []
     for x, _ in loader:
         out = model(x.to(device), epsilon=epsilon)
         images.append(x.cpu())
-        maps.append(out.cells_processed.cpu())
+        cells.append(out.cells_processed.cpu())  # [B, K]
+        blocks.append(out.halting_blocks.cpu())  # [B, T, K]
         if sum(len(i) for i in images) >= samples:
             break
     images = torch.cat(images)[:samples]
-    maps = torch.cat(maps)[:samples]
-    side = int(round(maps.shape[1] ** 0.5))
-    vmax = model.timesteps * model.depth
+    cells = torch.cat(cells)[:samples]
+    blocks = torch.cat(blocks)[:samples]
+    side = int(round(cells.shape[1] ** 0.5))
+    T, L = model.timesteps, model.depth
     m = torch.tensor(mean).view(-1, 1, 1)
     s = torch.tensor(std).view(-1, 1, 1)
+    eps = epsilon if epsilon is not None else (model.halting.epsilon if model.halting else "static")
 
     def show_image(ax, img):
         if img.dim() == 4:  # event frames [T, 2, H, W]: events summed over time and polarity
@@ -122,20 +127,25 @@ def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int
                       cmap="gray" if img.shape[0] == 1 else None)
         ax.set_axis_off()
 
-    def show_map(ax, cells):
-        im = ax.imshow(cells.view(side, side).numpy(), cmap="inferno", vmin=0, vmax=vmax)
+    def show_map(ax, values, vmin, vmax):
+        im = ax.imshow(values.view(side, side).numpy(), cmap="inferno", vmin=vmin, vmax=vmax)
         ax.set_axis_off()
         return im
 
     paths = []
     for i in range(len(images)):
-        fig = Figure(figsize=(5, 2.4))
+        fig = Figure(figsize=(2.2 * (T + 2), 2.6))
         FigureCanvasAgg(fig)
-        a, b = fig.subplots(1, 2)
-        show_image(a, images[i])
-        im = show_map(b, maps[i])
-        b.set_title(f"cells run (max {vmax}), mean {float(maps[i].mean()):.1f}", fontsize=8)
-        fig.colorbar(im, ax=b, fraction=0.046)
+        axes = fig.subplots(1, T + 2)
+        show_image(axes[0], images[i])
+        im = show_map(axes[1], cells[i], 0, T * L)
+        axes[1].set_title(f"blocks run, all t\n(0..{T * L}), mean {float(cells[i].mean()):.1f}", fontsize=8)
+        fig.colorbar(im, ax=axes[1], fraction=0.046)
+        for t in range(T):
+            im_t = show_map(axes[2 + t], blocks[i, t], 0, L)
+            axes[2 + t].set_title(f"halting block N, t={t + 1}\nmean {float(blocks[i, t].mean()):.2f}", fontsize=8)
+        fig.colorbar(im_t, ax=axes[-1], fraction=0.046)
+        fig.suptitle(f"epsilon = {eps}", fontsize=9)
         path = out_dir / f"halting_map_{i}.png"
         fig.savefig(path, dpi=100, bbox_inches="tight")
         paths.append(path)
@@ -144,9 +154,8 @@ def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int
     axes = fig.subplots(2, len(images), squeeze=False)
     for i in range(len(images)):
         show_image(axes[0, i], images[i])
-        im = show_map(axes[1, i], maps[i])
-    fig.suptitle(f"tokens' processed cells (of T*L = {vmax}); epsilon = "
-                 f"{epsilon if epsilon is not None else (model.halting.epsilon if model.halting else 'static')}")
+        im = show_map(axes[1, i], cells[i], 0, T * L)
+    fig.suptitle(f"blocks run per token, summed over timesteps (of T*L = {T * L}); epsilon = {eps}")
     fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02)
     grid = out_dir / "halting_maps.png"
     fig.savefig(grid, dpi=100, bbox_inches="tight")

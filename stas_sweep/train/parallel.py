@@ -14,7 +14,7 @@ from torch import nn
 
 from ..models.vit import STASOutput
 
-_BATCHED = ("logits", "cells_processed", "active_tokens", "halting_scores", "halting_probs")
+_BATCHED = ("logits", "cells_processed", "halting_blocks", "active_tokens", "halting_scores", "halting_probs")
 _MEANS = ("ponder_loss", "token_ratio")  # per-replica batch means -> full-batch means
 
 
