@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .models.blocks import Block, SpikeMatmul
+from .models.packing import Packing
 from .models.vit import SpikingViT
 
 E_MAC_PJ = 4.6
@@ -133,8 +134,9 @@ class EnergyMeter:
         self._add(module, "AC", 2 * per, per * (min(fr_k, fr_v) + fr_q))
 
     def _block_pre_hook(self, _block: Block, args: tuple) -> None:
-        mask = args[1] if len(args) > 1 else None  # [T', B, K] keep-mask or None
-        self._running = 1.0 if mask is None else float(mask.float().mean())
+        mask = args[1] if len(args) > 1 else None  # [T', B, K] keep-mask, a Packing, or None
+        # packed blocks see only their running rows, so every row they compute is counted
+        self._running = 1.0 if mask is None or isinstance(mask, Packing) else float(mask.float().mean())
 
     def _block_hook(self, *_args) -> None:
         self._running = 1.0

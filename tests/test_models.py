@@ -94,14 +94,34 @@ def test_dvs_event_frames_input():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_b_mode_without_halting_equals_static_model(family):
-    """With h ~ 0 every token runs every block; b's mean field is then the static mean over T."""
+@pytest.mark.parametrize("accumulation", ["tb", "b"])
+def test_no_early_halting_equals_static_model(family, accumulation):
+    """With h ~ 0 every token runs every block and the mean field is the static mean over T, K."""
     torch.manual_seed(0)
     x = torch.rand(3, 3, 16, 16)
-    m = create_model(f"{family}-2-32", img_size=16).eval()
-    mh = create_model(f"{family}-2-32", img_size=16, halting=dict(alpha=0.0, beta=-50.0, accumulation="b")).eval()
+    m = create_model(f"{family}-2-32", img_size=16)
+    for p in m.parameters():  # large weights: a wrong read of the blocks' outputs would show
+        p.data.mul_(8.0)
+    m.eval()
+    mh = create_model(f"{family}-2-32", img_size=16, halting=dict(alpha=0.0, beta=-50.0, accumulation=accumulation))
     mh.load_state_dict(m.state_dict())
-    torch.testing.assert_close(mh(x).logits, m(x).logits)
+    mh.eval()
+    with torch.no_grad():
+        out, ref = mh(x), m(x)
+    assert float(out.token_ratio) == 1.0
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("packed", [True, False])
+def test_each_block_runs_once_per_forward(family, packed):
+    m = create_model(f"{family}-2-32", img_size=16, halting=HALT)
+    m.packed_halting = packed
+    calls = []
+    for l, block in enumerate(m.blocks):
+        block.register_forward_pre_hook(lambda _m, args, l=l: calls.append((l, args[0].shape[-1])))
+    m(torch.rand(2, 3, 16, 16))
+    assert calls == [(0, 32), (1, 32)]  # L calls, each on all T timesteps
 
 
 def _calibrated(family, seed=0, **kw):
@@ -116,42 +136,54 @@ def _calibrated(family, seed=0, **kw):
 @pytest.mark.parametrize("accumulation", ["tb", "b"])
 def test_halted_tokens_are_silent_in_later_layers(family, accumulation):
     m, x = _calibrated(family, halting=dict(HALT, accumulation=accumulation))
-    T, L = m.timesteps, m.depth
-    calls = {}  # (block, kind, name) -> list of tensors, one per timestep in call order
+    m.packed_halting = False  # the dense reference path: halted tokens present as zeros
+    calls = {}  # (block, kind, name) -> tensors [T, B, K, C], one per call
 
     def hook(key):
         def fn(_mod, inputs, out):
             t = inputs[0] if key[1] == "in" else out
-            if t.dim() == 4:  # token tensors [1, B, K, C]; SDT's column sums are 5-D
+            if t.dim() == 4:  # token tensors; SDT's column sums are 5-D
                 calls.setdefault(key, []).append(t.detach())
         return fn
 
     for l, block in enumerate(m.blocks):
         for name, mod in block.named_modules():
-            cls = type(mod).__name__
-            if cls == "LIFNode":
+            if hasattr(mod, "v_threshold"):  # a LIF neuron
                 mod.register_forward_hook(hook((l, "out", name)))
-            elif cls == "TokenLinear":
+            elif type(mod).__name__ == "TokenLinear":
                 mod.register_forward_hook(hook((l, "in", name)))
     with torch.no_grad():
         out = m(x)
     assert float(out.token_ratio) < 1.0  # some tokens did halt
-    cells = out.cells_processed  # [B, K]
+    N = out.halting_blocks.transpose(0, 1)  # [T, B, K]
     halted_seen = fired = 0
     for (l, _, _), seq in calls.items():
-        assert len(seq) == T
-        for t, s in enumerate(seq):
-            idx = t * L + l
-            if accumulation == "tb":
-                running = cells > idx  # tokens run a prefix of the scan
-            else:  # b: a token runs blocks 0..N^t-1 of every timestep
-                running = out.halting_probs[:, t, : l + 1].sum(1) < 1 - 1e-6
-                running |= out.halting_probs[:, t, l] > 0
-            silent = ~running
-            halted_seen += int(silent.sum())
-            assert (s[0][silent] == 0).all(), (l, t)
-            fired += int(s[0][running].ne(0).sum())
+        assert len(seq) == 1  # one call per block
+        running = N > l  # token runs block l at timestep t
+        halted_seen += int((~running).sum())
+        assert (seq[0][~running] == 0).all(), l
+        fired += int(seq[0][running].ne(0).sum())
     assert halted_seen > 0 and fired > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tb_halting_block_never_grows_with_time(family):
+    m, x = _calibrated(family, halting=dict(alpha=5.0, beta=-6.0, epsilon=0.05))
+    with torch.no_grad():
+        out = m(x)
+    N = out.halting_blocks  # [B, T, K]
+    assert (N[:, 1:] <= N[:, :-1]).all()
+    assert (N[:, 1:] < N[:, :-1]).any()  # tokens do halt earlier in later timesteps
+    assert torch.equal(out.cells_processed, N.sum(1))
+    assert float(out.token_ratio) == pytest.approx(float(N.mean()) / m.depth)
+
+
+def test_halting_state_float32_under_autocast():
+    m, x = _calibrated("spikingformer", halting=HALT)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    assert out.halting_scores.dtype == out.halting_probs.dtype == torch.float32
+    assert out.ponder_loss.dtype == out.token_ratio.dtype == torch.float32
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -184,8 +216,9 @@ def test_ponder_loss_gradient_reaches_halting_channel(family):
     for h in hooks:
         h.remove()
     assert any(float(g[..., 0].abs().sum()) > 0 for g in grads)
-    # and on to parameters: the last block's MLP output, first channel
-    w = m.blocks[-1].mlp.fc2.fc.weight.grad
+    # and on to parameters: block 1's MLP output, first channel (the last block's h only
+    # decides halting; no remainder reads it)
+    w = m.blocks[0].mlp.fc2.fc.weight.grad
     assert w is not None and float(w[0].abs().sum()) > 0
 
 

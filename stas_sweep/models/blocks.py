@@ -1,17 +1,20 @@
 """Encoder blocks of the three backbones, with A-SSA masking.
 
-Every block maps tokens ``[T, B, N, D]`` to tokens ``[T, B, N, D]`` and takes the halting
-keep-mask ``[T, B, N]`` (or ``None`` for a static model). Masked (halted) tokens arrive with
+Every block maps tokens ``[T, B, K, D]`` to tokens ``[T, B, K, D]`` and takes the halting
+keep-mask ``[T, B, K]`` (or ``None`` for a static model). Masked (halted) tokens arrive with
 a zero input; every LIF layer in the block gives them no input current and zero spikes
 (:func:`~stas_sweep.models.layers.fire`), so their q/k/v, attention and MLP spikes are zero:
 they neither attend nor are attended, and they fire nothing.
+
+Given a :class:`~stas_sweep.models.packing.Packing` instead of a mask, a block maps the
+running rows ``[R, D]`` to ``[R, D]``: the same layers on the running tokens only.
 
 * ``spikformer`` (Zhou et al. 2022): SSA with LIF on q/k/v, ``x = (q k^T v) * 0.125`` (no
   softmax), ``attn_lif`` (V_th 0.5), proj -> BN -> LIF; spike outputs added to an integer
   residual stream.
 * ``spikingformer`` (Zhou et al. 2023): pre-activation: every branch starts with a LIF and
   ends with BN, so the residual stream is real valued and every synapse sees spikes.
-* ``spikedriven`` (Yao et al. 2023): spike-driven self-attention ``q * SN(sum_N k * v)``
+* ``spikedriven`` (Yao et al. 2023): spike-driven self-attention ``q * SN(sum_K k * v)``
   (column sums gated by a V_th 0.5 LIF), residuals inside the modules.
 
 Dead modules of the reference code (unused LayerNorms, SDT's unused talking-heads conv and
@@ -24,15 +27,16 @@ import torch
 from torch import nn
 
 from .layers import TokenLinear, fire, lif
+from .packing import Packing
 
 SSA_SCALE = 0.125  # the reference code's constant, not d ** -0.5
 
 
 class SpikeMatmul(nn.Module):
-    """Spiking self-attention products on binary q, k, v ``[T, B, h, N, d]``.
+    """Spiking self-attention products on binary q, k, v ``[T, B, heads, K, d]``.
 
     ``spikformer``/``spikingformer``: ``q @ (k^T @ v) * 0.125`` (linear order, equal to the
-    reference's ``(q @ k^T) @ v``). ``spikedriven``: ``q * sum_N(k * v)`` before the
+    reference's ``(q @ k^T) @ v``). ``spikedriven``: ``q * sum_K(k * v)`` before the
     talking-heads LIF. Kept as a module so the energy meter can see its inputs.
     """
 
@@ -42,18 +46,18 @@ class SpikeMatmul(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.kind == "ssa":
-            return q @ (k.transpose(-2, -1) @ v) * SSA_SCALE  # [T, B, h, N, d]
-        return (k * v).sum(dim=-2, keepdim=True)  # [T, B, h, 1, d]
+            return q @ (k.transpose(-2, -1) @ v) * SSA_SCALE  # [T, B, heads, K, d]
+        return (k * v).sum(dim=-2, keepdim=True)  # [T, B, heads, 1, d]
 
 
-def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
-    T, B, N, D = x.shape
-    return x.reshape(T, B, N, h, D // h).transpose(2, 3)  # [T, B, h, N, d]
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    T, B, K, D = x.shape
+    return x.reshape(T, B, K, num_heads, D // num_heads).transpose(2, 3)  # [T, B, heads, K, d]
 
 
 def _merge(x: torch.Tensor) -> torch.Tensor:
-    T, B, h, N, d = x.shape
-    return x.transpose(2, 3).reshape(T, B, N, h * d)  # [T, B, N, D]
+    T, B, heads, K, d = x.shape
+    return x.transpose(2, 3).reshape(T, B, K, heads * d)  # [T, B, K, D]
 
 
 class Attention(nn.Module):
@@ -71,17 +75,21 @@ class Attention(nn.Module):
         self.proj = TokenLinear(dim, dim, bias=True)
         self.proj_lif = lif() if family == "spikformer" else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        s = x if self.entry_lif is None else fire(self.entry_lif, x, mask)  # [T, B, N, D]
-        q = _heads(fire(self.q_lif, self.q(s), mask), self.num_heads)  # [T, B, h, N, d]
-        k = _heads(fire(self.k_lif, self.k(s), mask), self.num_heads)
-        v = _heads(fire(self.v_lif, self.v(s), mask), self.num_heads)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
+        s = x if self.entry_lif is None else fire(self.entry_lif, x, mask)  # [T, B, K, D] or [R, D]
+        q, k, v = (fire(node, lin(s), mask) for node, lin in
+                   ((self.q_lif, self.q), (self.k_lif, self.k), (self.v_lif, self.v)))
+        packed = isinstance(mask, Packing)
+        if packed:  # the products sum over each image's tokens: run them on [T, B, K, D]
+            q, k, v = mask.unpack(q), mask.unpack(k), mask.unpack(v)
+        q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))  # [T, B, heads, K, d]
         a = self.matmul(q, k, v)
         if self.family == "spikedriven":
-            a = q * self.attn_lif(a)  # binary channel mask per head, [T, B, h, N, d]
-            a = _merge(a)
+            a = _merge(q * self.attn_lif(a))  # binary channel mask per head, [T, B, K, D]
+            a = mask.pack(a) if packed else a
         else:
-            a = fire(self.attn_lif, _merge(a), mask)  # [T, B, N, D]
+            a = _merge(a)
+            a = fire(self.attn_lif, mask.pack(a) if packed else a, mask)  # [T, B, K, D] or [R, D]
         y = self.proj(a)
         if self.proj_lif is not None:
             y = fire(self.proj_lif, y, mask)
@@ -99,7 +107,7 @@ class MLP(nn.Module):
         self.fc2 = TokenLinear(hidden, dim, bias=True)
         self.fc2_lif = lif() if family == "spikformer" else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
         s = x if self.entry_lif is None else fire(self.entry_lif, x, mask)
         y = self.fc2(fire(self.fc1_lif, self.fc1(s), mask))
         if self.fc2_lif is not None:
@@ -120,8 +128,11 @@ class Block(nn.Module):
         self.attn = Attention(family, dim, num_heads, qkv_bias)
         self.mlp = MLP(family, dim, dim * mlp_ratio)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        m = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # [T, B, N, 1]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None = None) -> torch.Tensor:
+        if isinstance(mask, Packing):  # running rows [R, D] only
+            x = x + self.attn(x, mask)
+            return x + self.mlp(x, mask)
+        m = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # [T, B, K, 1]
         a = self.attn(x, mask)
         x = x + (a if m is None else a * m)
         f = self.mlp(x, mask)

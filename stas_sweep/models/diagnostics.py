@@ -21,13 +21,14 @@ def temporal_similarity(model: SpikingViT, x: torch.Tensor, *, with_halting: boo
     """Mean cosine similarity between consecutive timesteps of each block's input tokens."""
     if model.timesteps < 2:
         raise ValueError("temporal similarity needs timesteps >= 2")
-    seen: dict[int, list[torch.Tensor]] = {l: [] for l in range(model.depth)}
+    seen: dict[int, list[torch.Tensor]] = {l: [] for l in range(model.depth)}  # block inputs
     hooks = [
         block.register_forward_pre_hook(lambda _m, args, l=l: seen[l].append(args[0].detach()))
         for l, block in enumerate(model.blocks)
     ]
-    was_training, halting = model.training, model.halting
+    was_training, halting, packed = model.training, model.halting, model.packed_halting
     model.eval()
+    model.packed_halting = False  # the hooks read whole [T, B, K, D] token tensors
     if not with_halting:
         model.set_halting(None)
     try:
@@ -35,11 +36,12 @@ def temporal_similarity(model: SpikingViT, x: torch.Tensor, *, with_halting: boo
     finally:
         model.train(was_training)
         model.set_halting(halting)
+        model.packed_halting = packed
         for h in hooks:
             h.remove()
     sims = []
     for l in range(model.depth):
-        xs = torch.cat(seen[l], 0)  # [T, B, K, D], timesteps in call order
+        xs = seen[l][0]  # [T, B, K, D]: one call per block
         a, b = xs[:-1], xs[1:]
         cos = F.cosine_similarity(a, b, dim=-1, eps=1e-12)  # [T-1, B, K]
         za, zb = a.abs().sum(-1) == 0, b.abs().sum(-1) == 0

@@ -9,8 +9,11 @@ are shared over time and batch exactly as in the reference code.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from spikingjelly.activation_based import layer, neuron, surrogate
 from torch import nn
+
+from .packing import Packing
 
 SeqToANN = layer.SeqToANNContainer
 
@@ -29,15 +32,18 @@ def lif(v_threshold: float = 1.0) -> neuron.LIFNode:
     )
 
 
-def fire(node: neuron.LIFNode, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Run a LIF layer on token tensor ``x`` ``[T, B, N, C]`` with the halting keep-mask
-    ``mask`` ``[T, B, N]`` (1 = token still running, 0 = halted).
+def fire(node: neuron.LIFNode, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
+    """Run a LIF layer on token tensor ``x`` ``[T, B, K, C]`` with the halting keep-mask
+    ``mask`` ``[T, B, K]`` (1 = token still running, 0 = halted), or on running rows ``[R, C]``
+    of a :class:`Packing`.
 
     Halted tokens get no input current (their membranes only leak) and their spikes are
     forced to exactly zero, so they neither send nor receive attention and fire nothing.
     """
     if mask is None:
         return node(x)
+    if isinstance(mask, Packing):
+        return mask.fire(node, x)
     m = mask.unsqueeze(-1).to(x.dtype)  # [T, B, N, 1]
     return node(x * m) * m
 
@@ -46,7 +52,8 @@ class TokenLinear(nn.Module):
     """A 1x1 projection on tokens followed by batch norm over channels.
 
     Equivalent to the reference code's ``Linear`` / ``Conv1d(k=1)`` / ``Conv2d(k=1)`` + BN:
-    input ``[T, B, N, C_in]`` -> output ``[T, B, N, C_out]``.
+    input ``[T, B, K, C_in]`` -> output ``[T, B, K, C_out]``, or packed rows ``[R, C_in]`` ->
+    ``[R, C_out]`` (batch-norm statistics then come from the running rows only).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
@@ -55,7 +62,13 @@ class TokenLinear(nn.Module):
         self.bn = nn.BatchNorm1d(out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B, N, _ = x.shape
-        y = self.fc(x.flatten(0, 2))  # [T*B*N, C_out]
+        if x.dim() == 2:  # packed rows [R, C_in]
+            y = self.fc(x)
+            if self.training and y.shape[0] < 2:  # too few rows for batch statistics
+                bn = self.bn
+                return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+            return self.bn(y)
+        T, B, K, _ = x.shape
+        y = self.fc(x.flatten(0, 2))  # [T*B*K, C_out]
         y = self.bn(y)  # BN over channels; statistics over time, batch and tokens
-        return y.reshape(T, B, N, -1)
+        return y.reshape(T, B, K, -1)

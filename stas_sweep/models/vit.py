@@ -4,10 +4,9 @@ Data flow (B batch, T timesteps, L blocks, K tokens, D width)::
 
     image [B, C, H, W] (or frames [B, T, C, H, W])
       -> stem (SPS or I-SPS)                       tokens X0 [T, B, K, D]
-      -> static:  each block on all T at once     X_l [T, B, K, D]
-         halting: cells in scan order (t, then l), each block on one timestep [1, B, K, D]
-                  with the keep-mask of its cell; Halting.step scores the output
-      -> representation [B, D] (mean over T and K, or the mean field of eq. 8)
+      -> each block once, on all T timesteps      X_l [T, B, K, D]
+         (halting: with the keep-mask [T, B, K] of that block; Halting scores its output)
+      -> representation [T, B, D] (mean over K, or the mean field of eq. 8 per timestep)
       -> head -> logits [B, classes]
 
 Neuron state is reset at the start of every forward: one call is one whole T-step simulation.
@@ -24,6 +23,7 @@ from torch import nn
 from .blocks import Block
 from .halting import Halting, HaltingConfig, check_epsilon
 from .layers import lif
+from .packing import Packing
 from .stems import STEM_CLASSES, check_img_size, num_tokens
 
 FAMILIES = tuple(STEM_CLASSES)
@@ -37,6 +37,7 @@ class STASOutput:
     ponder_loss: torch.Tensor      # scalar; 0 for a static model
     token_ratio: torch.Tensor      # scalar: mean over images of cells run / (T*L*K); 1 if static
     cells_processed: torch.Tensor  # [B, K]: cells each token ran, 0..T*L
+    halting_blocks: torch.Tensor   # [B, T, K]: N[k,t], the blocks each token ran at timestep t
     active_tokens: torch.Tensor    # [B, T, L]: tokens run in each cell
     halting_scores: torch.Tensor | None  # [B, T, L, K]: h of every cell (0 once halted); None if static
     halting_probs: torch.Tensor | None   # [B, T, L, K]: p of every cell; None if static
@@ -53,6 +54,10 @@ class SpikingViT(nn.Module):
         halting: ``None`` (static) or a dict / :class:`HaltingConfig` with alpha, beta,
             epsilon, accumulation (``tb`` or ``b``).
         qkv_bias: bias on q/k/v (spikformer's CIFAR code has it, the others do not).
+
+    Attribute ``packed_halting`` (default True): a halting model runs each block on its
+    running tokens only (:mod:`~stas_sweep.models.packing`); False runs every token and zeroes
+    the halted ones, the reference the packed path is tested against.
     """
 
     def __init__(self, family: str = "spikformer", depth: int = 4, embed_dim: int = 384,
@@ -72,6 +77,7 @@ class SpikingViT(nn.Module):
         self.timesteps, self.num_tokens = timesteps, num_tokens(img_size)
         self.stem_mode = stem
         self.halting = self._halting_config(halting)
+        self.packed_halting = True
 
         self.stem = STEM_CLASSES[family](in_channels, embed_dim, img_size, timesteps, stem)
         self.blocks = nn.ModuleList(
@@ -121,35 +127,52 @@ class SpikingViT(nn.Module):
             x = block(x)  # [T, B, K, D]
         T, B, K, _ = x.shape
         logits = self._head(x.mean(2))  # tokens averaged, [T, B, D]
-        ones = x.new_ones(B, K)
         return STASOutput(
             logits=logits,
             ponder_loss=x.new_zeros(()),
             token_ratio=x.new_ones(()),
-            cells_processed=ones * (T * self.depth),
+            cells_processed=x.new_full((B, K), float(T * self.depth)),
+            halting_blocks=x.new_full((B, T, K), float(self.depth)),
             active_tokens=x.new_full((B, T, self.depth), float(K)),
             halting_scores=None,
             halting_probs=None,
         )
 
-    def _forward_halting(self, x0: torch.Tensor, cfg: HaltingConfig) -> STASOutput:
-        T, B, K, D = x0.shape
-        L = self.depth
-        state = Halting(cfg, T, L, B, K, D, x0.device, x0.dtype)
-        for t in range(T):
-            state.start_timestep(t)
-            x = x0[t : t + 1]  # [1, B, K, D]
-            for l, block in enumerate(self.blocks):
-                m = state.mask.unsqueeze(0)  # [1, B, K]
-                x = block(x * m.unsqueeze(-1), m)  # halted tokens enter as zeros
-                state.step(t, l, x[0])
-        rep = state.representation()  # [B, D]
-        logits = self._head(rep.unsqueeze(0).expand(T, B, D) if self.head_lif is not None else rep.unsqueeze(0))
+    def _forward_halting(self, x: torch.Tensor, cfg: HaltingConfig) -> STASOutput:
+        """Layer-major A-SSA: block l runs once on all T timesteps with its mask ``[T, B, K]``."""
+        T, B, K, D = x.shape
+        state = Halting(cfg, T, self.depth, B, K, D, x.device, x.dtype)
+        if self.packed_halting:
+            return self._forward_packed(x, state)
+        for l, block in enumerate(self.blocks):
+            m = state.mask  # [T, B, K], depends on blocks < l only
+            x = block(x * m.unsqueeze(-1).to(x.dtype), m)  # halted tokens enter as zeros
+            state.step(l, x)
+        return self._halting_output(state)
+
+    def _forward_packed(self, x: torch.Tensor, state: Halting) -> STASOutput:
+        """The same, each block on its running rows ``[R, D]`` only (halted tokens cost nothing)."""
+        pk = Packing.from_mask(state.mask)  # every cell runs block 1
+        x = pk.pack(x)  # [R, D]
+        for l, block in enumerate(self.blocks):
+            if l > 0:
+                nxt = Packing.from_mask(state.mask)  # a subset of the cells that ran block l-1
+                if nxt.R == 0:
+                    break  # every token has halted: the later blocks have nothing to run
+                x, pk = x.index_select(0, nxt.index_in(pk)), nxt
+            x = block(x, pk)  # [R, D]
+            p = state.update(l, state.score(pk.unpack(x[:, :1])[..., 0]))  # [T, B, K]
+            state.add_mean_field_rows(p.reshape(-1).index_select(0, pk.rows), x, pk.groups())
+        return self._halting_output(state)
+
+    def _halting_output(self, state: Halting) -> STASOutput:
+        N = state.N.transpose(0, 1)  # [B, T, K]
         return STASOutput(
-            logits=logits,
+            logits=self._head(state.representation()),  # mean field per timestep [T, B, D]
             ponder_loss=state.ponder(),
-            token_ratio=(state.cells.sum(-1) / (T * L * K)).mean(),
-            cells_processed=state.cells,
+            token_ratio=state.token_ratio(),
+            cells_processed=N.sum(1),
+            halting_blocks=N,
             active_tokens=state.active,
             halting_scores=state.h,
             halting_probs=state.p,
@@ -160,7 +183,7 @@ class SpikingViT(nn.Module):
 
         spikformer / spikingformer: Linear on the mean over T (their ``head(x.mean(0))``).
         spikedriven: LIF over the T steps, Linear at every step, mean over T. With halting the
-        mean-field representation drives the head LIF at every step.
+        mean field of each timestep drives the head LIF at that step.
         """
         if self.head_lif is None:
             return self.head(rep.mean(0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.packing import Packing
 from ..models.vit import SpikingViT
 
 
@@ -53,9 +54,10 @@ class SML:
         self._feats: list[torch.Tensor] = []
         self._handle = model.blocks[self.block].register_forward_hook(self._collect)
 
-    def _collect(self, module: nn.Module, _inputs, out: torch.Tensor) -> None:
+    def _collect(self, module: nn.Module, inputs, out: torch.Tensor) -> None:
         if module.training:
-            self._feats.append(out)
+            packing = inputs[1] if len(inputs) > 1 and isinstance(inputs[1], Packing) else None
+            self._feats.append(out if packing is None else packing.unpack(out))  # [T', B, K, D]
 
     def loss(self, criterion, target: torch.Tensor) -> torch.Tensor:
         feats, self._feats = self._feats, []
