@@ -133,3 +133,30 @@ def test_energy_meter_counts_the_same_cells_in_both_paths(calibrated, family):
     packed = measure_energy(m, x, epsilon=0.2)
     assert packed.token_ratio == dense.token_ratio < 1.0
     assert packed.energy_mj == pytest.approx(dense.energy_mj, rel=1e-6)
+
+
+def _saved_bytes(model, x):
+    """Bytes of the distinct storages autograd keeps for the backward of one forward."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values())
+
+
+def test_training_memory_not_above_dense_and_falls_with_ratio():
+    torch.manual_seed(0)
+    m = create_model("spikingformer-2-32", img_size=16, halting=dict(alpha=5.0, beta=-60.0)).train()
+    x = torch.rand(4, 3, 16, 16)
+    m.packed_halting = False
+    dense = _saved_bytes(m, x)
+    m.packed_halting = True
+    full = _saved_bytes(m, x)
+    assert float(m(x).token_ratio) == 1.0 and full <= dense
+    m.halting.alpha, m.halting.beta = 0.0, 0.0  # h = 0.5: tokens halt at block 2 from t = 2 on
+    half = _saved_bytes(m, x)
+    assert float(m(x).token_ratio) < 1.0 and half < 0.9 * full

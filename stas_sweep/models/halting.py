@@ -125,7 +125,8 @@ class Halting:
     def add_mean_field_rows(self, p: torch.Tensor, x: torch.Tensor, groups: torch.Tensor) -> None:
         """The same on running rows: ``p`` ``[R]``, ``x`` ``[R, D]``, ``groups`` ``[R]`` = t*B + b."""
         T, B, D = self.rep.shape
-        rep = self.rep.reshape(T * B, D).index_add(0, groups, p.unsqueeze(-1) * x.to(self.dtype))
+        rows = p.unsqueeze(-1) * x.to(self.dtype)  # [R, D]
+        rep = self.rep.reshape(T * B, D).index_put((groups,), rows, accumulate=True)  # keeps no copy of rows
         self.rep = rep.view(T, B, D)
 
     def step(self, l: int, x: torch.Tensor) -> torch.Tensor:

@@ -68,14 +68,23 @@ class Packing:
     def R(self) -> int:
         return int(self.rows.numel())
 
+    @property
+    def full(self) -> bool:
+        """Every cell runs: the rows are then 0..T*B*K-1 in order and need no indexing."""
+        return self.R == self.T * self.B * self.K
+
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, K, C]`` -> running rows ``[R, C]``."""
-        return x.reshape(self.T * self.B * self.K, -1).index_select(0, self.rows)
+        x = x.reshape(self.T * self.B * self.K, -1)
+        return x if self.full else x.index_select(0, self.rows)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """Running rows ``[R, C]`` -> ``[T, B, K, C]`` with zeros for the halted cells."""
+        if self.full:
+            return x.view(self.T, self.B, self.K, -1)
         out = x.new_zeros(self.T * self.B * self.K, x.shape[-1])
-        return out.index_copy(0, self.rows, x).view(self.T, self.B, self.K, -1)
+        # index_put, not index_copy: its backward keeps no copy of x
+        return out.index_put((self.rows,), x).view(self.T, self.B, self.K, -1)
 
     def index_in(self, previous: "Packing") -> torch.Tensor:
         """Positions of this packing's rows among ``previous``'s rows (a subset of them)."""
@@ -94,7 +103,7 @@ class Packing:
         U = int(self.tokens.numel())                             # b: dense over the U tokens
         seq = x.new_zeros(self.T * U, x.shape[-1])
         flat = _ramp_offsets(self.counts, U, x.device) + self.slots  # t*U + slot per row
-        seq = seq.index_copy(0, flat, x).view(self.T, U, -1)
+        seq = seq.index_put((flat,), x).view(self.T, U, -1)
         return node(seq).reshape(self.T * U, -1).index_select(0, flat)
 
 

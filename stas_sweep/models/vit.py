@@ -159,10 +159,13 @@ class SpikingViT(nn.Module):
                 nxt = Packing.from_mask(state.mask)  # a subset of the cells that ran block l-1
                 if nxt.R == 0:
                     break  # every token has halted: the later blocks have nothing to run
-                x, pk = x.index_select(0, nxt.index_in(pk)), nxt
+                x, pk = (x if nxt.full else x.index_select(0, nxt.index_in(pk))), nxt
             x = block(x, pk)  # [R, D]
             p = state.update(l, state.score(pk.unpack(x[:, :1])[..., 0]))  # [T, B, K]
-            state.add_mean_field_rows(p.reshape(-1).index_select(0, pk.rows), x, pk.groups())
+            if pk.full:
+                state.add_mean_field(p, pk.unpack(x))
+            else:
+                state.add_mean_field_rows(p.reshape(-1).index_select(0, pk.rows), x, pk.groups())
         return self._halting_output(state)
 
     def _halting_output(self, state: Halting) -> STASOutput:
