@@ -1,7 +1,8 @@
 """``stas-sweep``: the one command-line door.
 
     stas-sweep models [--json]              named configurations and parameter counts
-    stas-sweep energy MODEL [--epsilon E]   energy, firing rates and token ratio on a batch
+    stas-sweep energy MODEL [--epsilon E] [--convention paper|strict]
+                                            energy, firing rates and token ratio on a batch
     stas-sweep train CONFIG [--set k=v]     one training run (stage 1 or stage 2)
     stas-sweep eval CHECKPOINT              accuracy / tokens / energy at several epsilons
     stas-sweep validate FILE                check a search-space file
@@ -85,14 +86,17 @@ def cmd_energy(args: argparse.Namespace) -> int:
     x, source = _input_batch(args)
     # untrained weights: set batch-norm statistics from the batch so the LIF layers fire
     calibrate_batchnorm(model, x)
-    report = measure_energy(model, x)
+    report = measure_energy(model, x)  # both conventions in one pass
     similarity = temporal_similarity(model, x) if args.timesteps > 1 else []
     with torch.no_grad():
         out = model.eval()(x)
     result = {
         "model": args.model, "stem": args.stem, "timesteps": args.timesteps, "input": source,
         "epsilon": None if halting is None else halting["epsilon"],
-        "energy_mj": report.energy_mj, "mac_ops": report.mac_ops, "ac_ops": report.ac_ops,
+        "convention": args.convention, "energy": report.energy(args.convention),
+        "energy_mj": report.energy_mj, "energy_strict_mj": report.energy_strict_mj,
+        "mac_ops": report.mac_ops, "ac_ops": report.ac_ops,
+        "mac_ops_strict": report.mac_ops_strict, "ac_ops_strict": report.ac_ops_strict,
         "token_ratio": report.token_ratio, "temporal_similarity": similarity,
         "active_tokens": out.active_tokens.mean(0).tolist(),
         "layers": [vars(r) for r in report.layers],
@@ -102,7 +106,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.model} ({args.stem}, T={args.timesteps}) on {source}; untrained weights, "
           f"batch-norm calibrated on the batch")
-    print(report.table())
+    print(report.table(args.convention))
     if similarity:
         print("temporal similarity of block inputs (halting off): " + ", ".join(f"{s:.3f}" for s in similarity))
     return 0
@@ -337,8 +341,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         print(json.dumps(front, indent=2))
         return 0
     objectives = json.loads(parent.data.tags.get("stas.objectives", '[["accuracy", "max"], ["energy_mj", "min"]]'))
-    params = sorted({k for p in front for k in p} - {"trial_id", "epsilon", "accuracy", "energy_mj", "token_ratio",
-                                                     "energy_reduction"})
+    params = sorted({k for p in front for k in p} - {"trial_id", "epsilon", "accuracy", "energy_mj", "energy_strict_mj",
+                                                     "token_ratio", "energy_reduction"})
     print(f"sweep {parent.data.tags.get('stas.sweep')} (run {parent.info.run_id}, {parent.info.status}): "
           f"{len(front)} points on the front")
     print(_front_table(front, objectives, params))
@@ -387,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offline digits validation images (default) or random input")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--convention", choices=["paper", "strict"], default="paper",
+                   help="energy convention of the table's per-layer columns and of the JSON 'energy' field: "
+                        "paper (STAS eqs. 11-12, energy_mj; default) or strict (non-binary inputs at MAC, "
+                        "energy_strict_mj); both totals are always printed")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_energy)
 

@@ -183,7 +183,8 @@ class SweepTracker:
             ROLE_TAG: "sweep", SWEEP_TAG: self.sweep, PATH_TAG: self.path, "code_version": code_version(),
             "stas.objectives": json.dumps(self.objectives),
             "mlflow.note.content": f"STAS sweep {self.sweep}. Filter children with tags.pareto = 'true' and chart "
-                                   f"energy_mj against accuracy.",
+                                   f"energy_mj (the paper's convention; energy_strict_mj beside it) against "
+                                   f"accuracy.",
         })
         self.parent_id = run.info.run_id
         self._synced = True
@@ -332,5 +333,5 @@ class SweepTracker:
             self.client.set_terminated(self.parent_id, status)
 
 
-_TRIAL_METRICS = ("train_loss", "task_loss", "ponder_loss", "accuracy", "token_ratio", "energy_mj", "lr",
-                  "images_per_s")
+_TRIAL_METRICS = ("train_loss", "task_loss", "ponder_loss", "accuracy", "token_ratio", "energy_mj",
+                  "energy_strict_mj", "lr", "images_per_s")

@@ -25,6 +25,8 @@ def test_energy_json_on_random_input(capsys):
     assert main(args) == 0
     static = json.loads(capsys.readouterr().out)
     assert static["token_ratio"] == 1.0 and static["energy_mj"] > 0 and static["epsilon"] is None
+    assert static["convention"] == "paper" and static["energy"] == static["energy_mj"]
+    assert static["energy_strict_mj"] > 0 and {"op", "op_strict"} <= set(static["layers"][0])
     assert static["temporal_similarity"][0] > 0.999  # I-SPS by default
     assert {r["layer"] for r in static["layers"]} >= {"stem.convs.0.0", "head"}
     assert main(args + ["--epsilon", "0.3", "--beta", "-5"]) == 0
@@ -32,6 +34,10 @@ def test_energy_json_on_random_input(capsys):
     assert halting["epsilon"] == 0.3 and halting["token_ratio"] < 1.0
     assert halting["temporal_similarity"][0] > 0.999  # measured on the static architecture
     assert halting["energy_mj"] < static["energy_mj"]
+    assert halting["energy_strict_mj"] < static["energy_strict_mj"]
+    assert main(args + ["--convention", "strict"]) == 0
+    strict = json.loads(capsys.readouterr().out)
+    assert strict["convention"] == "strict" and strict["energy"] == strict["energy_strict_mj"]  # model init is unseeded
     assert main(args + ["--epsilon", "0", "--beta", "-5"]) == 0
     assert json.loads(capsys.readouterr().out)["epsilon"] == 0.0  # 0 is a value, not "unset"
 
@@ -40,6 +46,11 @@ def test_energy_table_output(capsys):
     assert main(["energy", "spikformer-1-16", "--img-size", "16", "--input", "random", "--batch", "2"]) == 0
     out = capsys.readouterr().out
     assert "mJ/image" in out and "stem.convs.0.0" in out and "temporal similarity" in out
+    assert "energy_mj" in out and "energy_strict_mj" in out and "paper op" in out and "strict op" not in out
+    assert main(["energy", "spikformer-1-16", "--img-size", "16", "--input", "random", "--batch", "2",
+                 "--convention", "strict"]) == 0
+    out = capsys.readouterr().out
+    assert "strict op" in out and "paper op" not in out
 
 
 @pytest.mark.parametrize(

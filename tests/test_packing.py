@@ -133,6 +133,9 @@ def test_energy_meter_counts_the_same_cells_in_both_paths(calibrated, family):
     packed = measure_energy(m, x, epsilon=0.2)
     assert packed.token_ratio == dense.token_ratio < 1.0
     assert packed.energy_mj == pytest.approx(dense.energy_mj, rel=1e-6)
+    assert packed.energy_strict_mj == pytest.approx(dense.energy_strict_mj, rel=1e-6)
+    for a, b in zip(packed.layers, dense.layers):  # the same activities, halted cells silent
+        assert a.layer == b.layer and a.activity == pytest.approx(b.activity, rel=1e-6, abs=1e-12)
 
 
 def _saved_bytes(model, x):

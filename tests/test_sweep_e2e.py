@@ -106,6 +106,8 @@ def test_sweep_end_to_end(sweep_env):
             assert [r["epsilon"] for r in table] == [0.0, 0.2, 0.4]
             points += [{"trial_id": c.data.tags["trial_id"], **r} for r in table]
             assert len(client.get_metric_history(c.info.run_id, "accuracy")) == 2
+            assert len(client.get_metric_history(c.info.run_id, "energy_strict_mj")) == 2
+            assert all(r["energy_strict_mj"] > 0 for r in table)
     assert points
     objectives = [("accuracy", "max"), ("energy_mj", "min")]
 
@@ -131,7 +133,7 @@ def test_sweep_end_to_end(sweep_env):
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout)
     assert sorted((p["trial_id"], p["epsilon"]) for p in printed) == sorted((p["trial_id"], p["epsilon"]) for p in front)
-    assert all({"accuracy", "energy_mj", "halting.beta", "optim.lr"} <= set(p) for p in printed)
+    assert all({"accuracy", "energy_mj", "energy_strict_mj", "halting.beta", "optim.lr"} <= set(p) for p in printed)
 
     # a second run of the same file refuses to overwrite it
     again = cli(["run", str(folder / "space.yaml")], env, folder)

@@ -44,6 +44,9 @@ def test_good_file_resolves(tmp_path, capsys):
     assert spec.base["halting"] == {}  # trials are stage 2
     spec2 = load_spec(write(tmp_path, {**GOOD, "space": {**GOOD["space"], "optim.lr": {"fixed": 1e-3}}}, "b.yaml"))
     assert spec2.stage1_key() == spec.stage1_key()  # stage 1 does not depend on the searched stage-2 keys
+    strict = load_spec(write(tmp_path, {**GOOD, "objectives": {"accuracy": "max", "energy_strict_mj": "min"},
+                                        "reference": {"energy_strict_mj": 5.0}}, "strict.yaml"))
+    assert strict.objectives == [("accuracy", "max"), ("energy_strict_mj", "min")]
     assert main(["run", str(tmp_path / "space.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "halting.delta_p" in out and "loguniform" in out and "dry run" in out and "up to 6" in out

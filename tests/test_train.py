@@ -44,8 +44,10 @@ def test_stage1_then_stage2_end_to_end(stage1, tmp_path, capsys):
     assert len(history) == 3
     assert history[-1]["accuracy"] > 50.0  # 10 classes: chance is 10 %
     assert all(h["token_ratio"] == 1.0 and h["ponder_loss"] == 0.0 for h in history)
-    for key in ("train_loss", "task_loss", "energy_mj", "lr", "images_per_s"):
+    for key in ("train_loss", "task_loss", "energy_mj", "energy_strict_mj", "lr", "images_per_s"):
         assert key in history[-1]
+    # spikingformer: every token layer reads spikes, the conventions differ in the head only
+    assert 0 < history[-1]["energy_mj"] <= history[-1]["energy_strict_mj"] * 1.5
     assert (root / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
     s2 = dict(TINY, halting={"alpha": 5.0, "beta": -8.0, "epsilon": 0.01, "delta_p": 0.01},
@@ -62,17 +64,18 @@ def test_stage1_then_stage2_end_to_end(stage1, tmp_path, capsys):
     assert [r["epsilon"] for r in rows] == [0.0, 0.2, 0.5]
     assert rows[-1]["token_ratio"] <= rows[0]["token_ratio"]
     assert all(r["energy_reduction"] > 0 for r in rows)
+    assert all(r["energy_strict_mj"] > 0 for r in rows)
 
     # eval: the table, JSON keyed by the SPEC names, halting maps and similarity
     ckpt = str(tmp_path / "s2" / "checkpoints" / "last.pt")
     assert main(["eval", ckpt, "--epsilons", "0,0.3", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["epsilon"] for r in rows] == [0.0, 0.3]
-    assert {"epsilon", "accuracy", "token_ratio", "energy_mj", "energy_reduction"} <= set(rows[0])
+    assert {"epsilon", "accuracy", "token_ratio", "energy_mj", "energy_strict_mj", "energy_reduction"} <= set(rows[0])
     maps = tmp_path / "maps"
     assert main(["eval", ckpt, "--epsilons", "0.1", "--halting-maps", str(maps), "--similarity"]) == 0
     out = capsys.readouterr().out
-    assert "temporal similarity" in out and "reduction" in out
+    assert "temporal similarity" in out and "reduction" in out and "strict mJ" in out
     assert (maps / "halting_maps.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list(maps.glob("halting_map_*.png"))) == 8
 
@@ -83,6 +86,7 @@ def test_stage1_then_stage2_end_to_end(stage1, tmp_path, capsys):
     (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert run.data.params["model.name"] == "spikingformer-1-32"
     assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "energy_strict_mj")) == 3
     assert run.info.status == "FINISHED"
     assert any(a.path == "checkpoints" for a in client.list_artifacts(run.info.run_id))
 
@@ -99,7 +103,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     resumed = Trainer(cfg, tmp_path / "cut", resume=True, progress=False, log=None).fit()
     assert len(resumed) == 2
     for a, b in zip(full, resumed):
-        for key in ("train_loss", "accuracy", "token_ratio", "energy_mj", "lr"):
+        for key in ("train_loss", "accuracy", "token_ratio", "energy_mj", "energy_strict_mj", "lr"):
             assert a[key] == b[key], key
     wa = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)["model"]
     wb = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["model"]

@@ -48,7 +48,8 @@ def trial_points(trial_id: str, params: dict, epsilon_rows: list[dict]) -> list[
     points = []
     for row in epsilon_rows:
         p = {"trial_id": trial_id, "epsilon": row["epsilon"], "accuracy": row["accuracy"],
-             "energy_mj": row["energy_mj"], "token_ratio": row["token_ratio"],
+             "energy_mj": row["energy_mj"], "energy_strict_mj": row.get("energy_strict_mj"),
+             "token_ratio": row["token_ratio"],
              "energy_reduction": row.get("energy_reduction")}
         p.update({k: v for k, v in params.items()})
         points.append(p)
@@ -139,7 +140,8 @@ def stage1_weights(spec: SweepSpec, log=print) -> dict:
     weights, history = ray.get(task.remote(cfg, str(out) if out else None))
     if history:
         h = history[-1]
-        log(f"stage 1: accuracy {h['accuracy']:.2f}%, energy {h['energy_mj']:.4f} mJ after {h['epoch']} epochs")
+        log(f"stage 1: accuracy {h['accuracy']:.2f}%, energy {h['energy_mj']:.4f} mJ "
+            f"(strict {h.get('energy_strict_mj', float('nan')):.4f}) after {h['epoch']} epochs")
     return {k: torch.as_tensor(v) for k, v in weights.items()}
 
 
@@ -241,7 +243,7 @@ def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
         info = {
             "trial_id": trial_id, "params": dict(r.config or {}), "epochs": m.get("training_iteration", 0),
             "full_budget": bool(m.get("full_budget")), "error": error_reason(r.error) if r.error else None,
-            **{k: m.get(k) for k in ("accuracy", "energy_mj", "token_ratio")},
+            **{k: m.get(k) for k in ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")},
         }
         info["status"] = "failed" if r.error else ("finished" if info["full_budget"] else "stopped_by_asha")
         result.trials.append(info)

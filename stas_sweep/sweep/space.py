@@ -13,7 +13,7 @@ A file (YAML, safe loader, duplicate keys rejected) looks like::
       optim.lr:        {choice: [5.0e-4, 1.0e-3]}
       model.timesteps: {int: [2, 4]}   # inclusive bounds
     eval: {epsilons: [0.0, 0.1, 0.2, 0.4]}
-    objectives: {accuracy: max, energy_mj: min}   # from accuracy, energy_mj, token_ratio
+    objectives: {accuracy: max, energy_mj: min}   # from accuracy, energy_mj, energy_strict_mj, token_ratio
     reference: {accuracy: 0.0, energy_mj: 1.0}    # hypervolume reference point
     search: {sampler: tpe, seed: 0, num_samples: 8, points_to_evaluate: [{halting.alpha: 5.0}]}
     scheduler: {type: asha, metric: accuracy, grace_period: 1, reduction_factor: 2, max_epochs: 4}
@@ -40,7 +40,7 @@ import yaml
 
 from ..train.config import ConfigError, TrainConfig, config_from_dict, merge, set_dotted
 
-OBJECTIVE_METRICS = ("accuracy", "energy_mj", "token_ratio")
+OBJECTIVE_METRICS = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "fixed")
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "fifo")

@@ -18,8 +18,8 @@ from ..train.evaluate import epsilon_table
 from ..train.trainer import Trainer
 
 # keys every report carries (Tune checks the scheduler's metric is in every result)
-REPORT_KEYS = ("epoch", "train_loss", "task_loss", "ponder_loss", "accuracy", "token_ratio", "energy_mj", "lr",
-               "images_per_s")
+REPORT_KEYS = ("epoch", "train_loss", "task_loss", "ponder_loss", "accuracy", "token_ratio", "energy_mj",
+               "energy_strict_mj", "lr", "images_per_s")
 
 
 def trial_config(base: dict, sampled: dict, epochs: int) -> dict:

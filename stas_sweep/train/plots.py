@@ -17,7 +17,11 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
     panels = [("train_loss", "train loss"), ("accuracy", "val accuracy (%)"),
               ("token_ratio", "token ratio"), ("energy_mj", "energy (mJ / image)")]
     for ax, (key, label) in zip(axes, panels):
-        ax.plot(epochs, [h.get(key) for h in history], marker="o", ms=3)
+        ax.plot(epochs, [h.get(key) for h in history], marker="o", ms=3, label="paper convention")
+        if key == "energy_mj" and any(h.get("energy_strict_mj") is not None for h in history):
+            ax.plot(epochs, [h.get("energy_strict_mj") for h in history], marker="s", ms=3, ls="--",
+                    label="strict (non-binary at MAC)")
+            ax.legend(fontsize=7)
         ax.set_xlabel("epoch")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)

@@ -5,7 +5,7 @@
 
 Plain classes and functions, so the ``train`` command and the sweep's Ray trainable drive the
 same code. Per epoch it reports ``epoch, train_loss, task_loss, ponder_loss, accuracy,
-token_ratio, energy_mj, lr, images_per_s, epoch_time_s`` and writes ``checkpoints/last.pt``
+token_ratio, energy_mj, energy_strict_mj, lr, images_per_s, epoch_time_s`` and writes ``checkpoints/last.pt``
 (and ``best.pt``) atomically. ``resume=True`` continues from ``last.pt`` and reproduces an
 uninterrupted run: model, optimiser, schedule, scaler, RNG state and the loaders' epoch
 streams are all restored.
@@ -241,7 +241,8 @@ class Trainer:
     def evaluate(self, epsilon: float | None = None) -> dict:
         r = evaluate(self.model, self.val_loader, self.device, epsilon=epsilon,
                      energy_batches=self.cfg.energy_batches)
-        return {"accuracy": r["accuracy"], "token_ratio": r["token_ratio"], "energy_mj": r["energy_mj"]}
+        return {"accuracy": r["accuracy"], "token_ratio": r["token_ratio"], "energy_mj": r["energy_mj"],
+                "energy_strict_mj": r["energy_strict_mj"]}
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, callbacks: list[Callback] = ()) -> list[dict]:
@@ -264,7 +265,8 @@ class Trainer:
             f"epoch {epoch + 1}/{self.cfg.epochs}  loss {metrics['train_loss']:.4f} "
             f"(task {metrics['task_loss']:.4f}, ponder {metrics['ponder_loss']:.3f})  "
             f"acc {metrics['accuracy']:.2f}%  tokens {metrics['token_ratio']:.3f}  "
-            f"energy {metrics['energy_mj']:.4f} mJ  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s"
+            f"energy {metrics['energy_mj']:.4f} mJ (strict {metrics['energy_strict_mj']:.4f})  "
+            f"lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s"
         )
         return metrics
 
