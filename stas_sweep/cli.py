@@ -249,11 +249,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SweepError as e:
         raise UsageError(str(e)) from None
     print(plan, flush=True)
-    tracker = SweepTracker(uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
-                           spec.reference, spec.max_epochs)
+    tracker = SweepTracker(uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives)
     tracker.start_parent(spec, plan)
     try:
-        result = run_sweep(spec, address=args.address, resume=args.resume, callbacks=[TrackerCallback(tracker)])
+        result = run_sweep(spec, address=args.address, resume=args.resume,
+                           callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference)])
     except SweepError as e:
         tracker.fail()
         raise UsageError(str(e)) from None
@@ -310,42 +310,16 @@ def _front_table(front: list[dict], objectives, params: list[str]) -> str:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    import os
+    from .sweep.front import param_keys
+    from .tracking import latest_sweep
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-
-    from .tracking import ROLE_TAG, default_tracking_uri
-
-    uri = default_tracking_uri(args.tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    if args.experiment:
-        exp = client.get_experiment_by_name(args.experiment)
-        if exp is None:
-            names = [e.name for e in client.search_experiments()]
-            raise UsageError(f"no experiment {args.experiment!r} in {uri}; experiments: {', '.join(names) or 'none'}")
-        ids = [exp.experiment_id]
-    else:
-        ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, filter_string=f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"],
-                              max_results=1) if ids else []
-    if not runs:
-        raise UsageError(f"no sweep found in {uri}" + (f" experiment {args.experiment!r}" if args.experiment else "")
-                         + "; run one with: stas-sweep run search_spaces/digits.yaml")
-    parent = runs[0]
-    try:
-        front = json.loads(Path(client.download_artifacts(parent.info.run_id, "pareto_front.json")).read_text())
-    except Exception:  # noqa: BLE001 - the sweep has not finished a trial yet
-        front = []
+    sweep = latest_sweep(args.tracking_uri, args.experiment)
+    front = sweep["front"]
     if args.json:
         print(json.dumps(front, indent=2))
         return 0
-    objectives = json.loads(parent.data.tags.get("stas.objectives", '[["accuracy", "max"], ["energy_mj", "min"]]'))
-    params = sorted({k for p in front for k in p} - {"trial_id", "epsilon", "accuracy", "energy_mj", "energy_strict_mj",
-                                                     "token_ratio", "energy_reduction"})
-    print(f"sweep {parent.data.tags.get('stas.sweep')} (run {parent.info.run_id}, {parent.info.status}): "
-          f"{len(front)} points on the front")
-    print(_front_table(front, objectives, params))
+    print(f"sweep {sweep['name']} (run {sweep['run_id']}, {sweep['status']}): {len(front)} points on the front")
+    print(_front_table(front, sweep["objectives"], param_keys(front)))
     return 0
 
 

@@ -97,7 +97,7 @@ class Tracker:
 
 # -- sweeps: one parent run per sweep, one nested child run per trial ---------------------------
 
-SWEEP_TAG, ROLE_TAG, PATH_TAG = "stas.sweep", "stas.role", "stas.path"
+SWEEP_TAG, ROLE_TAG, PATH_TAG, OBJECTIVES_TAG = "stas.sweep", "stas.role", "stas.path", "stas.objectives"
 
 
 def code_version() -> str:
@@ -118,7 +118,7 @@ def code_version() -> str:
 
 
 class SweepTracker:
-    """The MLflow layout of a sweep.
+    """The MLflow layout of a sweep; it writes what it is given and computes nothing.
 
     * parent run (tags ``stas.role=sweep``, ``stas.sweep``, ``stas.path``): the search-space
       file, the resolved plan, code version and seeds; the front as a table
@@ -129,20 +129,21 @@ class SweepTracker:
       ``epsilon_table.json``, tags ``full_budget``, ``stopped_by``, ``pareto`` and, for a failed
       trial, ``error``.
 
-    Picklable (Ray Tune stores its callbacks with the experiment); the client is rebuilt lazily.
+    The points and the front come from :mod:`stas_sweep.sweep.front` (anything with ``points``,
+    ``front`` and ``hypervolume``). Picklable (Ray Tune stores its callbacks with the
+    experiment); the client is rebuilt lazily.
     """
 
-    def __init__(self, uri: str | None, experiment: str, sweep: str, path: str, objectives: list,
-                 reference: dict, max_epochs: int) -> None:
+    def __init__(self, uri: str | None, experiment: str, sweep: str, path: str, objectives: list) -> None:
         self.uri = default_tracking_uri(uri)
         self.experiment, self.sweep, self.path = experiment, sweep, path
-        self.objectives, self.reference, self.max_epochs = list(objectives), dict(reference), max_epochs
+        self.objectives = [tuple(o) for o in objectives]
         self.parent_id: str | None = None
         self.runs: dict[str, str] = {}       # trial id -> child run id
-        self.points: list[dict] = []
+        self.ended: set[str] = set()         # trials whose end tags this driver has written
         self.finished = 0
         self._client = None
-        self._synced = False  # runs/points read back from MLflow since this object was built
+        self._synced = False  # runs read back from MLflow since this object was built
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -181,7 +182,7 @@ class SweepTracker:
             return self.parent_id
         run = self.client.create_run(exp_id, run_name=f"sweep-{self.sweep}", tags={
             ROLE_TAG: "sweep", SWEEP_TAG: self.sweep, PATH_TAG: self.path, "code_version": code_version(),
-            "stas.objectives": json.dumps(self.objectives),
+            OBJECTIVES_TAG: json.dumps(self.objectives),
             "mlflow.note.content": f"STAS sweep {self.sweep}. Filter children with tags.pareto = 'true' and chart "
                                    f"energy_mj (the paper's convention; energy_strict_mj beside it) against "
                                    f"accuracy.",
@@ -201,18 +202,23 @@ class SweepTracker:
         return self.parent_id
 
     def _load_state(self) -> None:
-        """After a resume: the child runs by trial id and the points found so far."""
+        """After a resume: the child runs by trial id."""
         for run in self.client.search_runs([self._experiment_id()],
                                            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'"):
             tid = run.data.tags.get("trial_id")
             if tid:
                 self.runs[tid] = run.info.run_id
+
+    def saved_points(self) -> list[dict]:
+        """The candidate points logged so far (``candidates.json``): where a resumed sweep goes on."""
+        self._sync()
+        if not self.parent_id:
+            return []
         try:
             path = self.client.download_artifacts(self.parent_id, "candidates.json")
-            self.points = json.loads(Path(path).read_text())
+            return json.loads(Path(path).read_text())
         except Exception:  # noqa: BLE001 - no candidates logged yet
-            self.points = []
-        self.finished = len({p["trial_id"] for p in self.points})
+            return []
 
     def _log_json(self, run_id: str, obj, name: str) -> None:
         self._log_text(run_id, json.dumps(obj, indent=2, default=str), name)
@@ -245,53 +251,56 @@ class SweepTracker:
         log_params(self.client, run.info.run_id, params)
         return run.info.run_id
 
-    def trial_result(self, trial_id: str, params: dict, result: dict) -> None:
+    def trial_result(self, trial_id: str, params: dict, metrics: dict, step: int) -> None:
+        """One epoch's metrics of a trial (numbers only)."""
         from mlflow.entities import Metric
 
         run_id = self.child(trial_id, params)
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
         ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
-                   if k in _TRIAL_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
-        self.client.log_batch(run_id, metrics=metrics)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self.client.log_batch(run_id, metrics=items)
 
-    def trial_complete(self, trial_id: str, params: dict, last: dict | None) -> None:
+    def _tag_end(self, trial_id: str, params: dict, *, full_budget: bool = False, error: str | None = None) -> str:
+        """The end tags of a trial (``full_budget``, ``stopped_by``, ``error``), written once per driver."""
         run_id = self.child(trial_id, params)
-        last = last or {}
-        full = bool(last.get("full_budget"))
-        self.client.set_tag(run_id, "full_budget", str(full).lower())
-        self.client.set_tag(run_id, "stopped_by", "none" if full else "asha")
-        if full and last.get("epsilon_table") and not any(p["trial_id"] == trial_id for p in self.points):
-            from .sweep.runner import trial_points
+        if error is not None:
+            self.client.set_tag(run_id, "error", error[:5000])
+            self.client.set_tag(run_id, "stopped_by", "error")
+        else:
+            self.client.set_tag(run_id, "full_budget", str(full_budget).lower())
+            self.client.set_tag(run_id, "stopped_by", "none" if full_budget else "asha")
+        self.ended.add(trial_id)
+        return run_id
 
-            rows = json.loads(last["epsilon_table"])
-            self.client.log_table(run_id, data={k: [r[k] for r in rows] for k in rows[0]},
+    def trial_complete(self, trial_id: str, params: dict, full_budget: bool,
+                       epsilon_rows: list[dict] | None = None) -> None:
+        """A trial ended normally; ``epsilon_rows``: its epsilon table, when not logged before."""
+        run_id = self._tag_end(trial_id, params, full_budget=full_budget)
+        if epsilon_rows:
+            self.client.log_table(run_id, data={k: [r[k] for r in epsilon_rows] for k in epsilon_rows[0]},
                                   artifact_file="epsilon_table.json")
-            self.points += trial_points(trial_id, params, rows)
         self.client.set_terminated(run_id, "FINISHED")
         self.finished += 1
-        self.update_front(final=False)
 
     def trial_failed(self, trial_id: str, params: dict, reason: str) -> None:
-        run_id = self.child(trial_id, params)
-        self.client.set_tag(run_id, "error", reason[:5000])
-        self.client.set_tag(run_id, "stopped_by", "error")
+        run_id = self._tag_end(trial_id, params, error=reason)
         self.client.set_terminated(run_id, "FAILED")
 
     # -- the front ----------------------------------------------------------------------------
-    def update_front(self, final: bool) -> tuple[list[dict], float]:
-        """Recompute the front over all points; retag children; log the front artifacts."""
+    def write_front(self, front, final: bool) -> None:
+        """Log a computed front (``front.points``, ``.front``, ``.hypervolume``): retag the
+        children, log the hypervolume, the tables and the plots (the HTML only when ``final``)."""
         from .sweep.plots import plot_front_html, plot_front_png, plot_hypervolume_png
-        from .sweep.runner import front_of
 
-        front, hv = front_of(self.points, self.objectives, self.reference)
-        on_front = {p["trial_id"] for p in front}
+        points, on, hv = front.points, front.front, front.hypervolume
+        on_front = {p["trial_id"] for p in on}
         for tid, run_id in self.runs.items():
             self.client.set_tag(run_id, "pareto", "true" if tid in on_front else "false")
         self.client.log_metric(self.parent_id, "hypervolume", hv, step=self.finished)
-        self.client.log_metric(self.parent_id, "front_size", len(front), step=self.finished)
-        self._log_json(self.parent_id, self.points, "candidates.json")
-        self._log_json(self.parent_id, front, "pareto_front.json")
+        self.client.log_metric(self.parent_id, "front_size", len(on), step=self.finished)
+        self._log_json(self.parent_id, points, "candidates.json")
+        self._log_json(self.parent_id, on, "pareto_front.json")
         import tempfile
 
         x, y = "energy_mj", "accuracy"
@@ -299,33 +308,28 @@ class SweepTracker:
         if x not in names or y not in names:
             x, y = names[1], names[0]
         with tempfile.TemporaryDirectory() as d:
-            if self.points:
+            if points:
                 self.client.log_artifact(self.parent_id, str(plot_front_png(
-                    self.points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y,
-                    title=f"{self.sweep}: {len(front)} of {len(self.points)} points on the front")))
+                    points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y,
+                    title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
                 if final:
                     self.client.log_artifact(self.parent_id, str(plot_front_html(
-                        self.points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y)))
+                        points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y)))
             history = self.client.get_metric_history(self.parent_id, "hypervolume")
             if history:
                 values = [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
                 self.client.log_artifact(self.parent_id, str(plot_hypervolume_png(values, Path(d) / "hypervolume.png")))
-        return front, hv
 
     def finish(self, result) -> None:
-        """Authoritative last pass from the sweep's results (covers trials of earlier drivers)."""
+        """The sweep's results (``trials``, ``points``, ``front``, ``hypervolume``): end tags of the
+        trials this driver did not see end (those of earlier drivers), the final front."""
         for t in result.trials:
-            run_id = self.child(t["trial_id"], t["params"])
-            if t["status"] == "failed":
-                self.client.set_tag(run_id, "error", (t["error"] or "")[:5000])
-                self.client.set_tag(run_id, "stopped_by", "error")
-            else:
-                self.client.set_tag(run_id, "full_budget", str(t["full_budget"]).lower())
-                self.client.set_tag(run_id, "stopped_by", "none" if t["full_budget"] else "asha")
-        self.points = list(result.points)
+            if t["trial_id"] not in self.ended:
+                self._tag_end(t["trial_id"], t["params"], full_budget=t["full_budget"],
+                              error=(t["error"] or "") if t["status"] == "failed" else None)
         self.finished = len(result.trials)
-        front, hv = self.update_front(final=True)
-        self.client.set_tag(self.parent_id, "front_size", str(len(front)))
+        self.write_front(result, final=True)
+        self.client.set_tag(self.parent_id, "front_size", str(len(result.front)))
         self.client.set_terminated(self.parent_id, "FINISHED")
 
     def fail(self, status: str = "FAILED") -> None:
@@ -333,5 +337,37 @@ class SweepTracker:
             self.client.set_terminated(self.parent_id, status)
 
 
-_TRIAL_METRICS = ("train_loss", "task_loss", "ponder_loss", "accuracy", "token_ratio", "energy_mj",
-                  "energy_strict_mj", "lr", "images_per_s")
+# -- reading a sweep back ---------------------------------------------------------------------
+
+class TrackingError(ValueError):
+    """Nothing to read where the user pointed (message names the store and what exists)."""
+
+
+def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
+    """The latest sweep's parent run in the store: ``{"run_id", "name", "status", "objectives",
+    "front"}`` (``front``: ``pareto_front.json``, empty before a trial finished)."""
+    import mlflow
+
+    uri = default_tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = [e.name for e in client.search_experiments()]
+            raise TrackingError(f"no experiment {experiment!r} in {uri}; experiments: {', '.join(names) or 'none'}")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string=f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"],
+                              max_results=1) if ids else []
+    if not runs:
+        raise TrackingError(f"no sweep found in {uri}" + (f" experiment {experiment!r}" if experiment else "")
+                            + "; run one with: stas-sweep run search_spaces/digits.yaml")
+    parent = runs[0]
+    try:
+        front = json.loads(Path(client.download_artifacts(parent.info.run_id, "pareto_front.json")).read_text())
+    except Exception:  # noqa: BLE001 - the sweep has not finished a trial yet
+        front = []
+    objectives = json.loads(parent.data.tags.get(OBJECTIVES_TAG, '[["accuracy", "max"], ["energy_mj", "min"]]'))
+    return {"run_id": parent.info.run_id, "name": parent.data.tags.get(SWEEP_TAG), "status": parent.info.status,
+            "objectives": [tuple(o) for o in objectives], "front": front}

@@ -416,3 +416,37 @@ def test_plot_hypervolume_png(tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert plot_hypervolume_png([], tmp_path / "hv0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------ points and the front
+
+
+def test_trial_points_carry_metrics_and_searched_keys():
+    from stas_sweep.sweep.front import POINT_KEYS, front_of, param_keys, trial_points
+
+    rows = [{"epsilon": 0.0, "accuracy": 90.0, "energy_mj": 1.0, "energy_strict_mj": 1.2, "token_ratio": 1.0,
+             "energy_reduction": 0.0, "images": 10},
+            {"epsilon": 0.2, "accuracy": 85.0, "energy_mj": 0.5, "energy_strict_mj": 0.7, "token_ratio": 0.5,
+             "energy_reduction": 0.5, "images": 10}]
+    pts = trial_points("t1", {"halting.alpha": 5.5, "optim.lr": 1e-3}, rows)
+    assert [p["epsilon"] for p in pts] == [0.0, 0.2]
+    assert set(pts[0]) == set(POINT_KEYS) | {"halting.alpha", "optim.lr"}  # no stray row keys ("images")
+    assert param_keys(pts) == ["halting.alpha", "optim.lr"]
+    info = front_of(pts, ACC_ENERGY, {"accuracy": 0.0, "energy_mj": 2.0})
+    assert len(info.front) == 2 and info.hypervolume == pytest.approx(90 * 1.0 + 85 * 0.5)
+    assert front_of([], ACC_ENERGY, {"accuracy": 0.0, "energy_mj": 2.0}) == ([], [], 0.0)
+
+
+def test_front_hover_shows_the_searched_parameters(tmp_path):
+    """Points carry dotted searched keys (halting.alpha ...): the default hover must show them."""
+    from stas_sweep.sweep.front import hover_keys
+    from stas_sweep.sweep.plots import plot_front_html
+
+    pts = [{"trial_id": f"t{i}", "epsilon": 0.1, "accuracy": 80.0 + i, "energy_mj": 0.5 + i,
+            "energy_strict_mj": 0.6 + i, "token_ratio": 0.5, "energy_reduction": 0.2,
+            "halting.alpha": 5.25 + i, "halting.beta": -7.5, "halting.delta_p": 0.00125}
+           for i in range(3)]
+    assert hover_keys(pts[0]) == ["trial_id", "epsilon", "halting.alpha", "halting.beta", "halting.delta_p"]
+    text = plot_front_html(pts, ACC_ENERGY, tmp_path / "front.html").read_text(encoding="utf-8")
+    for key in ("halting.alpha: 5.25", "halting.beta: -7.5", "halting.delta_p: 0.00125", "trial_id: t0"):
+        assert key in text

@@ -1,28 +1,59 @@
-"""A Ray Tune callback that forwards trial events, on the driver, to a tracker.
+"""A Ray Tune callback, on the driver: trial events -> points and front -> a tracker.
 
-The tracker is any object with ``child(trial_id, params)``, ``trial_result(trial_id, params,
-result)``, ``trial_complete(trial_id, params, last_result)`` and ``trial_failed(trial_id,
-params, reason)`` (e.g. :class:`stas_sweep.tracking.SweepTracker`). Module level, so Tune can
-pickle it with the experiment state and a resumed sweep gets it back.
+The callback keeps the sweep's candidate points, computes the front once per finished trial
+(:mod:`stas_sweep.sweep.front`) and hands it to the tracker, any object with
+``child(trial_id, params)``, ``trial_result(trial_id, params, metrics, step)``,
+``trial_complete(trial_id, params, full_budget, epsilon_rows)``, ``trial_failed(trial_id,
+params, reason)``, ``saved_points()`` and ``write_front(front, final)`` (e.g.
+:class:`stas_sweep.tracking.SweepTracker`). Module level, so Tune can pickle it with the
+experiment state and a resumed sweep gets it back (its points are then read back from the
+tracker).
 """
 
 from __future__ import annotations
 
+import json
+
 from ray import tune
+
+from .front import TRIAL_METRICS, front_of, trial_points
 
 
 class TrackerCallback(tune.Callback):
-    def __init__(self, tracker) -> None:
+    def __init__(self, tracker, objectives, reference: dict) -> None:
         self.tracker = tracker
+        self.objectives, self.reference = list(objectives), dict(reference)
+        self._points: list[dict] | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_points"] = None  # a copy restored by Tune (resume) reads the logged points back
+        return state
+
+    @property
+    def points(self) -> list[dict]:
+        if self._points is None:
+            self._points = list(self.tracker.saved_points())
+        return self._points
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.tracker.child(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.tracker.trial_result(trial.trial_id, trial.config, result)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = {k: result[k] for k in TRIAL_METRICS if k in result}
+        self.tracker.trial_result(trial.trial_id, trial.config, metrics, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.trial_complete(trial.trial_id, trial.config, trial.last_result)
+        last = trial.last_result or {}
+        full = bool(last.get("full_budget"))
+        rows = json.loads(last["epsilon_table"]) if full and last.get("epsilon_table") else None
+        if rows and any(p["trial_id"] == trial.trial_id for p in self.points):
+            rows = None  # logged by the driver before a resume
+        self.tracker.trial_complete(trial.trial_id, trial.config, full, rows)
+        if rows:
+            self.points.extend(trial_points(trial.trial_id, trial.config, rows))
+        self.tracker.write_front(front_of(self.points, self.objectives, self.reference), final=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from .runner import error_reason

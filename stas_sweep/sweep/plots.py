@@ -19,11 +19,10 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .front import hover_keys as default_hover_keys
 from .pareto import Objective, ObjectiveLike, _number, as_objectives, non_dominated
 
 __all__ = ["plot_front_png", "plot_front_html", "plot_hypervolume_png"]
-
-DEFAULT_HOVER_KEYS = ("trial_id", "epsilon", "alpha", "beta", "delta_p")
 
 _GREY = "#9e9e9e"
 _FRONT = "#d62728"
@@ -143,15 +142,16 @@ def plot_front_html(
     path,
     x: str = "energy_mj",
     y: str = "accuracy",
-    hover_keys: Sequence[str] | None = DEFAULT_HOVER_KEYS,
+    hover_keys: Sequence[str] | None = None,
     title: str | None = None,
 ) -> Path:
     """Interactive, self-contained plotly HTML of ``points`` with the front highlighted.
 
-    Hovering a point shows the ``hover_keys`` it has (default: trial id, epsilon and the
-    searched parameters alpha, beta, delta_p) followed by the objective values. With
-    ``hover_keys=None`` every key of the point is shown. plotly.js is embedded in the file
-    (several MB), so it opens without network access. Parent folders are created.
+    Hovering a point shows the ``hover_keys`` it has (default, ``None``: its trial id, epsilon
+    and every searched parameter it carries, e.g. ``halting.alpha``; see
+    :func:`stas_sweep.sweep.front.hover_keys`) followed by the objective values. plotly.js
+    is embedded in the file (several MB), so it opens without network access. Parent folders
+    are created.
 
     Returns:
         ``Path(path)``.
@@ -163,7 +163,7 @@ def plot_front_html(
     obj_names = [o.name for o in objs]
 
     def keys_for(p):
-        return list(p.keys()) if hover_keys is None else list(hover_keys)
+        return default_hover_keys(p) if hover_keys is None else list(hover_keys)
 
     fig = go.Figure()
     for on_front, name, color, size in ((False, "other points", _GREY, 7), (True, "Pareto front", _FRONT, 10)):

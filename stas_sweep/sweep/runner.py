@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .pareto import hypervolume, pareto_front
+from .front import front_of, trial_points
 from .space import SweepSpec
 from .trainable import train_stage1, train_trial
 
@@ -41,26 +41,6 @@ class SweepResult:
     points: list[dict] = field(default_factory=list)   # candidate (trial, epsilon) points
     front: list[dict] = field(default_factory=list)
     hypervolume: float = 0.0
-
-
-def trial_points(trial_id: str, params: dict, epsilon_rows: list[dict]) -> list[dict]:
-    """One candidate point per evaluated epsilon of a full-budget trial."""
-    points = []
-    for row in epsilon_rows:
-        p = {"trial_id": trial_id, "epsilon": row["epsilon"], "accuracy": row["accuracy"],
-             "energy_mj": row["energy_mj"], "energy_strict_mj": row.get("energy_strict_mj"),
-             "token_ratio": row["token_ratio"],
-             "energy_reduction": row.get("energy_reduction")}
-        p.update({k: v for k, v in params.items()})
-        points.append(p)
-    return points
-
-
-def front_of(points: list[dict], objectives, reference: dict) -> tuple[list[dict], float]:
-    """The non-dominated points and the hypervolume of all points against ``reference``."""
-    if not points:
-        return [], 0.0
-    return pareto_front(points, objectives), hypervolume(points, objectives, reference)
 
 
 def experiment_path(spec: SweepSpec) -> str:
@@ -249,5 +229,5 @@ def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
         result.trials.append(info)
         if info["full_budget"] and m.get("epsilon_table"):
             result.points += trial_points(trial_id, info["params"], json.loads(m["epsilon_table"]))
-    result.front, result.hypervolume = front_of(result.points, spec.objectives, spec.reference)
+    _, result.front, result.hypervolume = front_of(result.points, spec.objectives, spec.reference)
     return result

@@ -39,8 +39,8 @@ from typing import Any
 import yaml
 
 from ..train.config import ConfigError, TrainConfig, config_from_dict, merge, set_dotted
+from .front import OBJECTIVE_METRICS
 
-OBJECTIVE_METRICS = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "fixed")
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "fifo")

@@ -16,10 +16,7 @@ from pathlib import Path
 from ..train.config import config_from_dict, set_dotted
 from ..train.evaluate import epsilon_table
 from ..train.trainer import Trainer
-
-# keys every report carries (Tune checks the scheduler's metric is in every result)
-REPORT_KEYS = ("epoch", "train_loss", "task_loss", "ponder_loss", "accuracy", "token_ratio", "energy_mj",
-               "energy_strict_mj", "lr", "images_per_s")
+from .front import REPORT_KEYS
 
 
 def trial_config(base: dict, sampled: dict, epochs: int) -> dict:

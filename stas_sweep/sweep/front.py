@@ -1,0 +1,64 @@
+"""A sweep's candidate points and their Pareto front: computed here, drawn and logged elsewhere.
+
+A *point* is one (trial, epsilon) evaluation of a full-budget trial::
+
+    {"trial_id": "a1b2", "epsilon": 0.2, "accuracy": 91.0, "energy_mj": 0.41, ...,
+     "halting.alpha": 5.3, "halting.beta": -7.1}        # the trial's searched keys, dotted
+
+This module owns the names: the metrics every trial reports each epoch, the metrics a point
+carries, the objectives a search-space file may name and the keys a front's hover shows.
+:func:`front_of` computes the front once; the tracker, the plots and the CLI only receive it.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple, Sequence
+
+from .pareto import hypervolume, pareto_front
+
+# metrics of one epoch, in every Tune report (Tune checks the scheduler's metric is in every result)
+TRIAL_METRICS = ("train_loss", "task_loss", "ponder_loss", "accuracy", "token_ratio", "energy_mj",
+                 "energy_strict_mj", "lr", "images_per_s")
+REPORT_KEYS = ("epoch", *TRIAL_METRICS)
+# what a search-space file may name as an objective (or as the scheduler's metric)
+OBJECTIVE_METRICS = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")
+# the metrics a point carries, taken from a row of the trial's epsilon table
+POINT_METRICS = (*OBJECTIVE_METRICS, "energy_reduction")
+POINT_KEYS = ("trial_id", "epsilon", *POINT_METRICS)
+
+
+class Front(NamedTuple):
+    """All candidate points, the non-dominated ones among them, and their hypervolume."""
+
+    points: list[dict]
+    front: list[dict]
+    hypervolume: float
+
+
+def trial_points(trial_id: str, params: Mapping, epsilon_rows: Sequence[Mapping]) -> list[dict]:
+    """One candidate point per evaluated epsilon of a full-budget trial."""
+    points = []
+    for row in epsilon_rows:
+        p = {"trial_id": trial_id, "epsilon": row["epsilon"],
+             **{k: row.get(k) for k in POINT_METRICS}}
+        p.update(params)
+        points.append(p)
+    return points
+
+
+def front_of(points: Sequence[Mapping], objectives, reference: Mapping[str, float]) -> Front:
+    """The non-dominated points and the hypervolume of all points against ``reference``."""
+    points = [dict(p) for p in points]
+    if not points:
+        return Front([], [], 0.0)
+    return Front(points, pareto_front(points, objectives), hypervolume(points, objectives, reference))
+
+
+def param_keys(points: Sequence[Mapping]) -> list[str]:
+    """The searched keys the points carry (every key that is not a point key), sorted."""
+    return sorted({k for p in points for k in p} - set(POINT_KEYS))
+
+
+def hover_keys(point: Mapping) -> list[str]:
+    """What hovering a point shows first: its trial, its epsilon and its searched parameters."""
+    return ["trial_id", "epsilon", *param_keys([point])]
