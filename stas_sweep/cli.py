@@ -76,10 +76,12 @@ def cmd_energy(args: argparse.Namespace) -> int:
     from .models import create_model
     from .models.diagnostics import calibrate_batchnorm, temporal_similarity
 
+    from .train.config import HaltingSection
+
     halting = None
-    if args.epsilon is not None or args.halting:
-        halting = {"alpha": args.alpha, "beta": args.beta, "epsilon": 0.01 if args.epsilon is None else args.epsilon,
-                   "accumulation": args.accumulation}
+    if args.epsilon is not None or args.halting:  # unset knobs: a training config's halting defaults
+        given = {"alpha": args.alpha, "beta": args.beta, "epsilon": args.epsilon, "accumulation": args.accumulation}
+        halting = HaltingSection(**{k: v for k, v in given.items() if v is not None}).model_kwargs()
     model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
                          in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,
                          halting=halting)
@@ -173,19 +175,18 @@ def _train_tracker(args, cfg, out, trainer):
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import build_datasets, build_loaders
     from .models.diagnostics import temporal_similarity
-    from .train import epsilon_table, format_table, halting_maps, model_from_checkpoint
+    from .train import config_from_dict, epsilon_table, format_table, halting_maps, model_from_checkpoint
     from .train.trainer import resolve_device
 
     device = resolve_device(args.device)
     model, state = model_from_checkpoint(args.checkpoint, device)
-    cfg = state.get("config", {})
-    data = cfg.get("data", {})
+    cfg = config_from_dict(state.get("config") or {}, f"{args.checkpoint} (its config)")
     _, val, info = build_datasets(
-        data.get("name", "digits"), args.data_root or data.get("root"), img_size=model.img_size,
-        timesteps=model.timesteps, augment=False, recipe=data.get("recipe"),
+        cfg.data.name, args.data_root or cfg.data.root, img_size=model.img_size,
+        timesteps=model.timesteps, augment=False, recipe=cfg.data.recipe,
     )
-    _, loader = build_loaders(val, val, args.batch_size, data.get("workers", 0), drop_last=False)
-    epsilons = _parse_epsilons(args.epsilons) if args.epsilons else cfg.get("eval_epsilons", [0.0])
+    _, loader = build_loaders(val, val, args.batch_size, cfg.data.workers, drop_last=False)
+    epsilons = _parse_epsilons(args.epsilons) if args.epsilons else cfg.eval_epsilons
     rows = epsilon_table(model, loader, epsilons, device, max_batches=args.max_batches)
     result: dict = {"rows": rows}
     if args.similarity:
@@ -357,10 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=int, default=4)
     p.add_argument("--stem", choices=["sps", "isps"], default="isps")
     p.add_argument("--halting", action="store_true", help="turn A-SSA halting on")
-    p.add_argument("--epsilon", type=float, help="halting threshold knob in [0, 1) (implies --halting)")
-    p.add_argument("--alpha", type=float, default=5.0)
-    p.add_argument("--beta", type=float, default=-25.0)
-    p.add_argument("--accumulation", choices=["tb", "b"], default="tb")
+    p.add_argument("--epsilon", type=float, help="halting threshold knob in [0, 1) (implies --halting; "
+                                                 "default: a training config's halting.epsilon)")
+    p.add_argument("--alpha", type=float, help="default: a training config's halting.alpha")
+    p.add_argument("--beta", type=float, help="default: a training config's halting.beta")
+    p.add_argument("--accumulation", choices=["tb", "b"], help="default: a training config's halting.accumulation")
     p.add_argument("--input", choices=["digits", "random"], default="digits",
                    help="offline digits validation images (default) or random input")
     p.add_argument("--batch", type=int, default=16)

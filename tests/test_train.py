@@ -197,3 +197,12 @@ def test_data_parallel_gather_merges_replica_outputs():
     torch.testing.assert_close(merged.ponder_loss, whole.ponder_loss)
     torch.testing.assert_close(merged.token_ratio, whole.token_ratio)
     assert wrap_data_parallel(m, torch.device("cpu")) is m  # one device: no wrapper
+
+
+def test_training_config_rejects_a_key_given_twice(tmp_path, capsys):
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(TINY) + "epochs: 3\n")
+    with pytest.raises(ConfigError, match="key 'epochs' is given twice"):
+        load_config(path)
+    assert main(["train", str(path), "--no-mlflow", "--output-dir", str(tmp_path / "out")]) == 2
+    assert str(path) in capsys.readouterr().err

@@ -102,15 +102,16 @@ def stage1_weights(spec: SweepSpec, log=print) -> dict:
     import torch
 
     from ..train.checkpoint import load_checkpoint
+    from ..train.config import config_from_dict
 
-    cfg = spec.stage1_config()
+    cfg = config_from_dict(spec.stage1_config(), f"{spec.path} (stage1)")  # validated by load_spec
     local = "://" not in spec.storage_path
     out = Path(spec.storage_dir()) / f"stage1-{spec.stage1_key()}" if local else None
     if out is not None:
         last = out / "checkpoints" / "last.pt"
         if last.is_file():
             state = load_checkpoint(last)
-            if state.get("epoch") == cfg.get("epochs", 10):
+            if state.get("epoch") == cfg.epochs:
                 log(f"stage 1: reusing {last} (trained {state['epoch']} epochs)")
                 return {k: v for k, v in state["model"].items()}
         log(f"stage 1: training once for this sweep in {out}")

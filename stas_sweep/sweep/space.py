@@ -1,6 +1,6 @@
 """Search-space files: parsed strictly, before Ray or anything else starts.
 
-A file (YAML, safe loader, duplicate keys rejected) looks like::
+A file (YAML, read by :func:`stas_sweep.train.config.load_yaml`: safe loader, duplicate keys rejected) looks like::
 
     name: digits                      # sweep id (default: the file name)
     base: ../configs/digits_stage2.yaml   # training config: a path (relative to this file) or a mapping
@@ -36,9 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..train.config import ConfigError, TrainConfig, config_from_dict, merge, set_dotted
+from ..train.config import ConfigError, TrainConfig, config_from_dict, load_yaml, merge, set_dotted
 from .front import OBJECTIVE_METRICS
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "fixed")
@@ -50,31 +48,6 @@ TOP_KEYS = ("name", "base", "stage1", "space", "eval", "objectives", "reference"
 
 class SpaceError(ValueError):
     """A search-space file that cannot be used; the message names the file and the key."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that rejects a key written twice in one mapping."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is given twice", key_node.start_mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_yaml(path: Path) -> Any:
-    try:
-        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{path}: not valid YAML: {e}") from None
 
 
 @dataclass
@@ -221,7 +194,10 @@ def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"{path}: no such search-space file")
-    raw = load_yaml(path)
+    try:
+        raw = load_yaml(path)
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
     if not isinstance(raw, dict):
         raise _err(path, "the top level must be a mapping of keys")
     _known(path, raw, "", TOP_KEYS)
@@ -235,7 +211,10 @@ def load_spec(path: str | Path) -> SweepSpec:
         base_path = (path.parent / base_raw).resolve()
         if not base_path.is_file():
             raise _err(path, f"base: no such training config {base_path}")
-        base = yaml.safe_load(base_path.read_text()) or {}
+        try:
+            base = load_yaml(base_path) or {}
+        except ConfigError as e:
+            raise SpaceError(f"{path}: base: {e}") from None
         base_where = str(base_path)
     elif isinstance(base_raw, dict):
         base, base_where = copy.deepcopy(base_raw), f"{path} (base)"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from .space import SweepSpec, load_yaml
+from ..train.config import load_yaml
+from .space import SweepSpec
 
 _EXCLUDES = ["__pycache__", "*.pyc", "*.pt"]
 

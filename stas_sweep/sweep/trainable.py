@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..train.config import config_from_dict, set_dotted
+from ..train.config import TrainConfig, config_from_dict, set_dotted
 from ..train.evaluate import epsilon_table
 from ..train.trainer import Trainer
 from .front import REPORT_KEYS
@@ -58,13 +58,12 @@ def train_trial(config: dict, *, base: dict, epochs: int, epsilons: list[float],
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def train_stage1(cfg_dict: dict, out_dir: str | None) -> tuple[dict, list[dict]]:
+def train_stage1(cfg: TrainConfig, out_dir: str | None) -> tuple[dict, list[dict]]:
     """Train (or finish, or reuse) the shared stage-1 model; returns (weights, history).
 
     ``out_dir`` is a local or shared path where the run is kept and reused by later sweeps
     with the same stage-1 config; None trains in a temporary folder.
     """
-    cfg = config_from_dict(cfg_dict, "<stage1>")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(out_dir) if out_dir else Path(tmp)
         last = out / "checkpoints" / "last.pt"
