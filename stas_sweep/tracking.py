@@ -140,7 +140,7 @@ class SweepTracker:
         self.objectives = [tuple(o) for o in objectives]
         self.parent_id: str | None = None
         self.runs: dict[str, str] = {}       # trial id -> child run id
-        self.ended: set[str] = set()         # trials whose end tags this driver has written
+        self.ended: dict[str, tuple] = {}    # trial id -> the end tags this driver wrote (full_budget, error)
         self.finished = 0
         self._client = None
         self._synced = False  # runs read back from MLflow since this object was built
@@ -270,7 +270,7 @@ class SweepTracker:
         else:
             self.client.set_tag(run_id, "full_budget", str(full_budget).lower())
             self.client.set_tag(run_id, "stopped_by", "none" if full_budget else "asha")
-        self.ended.add(trial_id)
+        self.ended[trial_id] = (full_budget if error is None else None, error)
         return run_id
 
     def trial_complete(self, trial_id: str, params: dict, full_budget: bool,
@@ -321,12 +321,13 @@ class SweepTracker:
                 self.client.log_artifact(self.parent_id, str(plot_hypervolume_png(values, Path(d) / "hypervolume.png")))
 
     def finish(self, result) -> None:
-        """The sweep's results (``trials``, ``points``, ``front``, ``hypervolume``): end tags of the
-        trials this driver did not see end (those of earlier drivers), the final front."""
+        """The sweep's results (``trials``, ``points``, ``front``, ``hypervolume``): the end tags
+        where they differ from those written as trials ended (trials of earlier drivers; an
+        error whose text Tune had not stored yet when the trial failed), the final front."""
         for t in result.trials:
-            if t["trial_id"] not in self.ended:
-                self._tag_end(t["trial_id"], t["params"], full_budget=t["full_budget"],
-                              error=(t["error"] or "") if t["status"] == "failed" else None)
+            error = (t["error"] or "") if t["status"] == "failed" else None
+            if self.ended.get(t["trial_id"]) != (t["full_budget"] if error is None else None, error):
+                self._tag_end(t["trial_id"], t["params"], full_budget=t["full_budget"], error=error)
         self.finished = len(result.trials)
         self.write_front(result, final=True)
         self.client.set_tag(self.parent_id, "front_size", str(len(result.front)))
