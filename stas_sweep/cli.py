@@ -115,61 +115,18 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .train import Trainer, epsilon_table, format_table, load_config
-    from .train.plots import plot_training_curves
+    from .train import load_config
+    from .train.run import train_run
 
     cfg = load_config(args.config, args.set)
     out = Path(args.output_dir) if args.output_dir else Path("runs") / Path(args.config).stem
-    last = out / "checkpoints" / "last.pt"
-    if last.exists() and not args.resume:
-        raise UsageError(f"{out} already holds a run ({last}); continue it with --resume, "
-                         f"or choose another --output-dir")
-    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
-    tracker = _train_tracker(args, cfg, out, trainer)
-    print(f"stage {cfg.stage}: {cfg.model.name} on {cfg.data.name}, {cfg.epochs} epochs, device {trainer.device}; "
-          f"output {out.resolve()}" + (f"; MLflow {tracker.uri} run {tracker.run_id}" if tracker.enabled else ""))
-
-    def log_epoch(epoch: int, metrics: dict, _trainer) -> None:
-        tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-
-    try:
-        history = trainer.fit(callbacks=[log_epoch])
-        curves = plot_training_curves(history, out / "curves.png", title=f"{cfg.model.name} stage {cfg.stage}")
-        tracker.log_artifact(curves)
-        if cfg.stage == 2:
-            rows = epsilon_table(trainer.model, trainer.val_loader, cfg.eval_epsilons, trainer.device,
-                                 energy_batches=cfg.energy_batches)
-            (out / "epsilon_table.json").write_text(json.dumps(rows, indent=2))
-            tracker.log_table(rows, "epsilon_table.json")
-            print(format_table(rows))
-        tracker.log_artifact(trainer.last_path, "checkpoints")
-    except KeyboardInterrupt:
-        tracker.end("KILLED")
-        raise
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end()
-    final = history[-1] if history else {}
+    run = train_run(cfg, out, resume=args.resume, progress=not args.no_progress, tracking_uri=args.tracking_uri,
+                    mlflow=not args.no_mlflow)
+    final = run.history[-1] if run.history else {}
     print(f"done: accuracy {final.get('accuracy', float('nan')):.2f}%, token ratio "
           f"{final.get('token_ratio', float('nan')):.3f}, energy {final.get('energy_mj', float('nan')):.4f} mJ; "
-          f"checkpoint {trainer.last_path}")
+          f"checkpoint {run.checkpoint}")
     return 0
-
-
-def _train_tracker(args, cfg, out, trainer):
-    from .tracking import Tracker
-
-    enabled = cfg.tracking.enabled and not args.no_mlflow
-    run_id = trainer.extra.get("mlflow_run_id") if args.resume else None
-    tracker = Tracker(args.tracking_uri or cfg.tracking.uri, cfg.tracking.experiment, out.name,
-                      tags={"stage": cfg.stage, "output_dir": str(out.resolve())}, run_id=run_id, enabled=enabled)
-    if enabled and run_id is None:
-        tracker.log_params({**cfg.to_dict(), "model_args": trainer.model_args})
-        trainer.extra["mlflow_run_id"] = tracker.run_id
-    return tracker
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..train.config import TrainConfig, config_from_dict, set_dotted
-from ..train.evaluate import epsilon_table
+from ..train.run import final_evaluation
 from ..train.trainer import Trainer
 from .front import REPORT_KEYS
 
@@ -50,9 +50,7 @@ def train_trial(config: dict, *, base: dict, epochs: int, epsilons: list[float],
         report = {k: metrics[k] for k in REPORT_KEYS}
         report["full_budget"] = epoch + 1 == epochs
         if epoch + 1 == epochs:
-            rows = epsilon_table(trainer.model, trainer.val_loader, epsilons, trainer.device,
-                                 energy_batches=cfg.energy_batches)
-            report["epsilon_table"] = json.dumps(rows)
+            report["epsilon_table"] = json.dumps(final_evaluation(trainer, epsilons))
         with tempfile.TemporaryDirectory() as d:
             shutil.copyfile(trainer.last_path, Path(d) / "last.pt")
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
