@@ -1,4 +1,154 @@
+"""The shared test harness: the tiny training config, file writers, ports, MLflow and Ray
+helpers, one trained stage 1 and calibrated tiny models. Test files take these as fixtures
+and never import each other."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests import helpers from each other
+import pytest
+import yaml
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threads crawl on shared cores
+
+# the tiny training config every training and sweep test starts from (digits, 16 px, 2 steps)
+TINY = {
+    "model": {"name": "spikingformer-1-32", "timesteps": 2, "stem": "isps"},
+    "data": {"name": "digits", "img_size": 16},
+    "optim": {"lr": 5e-3, "weight_decay": 0.01},
+    "epochs": 3,
+    "batch_size": 32,
+    "seed": 0,
+    "device": "cpu",
+    "tracking": {"enabled": False},
+}
+# a sweep's base: two epochs, the energy of two validation batches
+SWEEP_BASE = {**TINY, "epochs": 2, "energy_batches": 2}
+
+
+def _write_yaml(path: Path, raw) -> Path:
+    """``raw`` (a mapping, dumped as YAML, or text) into ``path``; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    return path
+
+
+def _sweep_raw(folder: Path, **over) -> dict:
+    raw = {
+        "name": "tiny",
+        "base": copy.deepcopy(SWEEP_BASE),
+        "stage1": {"epochs": 2},
+        "space": {
+            "halting.beta": {"uniform": [-8.0, -4.0]},
+            "halting.delta_p": {"loguniform": [1e-3, 1e-1]},
+            "optim.lr": {"choice": [5e-3, 1.0e30]},  # 1e30 blows the loss up: a failing trial
+        },
+        "eval": {"epsilons": [0.0, 0.2, 0.4]},
+        "objectives": {"accuracy": "max", "energy_mj": "min"},
+        "reference": {"energy_mj": 1.0},
+        "search": {"sampler": "tpe", "seed": 0, "num_samples": 4,
+                   "points_to_evaluate": [{"optim.lr": 5e-3, "halting.beta": -6.0, "halting.delta_p": 0.01},
+                                          {"optim.lr": 1.0e30, "halting.beta": -6.0, "halting.delta_p": 0.01}]},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "max_epochs": 2},
+        "resources": {"cpu": 1},
+        "max_concurrent_trials": 2,
+        "retries": 0,
+        "storage_path": str(folder / "results"),
+        "mlflow": {"experiment": "tiny-sweep"},
+    }
+    raw.update(over)
+    return raw
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    """A fresh copy of the tiny training config."""
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def sweep_base() -> dict:
+    return copy.deepcopy(SWEEP_BASE)
+
+
+@pytest.fixture
+def write_yaml():
+    """``write_yaml(path, mapping_or_text) -> path``."""
+    return _write_yaml
+
+
+@pytest.fixture
+def sweep_file():
+    """``sweep_file(folder, **top_level_overrides) -> folder/space.yaml``: a tiny 4-trial sweep
+    (one trial fails) into ``folder/results``, MLflow experiment ``tiny-sweep``."""
+    return lambda folder, **over: _write_yaml(Path(folder) / "space.yaml", _sweep_raw(Path(folder), **over))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port():
+    """``free_port() -> int``: a port on 127.0.0.1 nobody listens on right now."""
+    return _free_port
+
+
+@pytest.fixture
+def cli():
+    """``cli(args, env, cwd)``: ``stas-sweep ARGS`` in a fresh interpreter, output captured."""
+    def run(args, env, cwd, timeout=900):
+        return subprocess.run([sys.executable, "-m", "stas_sweep.cli", *args], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
+    return run
+
+
+@pytest.fixture
+def mlflow_runs():
+    """``mlflow_runs(tracking_uri, experiment) -> (client, sweep parent runs, trial runs)``."""
+    def runs_of(uri, experiment):
+        import mlflow
+
+        client = mlflow.MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        parents = [r for r in runs if r.data.tags.get("stas.role") == "sweep"]
+        children = [r for r in runs if "trial_id" in r.data.tags]
+        return client, parents, children
+    return runs_of
+
+
+@pytest.fixture
+def sweep_env(tmp_path):
+    """A folder and the environment of a local sweep (own Ray temp dir, sqlite MLflow); Ray is
+    stopped afterwards."""
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", STAS_SWEEP_RAY_TMPDIR=ray_tmp,
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", HOME=str(tmp_path),
+               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    yield tmp_path, env
+    subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def trained_stage1(tmp_path_factory):
+    """One tiny stage-1 run (3 epochs, through ``stas-sweep train``, logged to MLflow), shared by
+    every test that needs a trained checkpoint: ``(root, tracking_uri)``; the run is in
+    ``root/run``. Tests must not change its files."""
+    from stas_sweep.cli import main
+
+    root = tmp_path_factory.mktemp("stage1")
+    cfg = _write_yaml(root / "s1.yaml", dict(TINY, tracking={"experiment": "t", "enabled": True}))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    rc = main(["train", str(cfg), "--output-dir", str(root / "run"), "--no-progress", "--tracking-uri", uri])
+    assert rc == 0
+    return root, uri

@@ -74,18 +74,15 @@ def test_help_lists_commands(capsys):
     assert "models" in out and "energy" in out
 
 
-def test_ui_serves_the_default_store_on_loopback(tmp_path):
+def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port):
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-m", "stas_sweep.cli", "ui", "--port", str(port)], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -5,7 +5,6 @@ explicitly) and ``mlflow server`` on 127.0.0.1; the test stops only what it star
 """
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,14 +12,6 @@ import time
 import urllib.request
 
 import pytest
-
-from test_sweep_e2e import mlflow_runs, sweep_file
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 90) -> None:
@@ -35,7 +26,7 @@ def wait_http(url: str, timeout: float = 90) -> None:
 
 
 @pytest.fixture
-def head_and_mlflow(tmp_path):
+def head_and_mlflow(tmp_path, free_port):
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -58,7 +49,7 @@ def head_and_mlflow(tmp_path):
 
 
 @pytest.mark.slow
-def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflow):
+def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflow, sweep_file, mlflow_runs):
     folder, env, address, mlflow_url = head_and_mlflow
     space = sweep_file(folder, name="submitted", search={"sampler": "tpe", "seed": 0, "num_samples": 2},
                        space={"halting.beta": {"uniform": [-8.0, -4.0]}}, scheduler={"type": "fifo", "max_epochs": 1},
@@ -68,14 +59,14 @@ def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflo
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "SUCCEEDED" in proc.stdout and "on the front" in proc.stdout  # the job's own output was streamed
-    _, parents, children = mlflow_runs({"MLFLOW_TRACKING_URI": mlflow_url}, "tiny-sweep")
+    _, parents, children = mlflow_runs(mlflow_url, "tiny-sweep")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 2
     assert {c.data.tags["pareto"] for c in children} <= {"true", "false"}
     assert any(c.data.tags["pareto"] == "true" for c in children)
 
 
-def test_submit_to_an_unreachable_address_fails_clearly(tmp_path):
+def test_submit_to_an_unreachable_address_fails_clearly(tmp_path, sweep_file, free_port):
     space = sweep_file(tmp_path)
     port = free_port()  # nothing listens there
     proc = subprocess.run([sys.executable, "-m", "stas_sweep.cli", "submit", str(space), "--address",
@@ -85,7 +76,7 @@ def test_submit_to_an_unreachable_address_fails_clearly(tmp_path):
     assert f"cannot reach the Ray dashboard at http://127.0.0.1:{port}" in proc.stderr
 
 
-def test_local_run_refuses_gpus_it_does_not_have(tmp_path):
+def test_local_run_refuses_gpus_it_does_not_have(tmp_path, sweep_file):
     space = sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1})
     env = dict(os.environ, RAY_AUTH_MODE="disabled", STAS_SWEEP_RAY_TMPDIR=tempfile.mkdtemp(prefix="r", dir="/tmp"),
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}", CUDA_VISIBLE_DEVICES="")

@@ -1,93 +1,25 @@
 """Sweeps end to end with real Ray (local), real Optuna and a real MLflow store, in temp folders."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stas_sweep.sweep.pareto import non_dominated
 
-BASE = {
-    "model": {"name": "spikingformer-1-32", "timesteps": 2},
-    "data": {"name": "digits", "img_size": 16},
-    "optim": {"lr": 5e-3, "weight_decay": 0.01},
-    "epochs": 2,
-    "batch_size": 32,
-    "device": "cpu",
-    "energy_batches": 2,
-}
-
-
-def sweep_file(folder: Path, **over) -> Path:
-    raw = {
-        "name": "tiny",
-        "base": BASE,
-        "stage1": {"epochs": 2},
-        "space": {
-            "halting.beta": {"uniform": [-8.0, -4.0]},
-            "halting.delta_p": {"loguniform": [1e-3, 1e-1]},
-            "optim.lr": {"choice": [5e-3, 1.0e30]},  # 1e30 blows the loss up: a failing trial
-        },
-        "eval": {"epsilons": [0.0, 0.2, 0.4]},
-        "objectives": {"accuracy": "max", "energy_mj": "min"},
-        "reference": {"energy_mj": 1.0},
-        "search": {"sampler": "tpe", "seed": 0, "num_samples": 4,
-                   "points_to_evaluate": [{"optim.lr": 5e-3, "halting.beta": -6.0, "halting.delta_p": 0.01},
-                                          {"optim.lr": 1.0e30, "halting.beta": -6.0, "halting.delta_p": 0.01}]},
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "max_epochs": 2},
-        "resources": {"cpu": 1},
-        "max_concurrent_trials": 2,
-        "retries": 0,
-        "storage_path": str(folder / "results"),
-        "mlflow": {"experiment": "tiny-sweep"},
-    }
-    raw.update(over)
-    path = folder / "space.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-@pytest.fixture
-def sweep_env(tmp_path):
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", STAS_SWEEP_RAY_TMPDIR=ray_tmp,
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", HOME=str(tmp_path),
-               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-    yield tmp_path, env
-    subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=60)
-
-
-def cli(args, env, cwd, timeout=900):
-    return subprocess.run([sys.executable, "-m", "stas_sweep.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def mlflow_runs(env, experiment):
-    import mlflow
-
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("stas.role") == "sweep"]
-    children = [r for r in runs if "trial_id" in r.data.tags]
-    return client, parents, children
-
 
 @pytest.mark.slow
-def test_sweep_end_to_end(sweep_env):
+def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     folder, env = sweep_env
     proc = cli(["run", str(sweep_file(folder))], env, folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "on the front" in proc.stdout and "tags.pareto = 'true'" in proc.stdout
 
-    client, parents, children = mlflow_runs(env, "tiny-sweep")
+    client, parents, children = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert len(children) == 4
@@ -141,7 +73,7 @@ def test_sweep_end_to_end(sweep_env):
 
 
 @pytest.mark.slow
-def test_sweep_resumes_after_ctrl_c_without_duplicates(sweep_env):
+def test_sweep_resumes_after_ctrl_c_without_duplicates(sweep_env, sweep_file, cli, mlflow_runs):
     folder, env = sweep_env
     space = sweep_file(folder, name="resumable", scheduler={"type": "fifo", "max_epochs": 1},
                        max_concurrent_trials=1, search={"sampler": "random", "seed": 1, "num_samples": 3},
@@ -161,14 +93,14 @@ def test_sweep_resumes_after_ctrl_c_without_duplicates(sweep_env):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-3000:]
     assert "--resume" in out
-    _, parents, children = mlflow_runs(env, "tiny-sweep")
+    _, parents, children = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
     assert parents[0].info.status == "KILLED"
     finished_before = {c.data.tags["trial_id"] for c in children if c.data.tags.get("full_budget") == "true"}
     assert 1 <= len(finished_before) < 3
 
     resumed = cli(["run", str(space), "--resume"], env, folder)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    client, parents, children = mlflow_runs(env, "tiny-sweep")
+    client, parents, children = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     ids = [c.data.tags["trial_id"] for c in children]
     assert len(ids) == 3 and len(set(ids)) == 3

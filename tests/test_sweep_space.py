@@ -7,10 +7,10 @@ import yaml
 
 from stas_sweep.cli import main
 from stas_sweep.sweep.space import SpaceError, load_spec
-from test_sweep_e2e import BASE  # the tiny training config every sweep test uses
+
 GOOD = {
     "name": "t",
-    "base": BASE,
+    "base": None,  # the tiny training config (fixture sweep_base)
     "stage1": {"epochs": 1},
     "space": {
         "halting.alpha": {"uniform": [3.0, 8.0]},
@@ -29,13 +29,19 @@ GOOD = {
 }
 
 
+@pytest.fixture
+def good(sweep_base) -> dict:
+    return copy.deepcopy({**GOOD, "base": sweep_base})
+
+
 def write(tmp_path, raw, name="space.yaml"):
     p = tmp_path / name
     p.write_text(yaml.safe_dump(raw) if isinstance(raw, dict) else raw)
     return p
 
 
-def test_good_file_resolves(tmp_path, capsys):
+def test_good_file_resolves(tmp_path, capsys, good):
+    GOOD = good
     spec = load_spec(write(tmp_path, GOOD))
     assert [p.key for p in spec.params][:2] == ["halting.alpha", "halting.beta"]
     assert spec.objectives == [("accuracy", "max"), ("energy_mj", "min")]
@@ -80,10 +86,10 @@ MUTATIONS = [
 
 
 @pytest.mark.parametrize("mutate, message", MUTATIONS)
-def test_bad_files_are_rejected_naming_file_and_key(tmp_path, capsys, mutate, message):
+def test_bad_files_are_rejected_naming_file_and_key(tmp_path, capsys, mutate, message, good):
     import ray
 
-    raw = copy.deepcopy(GOOD)
+    raw = good
     mutate(raw)
     path = write(tmp_path, raw)
     with pytest.raises(SpaceError, match=message):
@@ -96,8 +102,8 @@ def test_bad_files_are_rejected_naming_file_and_key(tmp_path, capsys, mutate, me
     assert not (tmp_path / "ray_results").exists()
 
 
-def test_metric_named_twice_is_rejected(tmp_path):
-    text = yaml.safe_dump({k: v for k, v in GOOD.items() if k != "objectives"})
+def test_metric_named_twice_is_rejected(tmp_path, good):
+    text = yaml.safe_dump({k: v for k, v in good.items() if k != "objectives"})
     text += "objectives:\n  accuracy: max\n  energy_mj: min\n  accuracy: min\n"
     with pytest.raises(SpaceError, match="key 'accuracy' is given twice"):
         load_spec(write(tmp_path, text))

@@ -1,7 +1,6 @@
 """Training end to end on digits: stage 1 -> stage 2, resume, evaluation and bad input."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,36 +9,9 @@ import yaml
 from stas_sweep.cli import main
 from stas_sweep.train import CheckpointError, ConfigError, Trainer, config_from_dict, load_config
 
-TINY = {
-    "model": {"name": "spikingformer-1-32", "timesteps": 2, "stem": "isps"},
-    "data": {"name": "digits", "img_size": 16},
-    "optim": {"lr": 5e-3, "weight_decay": 0.01},
-    "epochs": 3,
-    "batch_size": 32,
-    "seed": 0,
-    "device": "cpu",
-    "tracking": {"enabled": False},
-}
 
-
-def write(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-@pytest.fixture(scope="module")
-def stage1(tmp_path_factory):
-    """One tiny stage-1 run shared by the tests below (through the CLI, with MLflow)."""
-    root = tmp_path_factory.mktemp("stage1")
-    cfg = write(root / "s1.yaml", dict(TINY, tracking={"experiment": "t", "enabled": True}))
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    rc = main(["train", str(cfg), "--output-dir", str(root / "run"), "--no-progress", "--tracking-uri", uri])
-    assert rc == 0
-    return root, uri
-
-
-def test_stage1_then_stage2_end_to_end(stage1, tmp_path, capsys):
-    root, uri = stage1
+def test_stage1_then_stage2_end_to_end(trained_stage1, tmp_path, capsys, tiny_config, write_yaml):
+    root, uri = trained_stage1
     history = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 3
     assert history[-1]["accuracy"] > 50.0  # 10 classes: chance is 10 %
@@ -50,10 +22,10 @@ def test_stage1_then_stage2_end_to_end(stage1, tmp_path, capsys):
     assert 0 < history[-1]["energy_mj"] <= history[-1]["energy_strict_mj"] * 1.5
     assert (root / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    s2 = dict(TINY, halting={"alpha": 5.0, "beta": -8.0, "epsilon": 0.01, "delta_p": 0.01},
+    s2 = dict(tiny_config, halting={"alpha": 5.0, "beta": -8.0, "epsilon": 0.01, "delta_p": 0.01},
               init_from=str(root / "run" / "checkpoints" / "last.pt"), epochs=2,
               eval_epsilons=[0.0, 0.2, 0.5])
-    cfg = write(tmp_path / "s2.yaml", s2)
+    cfg = write_yaml(tmp_path / "s2.yaml", s2)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path / "s2"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "initialised from" in out
@@ -91,8 +63,8 @@ def test_stage1_then_stage2_end_to_end(stage1, tmp_path, capsys):
     assert any(a.path == "checkpoints" for a in client.list_artifacts(run.info.run_id))
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path):
-    cfg = config_from_dict(dict(TINY, epochs=2))
+def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_config):
+    cfg = config_from_dict(dict(tiny_config, epochs=2))
     full = Trainer(cfg, tmp_path / "full", progress=False, log=None).fit()
 
     def interrupt(epoch, _metrics, _trainer):  # Ctrl-C after the first epoch's checkpoint
@@ -110,17 +82,17 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_bad_config_errors_name_the_key(tmp_path, capsys):
+def test_bad_config_errors_name_the_key(tmp_path, capsys, tiny_config, write_yaml):
     cases = [
-        ({**TINY, "epochz": 3}, "unknown key 'epochz'"),
-        ({**TINY, "model": {"name": "spikingformer-1-32", "stem": "xps"}}, "model.stem is 'xps'; accepted values: sps, isps"),
-        ({**TINY, "batch_size": "big"}, "batch_size must be an integer"),
-        ({**TINY, "halting": {"epsilon": 1.5}}, "halting.epsilon"),
-        ({**TINY, "halting": {"gamma": 1}}, "unknown key 'halting.gamma'"),
-        ({**TINY, "model": {"name": "vit-1-32"}}, "model.name: unknown model 'vit-1-32'"),
+        ({**tiny_config, "epochz": 3}, "unknown key 'epochz'"),
+        ({**tiny_config, "model": {"name": "spikingformer-1-32", "stem": "xps"}}, "model.stem is 'xps'; accepted values: sps, isps"),
+        ({**tiny_config, "batch_size": "big"}, "batch_size must be an integer"),
+        ({**tiny_config, "halting": {"epsilon": 1.5}}, "halting.epsilon"),
+        ({**tiny_config, "halting": {"gamma": 1}}, "unknown key 'halting.gamma'"),
+        ({**tiny_config, "model": {"name": "vit-1-32"}}, "model.name: unknown model 'vit-1-32'"),
     ]
     for i, (raw, message) in enumerate(cases):
-        path = write(tmp_path / f"bad{i}.yaml", raw)
+        path = write_yaml(tmp_path / f"bad{i}.yaml", raw)
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_config(path)
         assert main(["train", str(path), "--output-dir", str(tmp_path / "out"), "--no-mlflow"]) == 2
@@ -128,30 +100,30 @@ def test_bad_config_errors_name_the_key(tmp_path, capsys):
         assert str(path) in err and "error" in err
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="--set 'epochs': expected KEY=VALUE"):
-        load_config(write(tmp_path / "ok.yaml", TINY), ["epochs"])
+        load_config(write_yaml(tmp_path / "ok.yaml", tiny_config), ["epochs"])
 
 
-def test_missing_dataset_and_bad_checkpoints_exit_2_and_keep_files(stage1, tmp_path, capsys):
-    root, _ = stage1
+def test_missing_dataset_and_bad_checkpoints_exit_2_and_keep_files(trained_stage1, tmp_path, capsys, tiny_config, write_yaml):
+    root, _ = trained_stage1
     last = root / "run" / "checkpoints" / "last.pt"
     before = last.read_bytes()
     # a missing data set
-    cfg = write(tmp_path / "cifar.yaml", dict(TINY, data={"name": "cifar10", "root": str(tmp_path / "nowhere")}))
+    cfg = write_yaml(tmp_path / "cifar.yaml", dict(tiny_config, data={"name": "cifar10", "root": str(tmp_path / "nowhere")}))
     assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(tmp_path / "o1")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere") in err and "cifar-10-batches-py" in err
     # rerunning into a folder that holds a run, without --resume
-    cfg = write(tmp_path / "s1.yaml", TINY)
+    cfg = write_yaml(tmp_path / "s1.yaml", tiny_config)
     assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(root / "run")]) == 2
     assert "--resume" in capsys.readouterr().err
     # a corrupt init_from checkpoint
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"not a checkpoint")
-    cfg = write(tmp_path / "s2.yaml", dict(TINY, halting={}, init_from=str(bad)))
+    cfg = write_yaml(tmp_path / "s2.yaml", dict(tiny_config, halting={}, init_from=str(bad)))
     assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(tmp_path / "o2")]) == 2
     assert "not a readable stas-sweep checkpoint" in capsys.readouterr().err
     # a mismatched one: stage 1 weights into a wider model
-    cfg = write(tmp_path / "s3.yaml", dict(TINY, model={"name": "spikingformer-1-16", "timesteps": 2}, halting={},
+    cfg = write_yaml(tmp_path / "s3.yaml", dict(tiny_config, model={"name": "spikingformer-1-16", "timesteps": 2}, halting={},
                                             init_from=str(last)))
     assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(tmp_path / "o3")]) == 2
     assert "trained with name='spikingformer-1-32', this run has name='spikingformer-1-16'" in capsys.readouterr().err
@@ -163,15 +135,15 @@ def test_missing_dataset_and_bad_checkpoints_exit_2_and_keep_files(stage1, tmp_p
     with pytest.raises(CheckpointError, match="do not fit this model.*of another shape"):
         load_model_weights(create_model("spikingformer-1-32", img_size=16, num_classes=7, in_channels=1), state, "x")
     with pytest.raises(CheckpointError):
-        Trainer(config_from_dict(TINY), tmp_path / "o4", resume=True, progress=False, log=None)
+        Trainer(config_from_dict(tiny_config), tmp_path / "o4", resume=True, progress=False, log=None)
     assert last.read_bytes() == before
     assert main(["eval", str(bad)]) == 2
 
 
-def test_sml_branch_trains_only_in_training(tmp_path):
-    cfg = config_from_dict(dict(TINY, epochs=1, sml={"enabled": True, "weight": 0.5}))
+def test_sml_branch_trains_only_in_training(tmp_path, tiny_config):
+    cfg = config_from_dict(dict(tiny_config, epochs=1, sml={"enabled": True, "weight": 0.5}))
     trainer = Trainer(cfg, tmp_path / "sml", progress=False, log=None)
-    plain = Trainer(config_from_dict(dict(TINY, epochs=1)), tmp_path / "plain", progress=False, log=None)
+    plain = Trainer(config_from_dict(dict(tiny_config, epochs=1)), tmp_path / "plain", progress=False, log=None)
     (metrics,) = trainer.fit()
     assert metrics["train_loss"] > metrics["task_loss"]  # the auxiliary loss is added
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -199,9 +171,9 @@ def test_data_parallel_gather_merges_replica_outputs():
     assert wrap_data_parallel(m, torch.device("cpu")) is m  # one device: no wrapper
 
 
-def test_training_config_rejects_a_key_given_twice(tmp_path, capsys):
+def test_training_config_rejects_a_key_given_twice(tmp_path, capsys, tiny_config):
     path = tmp_path / "twice.yaml"
-    path.write_text(yaml.safe_dump(TINY) + "epochs: 3\n")
+    path.write_text(yaml.safe_dump(tiny_config) + "epochs: 3\n")
     with pytest.raises(ConfigError, match="key 'epochs' is given twice"):
         load_config(path)
     assert main(["train", str(path), "--no-mlflow", "--output-dir", str(tmp_path / "out")]) == 2
