@@ -78,8 +78,12 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
     halting = None
     if args.epsilon is not None or args.halting:
-        halting = {"alpha": args.alpha, "beta": args.beta, "epsilon": 0.01 if args.epsilon is None else args.epsilon,
-                   "accumulation": args.accumulation}
+        from .models.halting import PAPER_ALPHA_BETA
+        from .models.registry import get_arch
+
+        alpha, beta = PAPER_ALPHA_BETA[get_arch(args.model).family]
+        halting = {"alpha": alpha if args.alpha is None else args.alpha, "beta": beta if args.beta is None else args.beta,
+                   "epsilon": 0.01 if args.epsilon is None else args.epsilon, "accumulation": args.accumulation}
     model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
                          in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,
                          halting=halting)
@@ -384,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stem", choices=["sps", "isps"], default="isps")
     p.add_argument("--halting", action="store_true", help="turn A-SSA halting on")
     p.add_argument("--epsilon", type=float, help="halting threshold knob in [0, 1) (implies --halting)")
-    p.add_argument("--alpha", type=float, default=5.0)
-    p.add_argument("--beta", type=float, default=-25.0)
+    p.add_argument("--alpha", type=float, help="halting score slope (default: the paper's for the family, "
+                   "-5 for spikformer, 5 otherwise)")
+    p.add_argument("--beta", type=float, help="halting score bias (default: the paper's, 0 for spikformer, -25 otherwise)")
     p.add_argument("--accumulation", choices=["tb", "b"], default="tb")
     p.add_argument("--input", choices=["digits", "random"], default="digits",
                    help="offline digits validation images (default) or random input")
