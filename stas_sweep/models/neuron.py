@@ -66,35 +66,41 @@ class _MultiStepLIF(torch.autograd.Function):
             else:  # hard reset: S v_reset + (1 - S) H, the same number
                 v = h.masked_fill(fired[t], v_reset) if keep else h.masked_fill_(fired[t], v_reset)
         ctx.params = (tau, v_threshold, v_reset, detach_reset, alpha, decay_input)
+        spikes = fired.to(ctx.dtypes[0])
         if keep:
-            ctx.save_for_backward(h_seq, fired)
-        return fired.to(ctx.dtypes[0]), v
+            ctx.save_for_backward(h_seq, spikes)
+            ctx.set_materialize_grads(False)
+        return spikes, v
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v):
         tau, v_threshold, v_reset, detach_reset, alpha, decay_input = ctx.params
-        h_seq, fired = ctx.saved_tensors
+        h_seq, spikes = ctx.saved_tensors
         s = (h_seq - v_threshold).mul_(alpha).sigmoid_()
-        sg = torch.sub(1.0, s).mul_(s).mul_(alpha)  # dS/dH, spikingjelly's sigmoid surrogate
-        if v_reset is None:  # dV[t]/dH[t]
-            reset_grad = None if detach_reset else torch.mul(sg, -v_threshold).add_(1.0)
+        if grad_spikes is None:
+            grad_spikes = torch.zeros_like(h_seq)
+        # dL/dS dS/dH for every step at once; sigmoid_backward(g, s) = g (1 - s) s, the sigmoid surrogate
+        gh = torch.ops.aten.sigmoid_backward(grad_spikes.float(), s).mul_(alpha)
+        # dV[t]/dH[t] (None = 1)
+        if v_reset is None:
+            reset_grad = None if detach_reset else torch.sub(1.0, s).mul_(s).mul_(-alpha * v_threshold).add_(1.0)
         elif detach_reset:
-            reset_grad = None  # 1 - S: applied as a mask below
+            reset_grad = torch.sub(1.0, spikes.float())  # hard reset, detached: 1 - S
         else:
-            reset_grad = torch.sub(v_reset, h_seq).mul_(sg).add_((~fired).float())
-        gh = sg.mul_(grad_spikes.float())  # the spike path of every step at once
+            sg = torch.sub(1.0, s).mul_(s).mul_(alpha)
+            reset_grad = torch.sub(v_reset, h_seq).mul_(sg).sub_(spikes.float()).add_(1.0)
         keep_v = 1.0 - 1.0 / tau  # dH[t+1]/dV[t]; gh*keep_v == gh - gh/tau exactly for tau = 2
-        carry = grad_v.float().clone()  # dL/dV[t]
-        for t in range(h_seq.shape[0] - 1, -1, -1):
-            if reset_grad is not None:
-                gh[t].addcmul_(carry, reset_grad[t])
-            elif v_reset is None:
-                gh[t].add_(carry)
+        T = h_seq.shape[0]
+        if grad_v is not None:  # dL/dV[T-1] from the final membrane
+            gh[T - 1].add_(grad_v.float() * (1.0 if reset_grad is None else reset_grad[T - 1]))
+        for t in range(T - 2, -1, -1):  # gh[t] += dL/dV[t] dV[t]/dH[t], dL/dV[t] = keep_v gh[t+1]
+            if reset_grad is None:
+                gh[t].add_(gh[t + 1], alpha=keep_v)
             else:
-                gh[t].add_(carry.masked_fill_(fired[t], 0.0))
-            carry = gh[t].mul(keep_v)
+                gh[t].addcmul_(gh[t + 1], reset_grad[t], value=keep_v)
+        grad_v0 = gh[0].mul(keep_v)
         grad_x = gh.div_(tau) if decay_input else gh
-        return grad_x.to(ctx.dtypes[0]), carry.to(ctx.dtypes[1]), None, None, None, None, None, None
+        return grad_x.to(ctx.dtypes[0]), grad_v0.to(ctx.dtypes[1]), None, None, None, None, None, None
 
 
 def lif_multi_step(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_threshold: float = 1.0,
@@ -180,26 +186,24 @@ class _PrefixLIF(torch.autograd.Function):
             v = h.masked_fill(fired[rows], 0.0) if keep else h.masked_fill_(fired[rows], 0.0)
             start += n
         ctx.params = (tuple(counts), v_threshold, tau, alpha)
+        spikes = fired.to(ctx.dtype)
         if keep:
-            ctx.save_for_backward(h_all, fired)
-        return fired.to(ctx.dtype)
+            ctx.save_for_backward(h_all, spikes)
+        return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
         counts, v_threshold, tau, alpha = ctx.params
-        h_all, fired = ctx.saved_tensors
+        h_all, spikes = ctx.saved_tensors
         s = (h_all - v_threshold).mul_(alpha).sigmoid_()
-        gh = torch.sub(1.0, s).mul_(s).mul_(alpha).mul_(grad_spikes.float())  # spike path of every row
+        gh = torch.ops.aten.sigmoid_backward(grad_spikes.float(), s).mul_(alpha)  # spike path of every row
+        running = torch.sub(1.0, spikes.float())  # dV/dH with the reset detached: 1 - S
         keep_v = 1.0 - 1.0 / tau
-        end = sum(counts)
-        carry = None  # dL/dV[t] of the tokens still running at t+1
-        for n in reversed(counts):
-            rows = slice(end - n, end)
-            if carry is not None:  # the tokens that ran on at t+1 are the first rows of step t
-                m = carry.shape[0]
-                gh[rows][:m].add_(carry.masked_fill_(fired[rows][:m], 0.0))  # reset detached: dV/dH = 1 - S
-            carry = gh[rows].mul(keep_v)
-            end -= n
+        starts = [sum(counts[:t]) for t in range(len(counts))]
+        for t in range(len(counts) - 2, -1, -1):
+            # the m tokens that ran on at t+1 are the first m rows of step t: gh[t] += keep_v gh[t+1] (1 - S[t])
+            m, a, b = counts[t + 1], starts[t], starts[t + 1]
+            gh[a: a + m].addcmul_(gh[b: b + m], running[a: a + m], value=keep_v)
         return gh.div_(tau).to(ctx.dtype), None, None, None, None
 
 
