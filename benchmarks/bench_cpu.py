@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- bench_cpu:begin -->", "<!-- bench_cpu:end -->"
+BEGIN, END = "<!-- bench_cpu:{}:begin -->", "<!-- bench_cpu:{}:end -->"
 BATCH, THREADS = 16, 2
 
 
@@ -205,7 +205,6 @@ def bench_model(args) -> tuple[list[str], dict]:
     labels = {"public": "public Spikformer code (spikingjelly 0.0.0.0.14, torch backend)",
               "sps-sj": "ours, SPS, spikingjelly 2.0 LIFNode", "sps-fused": "ours, SPS, FusedLIF",
               "isps-sj": "ours, I-SPS, spikingjelly 2.0 LIFNode", "isps-fused": "ours, I-SPS, FusedLIF"}
-    workers = {c: None for c in ours}
     w = Worker(sys.executable, ours, None)
     owner = {c: w for c in ours}
     versions = {"ours": w.info}
@@ -225,24 +224,38 @@ def bench_model(args) -> tuple[list[str], dict]:
                       f"cpu {s['cpu'] * 1e3 / BATCH:7.1f} ms/img  load {s['load']:.2f}", flush=True)
     for wk in {id(v): v for v in owner.values()}.values():
         wk.close()
-    del workers
     res = {k: _summary(v) for k, v in samples.items()}
-    base_train = "public" if args.public_code else "sps-sj"
-    lines = [f"Interleaved, {args.rounds} rounds after a warm-up round, median per image; "
-             f"batch {BATCH}, {THREADS} threads, OMP_WAIT_POLICY=PASSIVE in every worker; our spikingjelly "
+
+    def paired(a: str, b: str, op: str, key: str = "wall") -> float:
+        """Median over rounds of time(a) / time(b), each pair measured back to back."""
+        return statistics.median(x[key] / y[key] for x, y in zip(samples[(a, op)], samples[(b, op)]))
+
+    base = "public" if args.public_code else "sps-sj"
+    lines = [f"Interleaved, {args.rounds} rounds after a warm-up round; medians per image; speed-ups are the "
+             f"median over rounds of the ratio of two cases measured back to back. Batch {BATCH}, {THREADS} "
+             f"threads, OMP_WAIT_POLICY=PASSIVE in every worker; our spikingjelly "
              f"{versions['ours']['spikingjelly']}, torch {versions['ours']['torch']}"
              + (f"; public code under spikingjelly {versions['public']['spikingjelly']}" if args.public_code else "")
              + ". Untrained weights (ours: batch norm calibrated on the batch).", "",
-             "| case | train ms / image | train CPU ms / image | speed-up vs " + labels[base_train].split(" (")[0]
-             + " | inference ms / image | inference CPU ms / image | load (1 min) |",
+             "| case | train ms / image | train CPU ms / image | train speed-up vs " + labels[base].split(" (")[0]
+             + " (wall, CPU) | inference ms / image | inference CPU ms / image | load (1 min) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in cases:
         t, i = res[(c, "train")], res[(c, "infer")]
-        lo = min(t["load"][0], i["load"][0])
-        hi = max(t["load"][1], i["load"][1])
+        lo, hi = min(t["load"][0], i["load"][0]), max(t["load"][1], i["load"][1])
         lines.append(f"| {labels[c]} | {t['wall'] * 1e3 / BATCH:.1f} | {t['cpu'] * 1e3 / BATCH:.1f} | "
-                     f"{res[(base_train, 'train')]['wall'] / t['wall']:.2f}x | {i['wall'] * 1e3 / BATCH:.1f} | "
-                     f"{i['cpu'] * 1e3 / BATCH:.1f} | {lo:.1f}-{hi:.1f} |")
+                     f"{paired(base, c, 'train'):.2f}x, {paired(base, c, 'train', 'cpu'):.2f}x | "
+                     f"{i['wall'] * 1e3 / BATCH:.1f} | {i['cpu'] * 1e3 / BATCH:.1f} | {lo:.1f}-{hi:.1f} |")
+    lines += ["", "Paired ratios (median over rounds; wall time, CPU time in brackets):", ""]
+    for a, b, what in [("sps-sj", "sps-fused", "FusedLIF against LIFNode, SPS"),
+                       ("isps-sj", "isps-fused", "FusedLIF against LIFNode, I-SPS"),
+                       ("sps-sj", "isps-sj", "I-SPS against SPS, our model as landed (LIFNode)"),
+                       ("sps-fused", "isps-fused", "I-SPS against SPS, FusedLIF")]:
+        lines.append(f"- {what}: training step {paired(a, b, 'train'):.2f}x "
+                     f"({paired(a, b, 'train', 'cpu'):.2f}x) faster, inference {paired(a, b, 'infer'):.2f}x "
+                     f"({paired(a, b, 'infer', 'cpu'):.2f}x)")
+    if args.raw:
+        args.raw.write_text(json.dumps({f"{c}/{op}": v for (c, op), v in samples.items()}, indent=1))
     return lines, res
 
 
@@ -290,8 +303,8 @@ def bench_threads(args) -> tuple[list[str], dict]:
              f"real Trainer, up to {args.batches} batches or {args.seconds:g} s after a 2-batch warm-up; each run a "
              f"fresh process; the competitor is one `python -c 'while True: pass'`; {args.thread_rounds} rounds "
              f"interleaved, median.", "",
-             "| policy | alone img/s | beside a competitor img/s | kept | CPU s / wall s alone, beside | "
-             "threads | load (1 min) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| policy | alone img/s | beside a competitor img/s | kept (paired median) | each round: alone / beside | "
+             "CPU s / wall s alone, beside | threads | load (1 min) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     res = {}
     for after in (False, True):
         a, b = samples[(after, False)], samples[(after, True)]
@@ -301,7 +314,9 @@ def bench_threads(args) -> tuple[list[str], dict]:
         rb = statistics.median(s["cpu"] / s["wall"] for s in b)
         loads = [s["load"] for s in a + b]
         res[after] = (ia, ib)
-        lines.append(f"| {names[after]} | {ia:.0f} | {ib:.0f} | {ib / ia:.0%} | {ra:.2f}, {rb:.2f} | "
+        kept = statistics.median(y["images_per_s"] / x["images_per_s"] for x, y in zip(a, b))  # paired by round
+        rounds = "; ".join(f"{x['images_per_s']:.0f} / {y['images_per_s']:.0f}" for x, y in zip(a, b))
+        lines.append(f"| {names[after]} | {ia:.0f} | {ib:.0f} | {kept:.0%} | {rounds} | {ra:.2f}, {rb:.2f} | "
                      f"{a[0]['threads']} | {min(loads):.1f}-{max(loads):.1f} |")
     return lines, res
 
@@ -317,6 +332,7 @@ def main() -> None:
                     help="a Python with spikingjelly 0.0.0.0.14 (and torch, timm)")
     ap.add_argument("--skip", choices=["model", "threads"], action="append", default=[])
     ap.add_argument("--out", type=Path, help="replace the bench_cpu section of this markdown file")
+    ap.add_argument("--raw", type=Path, help="write every model-core measurement to this JSON file")
     # worker modes
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cases", help=argparse.SUPPRESS)
@@ -328,30 +344,34 @@ def main() -> None:
         return worker(args)
     if args.digits_worker:
         return digits_worker(args)
-    t0 = time.perf_counter()
-    load0 = os.getloadavg()
-    text = [BEGIN, f"### CPU efficiency (`benchmarks/bench_cpu.py`, {datetime.date.today()}, "
-            f"{os.cpu_count()} cores, {platform.processor() or platform.machine()})", ""]
-    if "model" not in args.skip:
-        lines, _ = bench_model(args)
-        text += ["#### Model core: spikformer-4-384, 32x32, T=4, batch 16, CPU", ""] + lines + [""]
-    if "threads" not in args.skip:
-        lines, _ = bench_threads(args)
-        text += ["#### Thread policy: training throughput alone and beside a CPU-bound process", ""] + lines + [""]
-    load1 = os.getloadavg()
-    text += [f"Machine load (1/5/15 min) at the start {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, at the end "
-             f"{load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f}; the benchmark took {time.perf_counter() - t0:.0f} s. "
-             + ("A load above the core count means other jobs shared the cores: the figures were taken under "
-                "load, compare the ratios within a table." if max(load0[0], load1[0]) > (os.cpu_count() or 1) * 0.6
-                else "The machine was quiet."), END]
-    out = "\n".join(text) + "\n"
-    print(out)
+    parts = {}
+    for part, title, bench in [("model", "Model core: spikformer-4-384, 32x32, T=4, batch 16, CPU", bench_model),
+                               ("threads", "Thread policy: training throughput alone and beside a CPU-bound process",
+                                bench_threads)]:
+        if part in args.skip:
+            continue
+        t0, load0 = time.perf_counter(), os.getloadavg()
+        lines, _ = bench(args)
+        load1 = os.getloadavg()
+        busy = max(load0[0], load1[0]) > (os.cpu_count() or 1) * 0.6
+        parts[part] = "\n".join(
+            [BEGIN.format(part), f"#### {title}", "",
+             f"`benchmarks/bench_cpu.py`, {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
+             f"{platform.processor() or platform.machine()}. Machine load (1/5/15 min) "
+             f"{load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} at the start and {load1[0]:.1f}/{load1[1]:.1f}/"
+             f"{load1[2]:.1f} at the end; {time.perf_counter() - t0:.0f} s. "
+             + ("**Taken under load**: other jobs shared the cores, so absolute figures are inflated and noisy; "
+                "compare the paired ratios." if busy else "The machine was quiet."), ""]
+            + lines + [END.format(part)]) + "\n"
+        print(parts[part], flush=True)
     if args.out:
         doc = args.out.read_text() if args.out.exists() else ""
-        if BEGIN in doc:
-            doc = doc[: doc.index(BEGIN)] + out + doc[doc.index(END) + len(END) + 1:]
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + out
+        for part, text in parts.items():
+            begin, end = BEGIN.format(part), END.format(part)
+            if begin in doc:
+                doc = doc[: doc.index(begin)] + text + doc[doc.index(end) + len(end) + 1:]
+            else:
+                doc = doc.rstrip("\n") + "\n\n" + text
         args.out.write_text(doc)
 
 
