@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+# Before torch (and its libgomp) loads: idle OpenMP threads sleep instead of spinning, so a run
+# beside any other busy process does not collapse (see stas_sweep/train/threads.py). Ray workers
+# started from this process inherit it. A policy the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class UsageError(ValueError):
@@ -121,7 +127,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .train import Trainer, epsilon_table, format_table, load_config
     from .train.plots import plot_training_curves
+    from .train.threads import set_threads
 
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: give a whole number of at least 1")
+    threads = set_threads(args.threads)
     cfg = load_config(args.config, args.set)
     out = Path(args.output_dir) if args.output_dir else Path("runs") / Path(args.config).stem
     last = out / "checkpoints" / "last.pt"
@@ -130,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"or choose another --output-dir")
     trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
     tracker = _train_tracker(args, cfg, out, trainer)
-    print(f"stage {cfg.stage}: {cfg.model.name} on {cfg.data.name}, {cfg.epochs} epochs, device {trainer.device}; "
+    print(f"stage {cfg.stage}: {cfg.model.name} on {cfg.data.name}, {cfg.epochs} epochs, device {trainer.device} "
+          f"({threads} CPU threads); "
           f"output {out.resolve()}" + (f"; MLflow {tracker.uri} run {tracker.run_id}" if tracker.enabled else ""))
 
     def log_epoch(epoch: int, metrics: dict, _trainer) -> None:
@@ -411,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the "
+                                               "cores this process may use)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint at several epsilons")
