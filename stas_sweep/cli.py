@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+# Before torch (and its libgomp) loads: idle OpenMP threads sleep instead of spinning, so a run
+# beside any other busy process does not collapse (see stas_sweep/train/threads.py). Ray workers
+# started from this process inherit it. A policy the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class UsageError(ValueError):
@@ -76,12 +82,14 @@ def cmd_energy(args: argparse.Namespace) -> int:
     from .models import create_model
     from .models.diagnostics import calibrate_batchnorm, temporal_similarity
 
-    from .train.config import HaltingSection
-
     halting = None
-    if args.epsilon is not None or args.halting:  # unset knobs: a training config's halting defaults
-        given = {"alpha": args.alpha, "beta": args.beta, "epsilon": args.epsilon, "accumulation": args.accumulation}
-        halting = HaltingSection(**{k: v for k, v in given.items() if v is not None}).model_kwargs()
+    if args.epsilon is not None or args.halting:
+        from .models.halting import PAPER_ALPHA_BETA
+        from .models.registry import get_arch
+
+        alpha, beta = PAPER_ALPHA_BETA[get_arch(args.model).family]
+        halting = {"alpha": alpha if args.alpha is None else args.alpha, "beta": beta if args.beta is None else args.beta,
+                   "epsilon": 0.01 if args.epsilon is None else args.epsilon, "accumulation": args.accumulation}
     model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
                          in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,
                          halting=halting)
@@ -117,11 +125,15 @@ def cmd_energy(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_config
     from .train.run import train_run
+    from .train.threads import set_threads
 
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: give a whole number of at least 1")
+    threads = set_threads(args.threads)
     cfg = load_config(args.config, args.set)
     out = Path(args.output_dir) if args.output_dir else Path("runs") / Path(args.config).stem
     run = train_run(cfg, out, resume=args.resume, progress=not args.no_progress, tracking_uri=args.tracking_uri,
-                    mlflow=not args.no_mlflow)
+                    mlflow=not args.no_mlflow, threads=threads)
     final = run.history[-1] if run.history else {}
     print(f"done: accuracy {final.get('accuracy', float('nan')):.2f}%, token ratio "
           f"{final.get('token_ratio', float('nan')):.3f}, energy {final.get('energy_mj', float('nan')):.4f} mJ; "
@@ -315,11 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=int, default=4)
     p.add_argument("--stem", choices=["sps", "isps"], default="isps")
     p.add_argument("--halting", action="store_true", help="turn A-SSA halting on")
-    p.add_argument("--epsilon", type=float, help="halting threshold knob in [0, 1) (implies --halting; "
-                                                 "default: a training config's halting.epsilon)")
-    p.add_argument("--alpha", type=float, help="default: a training config's halting.alpha")
-    p.add_argument("--beta", type=float, help="default: a training config's halting.beta")
-    p.add_argument("--accumulation", choices=["tb", "b"], help="default: a training config's halting.accumulation")
+    p.add_argument("--epsilon", type=float, help="halting threshold knob in [0, 1) (implies --halting)")
+    p.add_argument("--alpha", type=float, help="halting score slope (default: the paper's for the family, "
+                   "-5 for spikformer, 5 otherwise)")
+    p.add_argument("--beta", type=float, help="halting score bias (default: the paper's, 0 for spikformer, -25 otherwise)")
+    p.add_argument("--accumulation", choices=["tb", "b"], default="tb")
     p.add_argument("--input", choices=["digits", "random"], default="digits",
                    help="offline digits validation images (default) or random input")
     p.add_argument("--batch", type=int, default=16)
@@ -339,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the "
+                                               "cores this process may use)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint at several epsilons")

@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-from spikingjelly.activation_based import functional
 
 from stas_sweep import create_model
 from stas_sweep.models.diagnostics import calibrate_batchnorm
-from stas_sweep.models.layers import lif
-from stas_sweep.models.packing import Packing, lif_prefix
+from stas_sweep.models.packing import Packing
 
 FAMILIES = ["spikformer", "spikingformer", "spikedriven"]
 # Spikformer reads a non-negative stream: the paper's alpha < 0 halts its silent tokens
@@ -72,28 +70,6 @@ def test_packing_layout():
     assert not Packing.from_mask(mask_b).prefix
     sub = Packing.from_mask(mask[:, :].clone().index_fill_(1, torch.tensor([3]), 0).view(4, 1, 4))
     assert pk.pack(x)[sub.index_in(pk)].flatten().tolist() == sub.pack(x).flatten().tolist()
-
-
-@pytest.mark.parametrize("v_threshold", [1.0, 0.5])
-def test_lif_on_shrinking_rows_matches_multistep_lif(v_threshold):
-    torch.manual_seed(0)
-    T, U, C = 4, 6, 5
-    counts = [6, 4, 4, 1]
-    dense = torch.randn(T, U, C) * 2
-    keep = torch.zeros(T, U, dtype=torch.bool)
-    for t, n in enumerate(counts):
-        keep[t, :n] = True
-    rows = dense[keep].clone().requires_grad_(True)  # timestep-major running rows
-    node = lif(v_threshold)
-    out = lif_prefix(node, rows, counts)
-    functional.reset_net(node)
-    ref_in = dense.clone().requires_grad_(True)
-    ref = node(ref_in)
-    assert torch.equal(out, ref[keep])
-    g = torch.randn_like(out)
-    (out * g).sum().backward()
-    ref[keep].mul(g).sum().backward()
-    torch.testing.assert_close(rows.grad, ref_in.grad[keep], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -54,6 +54,11 @@ class HaltingConfig:
             )
 
 
+# The paper's score parameters per backbone (section 4.2). Spikformer's residual stream is
+# non-negative, so its score reads a silent first channel as "done": sigmoid(-5 * 0 + 0) = 0.5.
+PAPER_ALPHA_BETA = {"spikformer": (-5.0, 0.0), "spikingformer": (5.0, -25.0), "spikedriven": (5.0, -25.0)}
+
+
 def check_epsilon(epsilon: float) -> float:
     epsilon = float(epsilon)
     if not 0.0 <= epsilon < 1.0:

@@ -10,29 +10,28 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import layer, neuron, surrogate
+from spikingjelly.activation_based import layer
 from torch import nn
 
+from .neuron import FusedLIF
 from .packing import Packing
 
 SeqToANN = layer.SeqToANNContainer
 
 
-def lif(v_threshold: float = 1.0) -> neuron.LIFNode:
+def lif(v_threshold: float = 1.0) -> FusedLIF:
     """The LIF neuron every reference model uses: tau=2, hard reset to 0, detached reset,
     sigmoid surrogate (alpha=4), multi-step. ``attn_lif`` and SDT's talking-heads LIF use
-    ``v_threshold=0.5``. spikingjelly 2.0 picks the backend itself (no ``backend=`` argument)."""
-    return neuron.LIFNode(
-        tau=2.0,
-        v_threshold=v_threshold,
-        v_reset=0.0,
-        detach_reset=True,
-        surrogate_function=surrogate.Sigmoid(alpha=4.0),
-        step_mode="m",
-    )
+    ``v_threshold=0.5``.
+
+    A :class:`~stas_sweep.models.neuron.FusedLIF`: the dynamics and spikes of spikingjelly's
+    ``LIFNode(tau=2.0, v_threshold=v_threshold, v_reset=0.0, detach_reset=True,
+    surrogate_function=surrogate.Sigmoid(alpha=4.0), step_mode="m")`` as one autograd node
+    (spikingjelly 2.0 runs that node as a Python loop on CPU)."""
+    return FusedLIF(tau=2.0, v_threshold=v_threshold, v_reset=0.0, detach_reset=True, alpha=4.0)
 
 
-def fire(node: neuron.LIFNode, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
+def fire(node: FusedLIF, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
     """Run a LIF layer on token tensor ``x`` ``[T, B, K, C]`` with the halting keep-mask
     ``mask`` ``[T, B, K]`` (1 = token still running, 0 = halted), or on running rows ``[R, C]``
     of a :class:`Packing`.

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .neuron import lif_prefix
+
 
 @dataclass
 class Packing:
@@ -99,36 +101,12 @@ class Packing:
     def fire(self, node: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A multi-step LIF layer on running rows ``[R, C]``; spikes ``[R, C]``."""
         if self.prefix:
-            return lif_prefix(node, x, self.counts)
+            return lif_prefix(x, self.counts, node.v_threshold, node.tau, node.alpha)
         U = int(self.tokens.numel())                             # b: dense over the U tokens
         seq = x.new_zeros(self.T * U, x.shape[-1])
         flat = _ramp_offsets(self.counts, U, x.device) + self.slots  # t*U + slot per row
         seq = seq.index_put((flat,), x).view(self.T, U, -1)
         return node(seq).reshape(self.T * U, -1).index_select(0, flat)
-
-
-def lif_prefix(node: nn.Module, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """spikingjelly's multi-step LIF (decay input, hard reset) on rows whose running set
-    shrinks to a prefix: the rows of timestep t are the first ``counts[t]`` rows of t-1's.
-
-    .. math::
-        H[t] = V[t-1] + (V_{reset} - V[t-1] + X[t]) / \\tau,\\quad S[t] = \\Theta(H[t] - V_{th}),
-        \\quad V[t] = S[t] V_{reset} + (1 - S[t]) H[t]
-
-    with the node's surrogate gradient and detached reset, in spikingjelly's operation order.
-    """
-    tau, v_th, v_reset = node.tau, node.v_threshold, node.v_reset
-    v = x.new_full((counts[0] if counts else 0, x.shape[-1]), float(v_reset))
-    spikes, start = [], 0
-    for n in counts:
-        v = v[:n]
-        v = v + (v_reset - v + x[start : start + n]) / tau      # charge
-        s = node.surrogate_function(v - v_th)                    # fire
-        s_d = s.detach() if node.detach_reset else s
-        v = s_d * v_reset + (1.0 - s_d) * v                      # hard reset
-        spikes.append(s)
-        start += n
-    return torch.cat(spikes) if spikes else x.new_zeros(0, x.shape[-1])
 
 
 def _ramp(counts: list[int], device) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..train.config import TrainConfig, config_from_dict, set_dotted
 from ..train.run import final_evaluation
+from ..train.threads import set_threads, threads_for_cpus
 from ..train.trainer import Trainer
 from .front import REPORT_KEYS
 
@@ -30,10 +31,26 @@ def trial_config(base: dict, sampled: dict, epochs: int) -> dict:
     return cfg
 
 
+def use_trial_threads(cpus: float | None = None) -> int | None:
+    """Run torch on exactly the CPUs Ray gave this trial or task (``resources.cpu``, at least one
+    thread), so trials sharing a node do not oversubscribe it. ``cpus`` defaults to the CPUs Ray
+    assigned to the calling worker; outside Ray nothing changes and None is returned."""
+    if cpus is None:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if not cpus:
+            return None
+    return set_threads(threads_for_cpus(cpus))
+
+
 def train_trial(config: dict, *, base: dict, epochs: int, epsilons: list[float], stage1_weights: dict) -> None:
     """Function trainable: ``config`` holds the sampled dotted keys of one trial."""
     from ray import tune
 
+    use_trial_threads()
     cfg = config_from_dict(trial_config(base, config, epochs), "<trial>")
     out = Path(tune.get_context().get_trial_dir()) / "train"
     resume = False
@@ -62,6 +79,7 @@ def train_stage1(cfg: TrainConfig, out_dir: str | None) -> tuple[dict, list[dict
     ``out_dir`` is a local or shared path where the run is kept and reused by later sweeps
     with the same stage-1 config; None trains in a temporary folder.
     """
+    use_trial_threads()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(out_dir) if out_dir else Path(tmp)
         last = out / "checkpoints" / "last.pt"

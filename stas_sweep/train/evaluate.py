@@ -150,7 +150,7 @@ def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int
         axes[1].set_title(f"blocks run, all t\n(0..{T * L}), mean {float(cells[i].mean()):.1f}", fontsize=8)
         fig.colorbar(im, ax=axes[1], fraction=0.046)
         for t in range(T):
-            im_t = show_map(axes[2 + t], blocks[i, t], 0, L)
+            im_t = show_map(axes[2 + t], blocks[i, t], 1, L)
             axes[2 + t].set_title(f"halting block N, t={t + 1}\nmean {float(blocks[i, t].mean()):.2f}", fontsize=8)
         fig.colorbar(im_t, ax=axes[-1], fraction=0.046)
         fig.suptitle(f"epsilon = {eps}", fontsize=9)

@@ -31,10 +31,11 @@ class TrainingRun:
 
 
 def train_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-              tracking_uri: str | None = None, mlflow: bool = True,
+              tracking_uri: str | None = None, mlflow: bool = True, threads: int | None = None,
               log: Callable[[str], None] = print) -> TrainingRun:
     """Train ``cfg`` into ``out`` (refusing to overwrite a run unless ``resume``), tracked in
-    MLflow unless ``mlflow`` is false or the config turns tracking off."""
+    MLflow unless ``mlflow`` is false or the config turns tracking off (``threads``: the CPU
+    threads torch was given, for the first line)."""
     from ..tracking import Tracker
     from .plots import plot_training_curves
 
@@ -51,8 +52,8 @@ def train_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progre
     if enabled and run_id is None:
         tracker.log_params({**cfg.to_dict(), "model_args": trainer.model_args})
         trainer.extra["mlflow_run_id"] = tracker.run_id
-    log(f"stage {cfg.stage}: {cfg.model.name} on {cfg.data.name}, {cfg.epochs} epochs, device {trainer.device}; "
-        f"output {out.resolve()}" + (f"; MLflow {tracker.uri} run {tracker.run_id}" if tracker.enabled else ""))
+    log(f"stage {cfg.stage}: {cfg.model.name} on {cfg.data.name}, {cfg.epochs} epochs, device {trainer.device}"
+        + (f" ({threads} CPU threads)" if threads is not None else "") + f"; output {out.resolve()}" + (f"; MLflow {tracker.uri} run {tracker.run_id}" if tracker.enabled else ""))
 
     def log_epoch(epoch: int, metrics: dict, _trainer) -> None:
         tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
