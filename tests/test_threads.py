@@ -54,7 +54,7 @@ def test_train_threads_option_is_applied(monkeypatch, tmp_path):
             seen["threads"] = torch.get_num_threads()
             raise _Stop
 
-    monkeypatch.setattr("stas_sweep.train.Trainer", FakeTrainer)
+    monkeypatch.setattr("stas_sweep.train.run.Trainer", FakeTrainer)  # the trainer train_run builds
     config = str(ROOT / "configs" / "digits_stage1.yaml")
     torch.set_num_threads(2)
     with pytest.raises(_Stop):
