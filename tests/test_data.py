@@ -46,7 +46,7 @@ def md5(path: Path) -> str:
 # --------------------------------------------------------------------------------------- digits
 def test_digits_sizes_shapes_range_info():
     train, val, info = build_datasets("digits", augment=False)
-    assert info == DataInfo("digits", 10, 1, 32, False, (0.0,), (1.0,), None)
+    assert info == DataInfo("digits", 10, 1, 32, (0.0,), (1.0,), None)
     assert (len(train), len(val)) == (1437, 360)  # 80/20 of 1797
     x, y = train[0]
     assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
@@ -202,7 +202,7 @@ def _write_cifar(root: Path, name: str, n_train: int, n_test: int, seed: int = 0
 def test_cifar_real_pickle_layout(tmp_path, name, n_train):
     written = _write_cifar(tmp_path, name, n_train // (5 if name == "cifar10" else 1), 6)
     train, val, info = build_datasets(name, tmp_path, augment=False, verify_checksums=False)
-    assert info == DataInfo(name, 10 if name == "cifar10" else 100, 3, 32, False, CIFAR_MEAN, CIFAR_STD)
+    assert info == DataInfo(name, 10 if name == "cifar10" else 100, 3, 32, CIFAR_MEAN, CIFAR_STD)
     assert (len(train), len(val)) == (n_train, 6)
     assert list(train.targets) == written["train"][1] and list(val.targets) == written["test"][1]
     mean, std = torch.tensor(CIFAR_MEAN)[:, None, None], torch.tensor(CIFAR_STD)[:, None, None]
@@ -315,7 +315,7 @@ def test_cifar10_dvs_events_np(tmp_path):
 
     written = _write_cifar10_dvs_events(tmp_path)
     train, val, info = build_datasets("cifar10-dvs", tmp_path, timesteps=3, augment=False)
-    assert info == DataInfo("cifar10-dvs", 10, 2, 128, True, (0.0, 0.0), (1.0, 1.0), 3)
+    assert info == DataInfo("cifar10-dvs", 10, 2, 128, (0.0, 0.0), (1.0, 1.0), 3) and info.event_frames
     assert (len(train), len(val)) == (90, 10)  # 9:1 inside every class
     assert Counter(train.targets) == {c: 9 for c in range(10)} and sorted(val.targets) == list(range(10))
     # the held-out sample of each class is its last file (spikingjelly's non-random split)
@@ -351,7 +351,7 @@ def _write_gesture_events(root: Path, n_train: int = 2, n_test: int = 1, seed: i
 def test_dvs128_gesture_events_np(tmp_path):
     _write_gesture_events(tmp_path)
     train, val, info = build_datasets("dvs128-gesture", tmp_path, timesteps=2, img_size=32)
-    assert info == DataInfo("dvs128-gesture", 11, 2, 32, True, (0.0, 0.0), (1.0, 1.0), 2)
+    assert info == DataInfo("dvs128-gesture", 11, 2, 32, (0.0, 0.0), (1.0, 1.0), 2)
     assert (len(train), len(val)) == (22, 11)
     assert sorted(train.targets) == sorted(list(range(11)) * 2) and sorted(val.targets) == list(range(11))
     x, y = val[4]

@@ -9,10 +9,8 @@ from stas_sweep.sweep.pareto import (
     Objective,
     as_objectives,
     hypervolume,
-    hypervolume_history,
     non_dominated,
     pareto_front,
-    pareto_ranks,
 )
 
 ACC_ENERGY = [Objective("accuracy", "max"), Objective("energy_mj", "min")]
@@ -161,26 +159,6 @@ def test_pareto_front_sorted_by_first_objective_and_copies():
     # first objective energy: sorted by energy ascending
     front = pareto_front(pts, [Objective("energy_mj", "min"), Objective("accuracy", "max")])
     assert [p["trial_id"] for p in front] == ["b", "d", "a"]
-
-
-def test_pareto_ranks_layers():
-    rng = np.random.default_rng(3)
-    pts = random_points(rng, 50, ACC_ENERGY)
-    ranks = pareto_ranks(pts, ACC_ENERGY)
-    front = non_dominated(pts, ACC_ENERGY)
-    for i, (r, f) in enumerate(zip(ranks, front)):
-        assert (r == 1) == f
-        if r is None:
-            assert not f
-    # layer k+1 is the front of what remains after removing layers 1..k
-    k = 1
-    remaining = [i for i, r in enumerate(ranks) if r is not None]
-    while remaining:
-        sub = [pts[i] for i in remaining]
-        nd = brute_non_dominated(sub, ACC_ENERGY)
-        assert [ranks[i] == k for i in remaining] == nd
-        remaining = [i for i, m in zip(remaining, nd) if not m]
-        k += 1
 
 
 # ------------------------------------------------------------------------------- hypervolume
@@ -333,23 +311,6 @@ def test_hypervolume_3d_few_hundred_points_is_fast():
     assert 0.0 < hv < 1.0
 
 
-# ------------------------------------------------------------------------------- history
-
-
-@pytest.mark.parametrize("dim", [2, 3])
-def test_hypervolume_history(dim):
-    rng = np.random.default_rng(77 + dim)
-    objs = THREE[:dim]
-    ref = {"accuracy": 0.0, "energy_mj": 1.0, "token_ratio": 1.0}
-    pts = random_points(rng, 60, objs, levels=10)
-    hist = hypervolume_history(pts, objs, ref)
-    assert len(hist) == len(pts)
-    assert all(b >= a for a, b in zip(hist, hist[1:]))
-    for t in range(len(pts)):
-        assert hist[t] == pytest.approx(hypervolume(pts[: t + 1], objs, ref), rel=1e-9, abs=1e-12)
-    assert hypervolume_history([], objs, ref) == []
-
-
 # ------------------------------------------------------------------------------- plots
 
 
@@ -411,7 +372,8 @@ def test_step_vertices():
 def test_plot_hypervolume_png(tmp_path):
     from stas_sweep.sweep.plots import plot_hypervolume_png
 
-    hist = hypervolume_history(_sweep_points(), ACC_ENERGY, {"accuracy": 0.0, "energy_mj": 2.0})
+    pts = _sweep_points()
+    hist = [hypervolume(pts[: t + 1], ACC_ENERGY, {"accuracy": 0.0, "energy_mj": 2.0}) for t in range(len(pts))]
     out = plot_hypervolume_png(hist, tmp_path / "hv.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000

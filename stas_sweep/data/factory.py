@@ -32,21 +32,24 @@ class DataInfo:
         num_classes: number of labels (labels are ``0..num_classes-1``).
         in_channels: image channels (1 digits, 3 CIFAR/ImageNet, 2 event polarities).
         img_size: side of the square images / frames the items have.
-        event_frames: True when an item is a ``[T, C, H, W]`` frame stack (a batch is
-            ``[B, T, C, H, W]``), False for ``[C, H, W]`` images.
         mean, std: per-channel normalisation already applied to the items (identity, i.e.
             0 and 1, for digits and event frames); undo with ``x * std + mean`` to display.
         timesteps: frames per item for event data, None for static images.
+        event_frames: (derived) True when an item is a ``[T, C, H, W]`` frame stack (a batch
+            is ``[B, T, C, H, W]``), False for ``[C, H, W]`` images.
     """
 
     name: str
     num_classes: int
     in_channels: int
     img_size: int
-    event_frames: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
     timesteps: int | None = None
+
+    @property
+    def event_frames(self) -> bool:
+        return self.timesteps is not None
 
 
 def canonical_name(name: str) -> str:
@@ -119,7 +122,7 @@ def build_datasets(name: str, root: str | os.PathLike | None = None, *, img_size
     if name == "digits":
         from .digits import build_digits
         train, val = build_digits(size, recipe_, augment)
-        return train, val, DataInfo(name, 10, 1, size, False, (0.0,), (1.0,))
+        return train, val, DataInfo(name, 10, 1, size, (0.0,), (1.0,))
 
     if name in ("cifar10", "cifar100"):
         from .images import build_cifar, check_cifar
@@ -127,7 +130,7 @@ def build_datasets(name: str, root: str | os.PathLike | None = None, *, img_size
         check_cifar(name, root_, download)  # first: fail fast, before timm is imported
         train_tf, eval_tf = image_transforms(recipe_, size, augment)
         train, val = build_cifar(name, root_, download, verify_checksums, train_tf, eval_tf)
-        return train, val, DataInfo(name, 10 if name == "cifar10" else 100, 3, size, False,
+        return train, val, DataInfo(name, 10 if name == "cifar10" else 100, 3, size,
                                     recipe_["mean"], recipe_["std"])
 
     if name == "imagenet":
@@ -136,9 +139,9 @@ def build_datasets(name: str, root: str | os.PathLike | None = None, *, img_size
         root_ = check_imagenet(root_)  # first: fail fast, before timm is imported
         train_tf, eval_tf = image_transforms(recipe_, size, augment)
         train, val = build_imagenet(root_, train_tf, eval_tf)
-        return train, val, DataInfo(name, len(train.classes), 3, size, False, recipe_["mean"], recipe_["std"])
+        return train, val, DataInfo(name, len(train.classes), 3, size, recipe_["mean"], recipe_["std"])
 
     from .events import EVENT_DATASETS, build_events
     train, val = build_events(name, root_, timesteps, size, recipe_, augment, download)
-    return train, val, DataInfo(name, EVENT_DATASETS[name]["num_classes"], 2, size, True, (0.0, 0.0), (1.0, 1.0),
+    return train, val, DataInfo(name, EVENT_DATASETS[name]["num_classes"], 2, size, (0.0, 0.0), (1.0, 1.0),
                                 timesteps)

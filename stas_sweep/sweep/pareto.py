@@ -29,9 +29,7 @@ __all__ = [
     "as_objectives",
     "non_dominated",
     "pareto_front",
-    "pareto_ranks",
     "hypervolume",
-    "hypervolume_history",
 ]
 
 MODES = ("max", "min")
@@ -220,28 +218,6 @@ def pareto_front(
     return [dict(points[i]) for i in sorted(chosen, key=key)]
 
 
-def pareto_ranks(
-    points: Sequence[Mapping[str, float]], objectives: Sequence[ObjectiveLike]
-) -> list[int | None]:
-    """Non-dominated sorting rank of each point: 1 for the front, 2 for the front of the rest, ...
-
-    Rank ``r + 1`` is the set of points non-dominated once ranks ``1..r`` are removed (the
-    layering of NSGA-II). Invalid points get ``None``.
-    """
-    objs = as_objectives(objectives)
-    F, valid = _loss_matrix(points, objs)
-    ranks: list[int | None] = [None] * len(points)
-    remaining = np.flatnonzero(valid)
-    rank = 0
-    while remaining.size:
-        rank += 1
-        m = _nondominated_min(F[remaining])
-        for i in remaining[m]:
-            ranks[int(i)] = rank
-        remaining = remaining[~m]
-    return ranks
-
-
 # --------------------------------------------------------------------------------------------
 # Hypervolume
 # --------------------------------------------------------------------------------------------
@@ -337,43 +313,3 @@ def hypervolume(
     r = _reference_vector(reference, objs)
     F, valid = _loss_matrix(points, objs)
     return _hv(F[_inside(F, valid, r)], r)
-
-
-def hypervolume_history(
-    points_in_finish_order: Sequence[Mapping[str, float]],
-    objectives: Sequence[ObjectiveLike],
-    reference: Mapping[str, float],
-) -> list[float]:
-    r"""Hypervolume after each point, in the order the points finished.
-
-    ``history[t] = hypervolume(points[: t + 1], objectives, reference)``. The sequence is
-    non-decreasing because :math:`P \subseteq Q \Rightarrow HV(P) \le HV(Q)`.
-
-    Computed incrementally: only the current non-dominated set :math:`F` is kept, and a new
-    point :math:`p` that is valid, beats the reference and is not weakly dominated by
-    :math:`F` adds its exclusive contribution
-
-    .. math::
-        HV(F \cup \{p\}) - HV(F) = \prod_k (r_k - f_k(p)) - HV(\{\max(f, p) : f \in F\}, r)
-
-    (componentwise max, the "limited" set of the WFG algorithm), clipped at 0 so that rounding
-    can never make the sequence decrease. Other points repeat the previous value.
-    """
-    objs = as_objectives(objectives)
-    r = _reference_vector(reference, objs)
-    F, valid = _loss_matrix(points_in_finish_order, objs)
-    inside = _inside(F, valid, r)
-    front = np.empty((0, len(objs)), dtype=float)
-    current = 0.0
-    history: list[float] = []
-    for i in range(F.shape[0]):
-        if inside[i]:
-            p = F[i]
-            if not (front <= p).all(axis=1).any():  # not weakly dominated: the front grows
-                # exclusive contribution of p: its box minus the part the front already covers,
-                # HV(F + {p}) - HV(F) = prod(r - p) - HV({max(f, p) : f in F})   (WFG's "limit")
-                gain = float(np.prod(r - p)) - _hv(np.maximum(front, p), r)
-                current += max(gain, 0.0)
-                front = np.vstack([front[~(p <= front).all(axis=1)], p])
-        history.append(current)
-    return history

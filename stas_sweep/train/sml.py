@@ -64,9 +64,3 @@ class SML:
         if not feats:
             raise RuntimeError("SML: the model ran no training forward since the last loss")
         return criterion(self.module(feats), target)
-
-    def clear(self) -> None:
-        self._feats = []
-
-    def remove(self) -> None:
-        self._handle.remove()
