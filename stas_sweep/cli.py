@@ -55,10 +55,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<22} {'L':>2} {'D':>4} {'heads':>5} {'params':>12} {'':>7}  "
-          f"(classes={args.num_classes}, img_size={args.img_size}, tokens={num_tokens(args.img_size)})")
-    for r in rows:
-        print(f"{r['name']:<22} {r['depth']:>2} {r['embed_dim']:>4} {r['num_heads']:>5} {r['params']:>12,} {r['params'] / 1e6:>6.2f}M")
+    from .tables import Column, text_table
+
+    head, *lines = text_table(rows, [
+        Column("model", lambda r: r["name"], "<", 22), Column("L", lambda r: str(r["depth"]), width=2),
+        Column("D", lambda r: str(r["embed_dim"]), width=4), Column("heads", lambda r: str(r["num_heads"])),
+        Column("params", lambda r: f"{r['params']:,}", width=12), Column("", lambda r: f"{r['params'] / 1e6:.2f}M", width=7),
+    ])
+    print(f"{head}  (classes={args.num_classes}, img_size={args.img_size}, tokens={num_tokens(args.img_size)})")
+    print("\n".join(lines))
     return 0
 
 
@@ -270,13 +275,10 @@ def _print_sweep_summary(result, spec, uri: str) -> None:
 
 
 def _front_table(front: list[dict], objectives, params: list[str]) -> str:
+    from .tables import Column, number, text_table
+
     cols = ["trial_id", "epsilon", *[m for m, _ in objectives], *params]
-    rows = [[("" if p.get(c) is None else (f"{p[c]:.4g}" if isinstance(p.get(c), float) else str(p[c])))
-             for c in cols] for p in front]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
+    return "\n".join(text_table(front, [Column(c, lambda p, c=c: number(p.get(c)), "<") for c in cols], sep="  "))
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:

@@ -80,13 +80,17 @@ def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torc
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'epsilon':>8} {'accuracy %':>10} {'token ratio':>11} {'energy mJ':>10} {'strict mJ':>10} "
-            f"{'reduction %':>11}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        eps = "static" if r["epsilon"] is None else f"{r['epsilon']:g}"
-        lines.append(f"{eps:>8} {r['accuracy']:>10.2f} {r['token_ratio']:>11.3f} {r['energy_mj']:>10.4f} "
-                     f"{r['energy_strict_mj']:>10.4f} {r['energy_reduction']:>11.1f}")
+    from ..tables import Column, text_table
+
+    columns = [
+        Column("epsilon", lambda r: "static" if r["epsilon"] is None else f"{r['epsilon']:g}", width=8),
+        Column("accuracy %", lambda r: f"{r['accuracy']:.2f}"),
+        Column("token ratio", lambda r: f"{r['token_ratio']:.3f}"),
+        Column("energy mJ", lambda r: f"{r['energy_mj']:.4f}", width=10),
+        Column("strict mJ", lambda r: f"{r['energy_strict_mj']:.4f}", width=10),
+        Column("reduction %", lambda r: f"{r['energy_reduction']:.1f}"),
+    ]
+    lines = text_table(rows, columns, rule=True)
     lines.append("energy mJ: paper convention (eqs. 11-12); strict mJ: non-binary inputs at MAC; "
                  "reduction % of energy mJ")
     return "\n".join(lines)
