@@ -1,7 +1,8 @@
-"""Training configuration: YAML in, validated dataclasses out.
+"""Training configuration: YAML in, validated sections out.
 
-Every section is a dataclass; unknown keys and wrong types are errors naming the file and the
-dotted key, and saying what would be accepted. ``--set key=value`` overrides use the same
+Every section is a pydantic model whose fields declare the type, the default and (``Literal``)
+the allowed values, in one place; unknown keys and wrong types are errors naming the file and
+the dotted key, and saying what would be accepted. ``--set key=value`` overrides use the same
 dotted keys (``--set halting.delta_p=0.01``), parsed as YAML scalars.
 
 A configuration with ``halting: null`` is stage 1 (static backbone, usually I-SPS); one with a
@@ -10,14 +11,13 @@ A configuration with ``halting: null`` is stage 1 (static backbone, usually I-SP
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ConfigError(ValueError):
@@ -52,29 +52,32 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
-@dataclass
-class ModelConfig:
+class _Section(BaseModel):
+    """A config section: declared types, strict (no "3" for 3), unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
+
+
+class ModelConfig(_Section):
     name: str = "spikformer-2-32"
     timesteps: int = 4
-    stem: str = "isps"  # sps | isps
+    stem: Literal["sps", "isps"] = "isps"
     img_size: int | None = None     # default: the data set's size
     num_classes: int | None = None  # default: the data set's classes
 
 
-@dataclass
-class HaltingSection:
+class HaltingSection(_Section):
     alpha: float = 5.0
     beta: float = -25.0
     epsilon: float = 0.01
     delta_p: float = 1e-3
-    accumulation: str = "tb"  # tb | b
+    accumulation: Literal["tb", "b"] = "tb"
 
     def model_kwargs(self) -> dict:
         return {"alpha": self.alpha, "beta": self.beta, "epsilon": self.epsilon, "accumulation": self.accumulation}
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     name: str = "digits"
     root: str | None = None
     download: bool = False
@@ -88,9 +91,8 @@ class DataConfig:
     recipe: dict | None = None  # overrides of the data set's augmentation recipe, e.g. {aa: null, reprob: 0}
 
 
-@dataclass
-class OptimConfig:
-    opt: str = "adamw"
+class OptimConfig(_Section):
+    opt: Literal["adamw", "sgd", "lamb", "adam"] = "adamw"
     lr: float = 5e-4
     min_lr: float = 1e-5
     weight_decay: float = 0.06  # not applied to biases and norm weights
@@ -99,35 +101,32 @@ class OptimConfig:
     grad_clip: float | None = None
 
 
-@dataclass
-class SMLConfig:
+class SMLConfig(_Section):
     enabled: bool = False
     weight: float = 1.0   # weight of the auxiliary branch's loss
     block: int | None = None  # block whose output feeds the branch; default: the middle one
 
 
-@dataclass
-class TrackingConfig:
+class TrackingConfig(_Section):
     uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "stas-train"
     enabled: bool = True
 
 
-@dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+class TrainConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     halting: HaltingSection | None = None
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sml: SMLConfig = field(default_factory=SMLConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    sml: SMLConfig = Field(default_factory=SMLConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     epochs: int = 10
     batch_size: int = 64
-    amp: str = "auto"  # auto (on for CUDA) | on | off
+    amp: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     init_from: str | None = None  # checkpoint whose model weights start this run (stage 1 -> 2)
-    eval_epsilons: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
+    eval_epsilons: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
     energy_batches: int | None = None  # validation batches the energy meter sees (None: all)
 
     @property
@@ -135,15 +134,7 @@ class TrainConfig:
         return 1 if self.halting is None else 2
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-_CHOICES = {
-    "model.stem": ("sps", "isps"),
-    "halting.accumulation": ("tb", "b"),
-    "amp": ("auto", "on", "off"),
-    "optim.opt": ("adamw", "sgd", "lamb", "adam"),
-}
+        return self.model_dump()
 
 
 def _type_name(tp: Any) -> str:
@@ -152,69 +143,37 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     return {type(None): "null", int: "an integer", float: "a number", str: "a string", bool: "true/false",
-            dict: "a mapping"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+            dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:  # a section: let its own errors (unknown keys...) through
-            if dataclasses.is_dataclass(a) and isinstance(value, dict):
-                return _build(a, value, where, key)
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is dict:
-        if isinstance(value, dict):
-            return value
-    raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
-
-
-def _build(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: {prefix or 'the top level'} must be a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key {dotted!r}; accepted keys here: {', '.join(names)}")
-        v = _coerce(value, hints[key], dotted, where)
-        if dotted in _CHOICES and v not in _CHOICES[dotted]:
-            raise ConfigError(f"{where}: {dotted} is {v!r}; accepted values: {', '.join(_CHOICES[dotted])}")
-        kwargs[key] = v
-    return cls(**kwargs)
+def _message(error: dict, where: str) -> str:
+    """One pydantic error as our messages say it: the file, the dotted key, what is accepted."""
+    cls, annotation, parts = TrainConfig, None, []
+    for item in error["loc"]:
+        if isinstance(item, int):
+            parts[-1] += f"[{item}]"
+            annotation = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else annotation
+            continue
+        parts.append(str(item))
+        fields = getattr(cls, "model_fields", {}) if cls is not None else {}
+        if item not in fields:
+            break
+        annotation = fields[item].annotation
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        cls = inner[0] if isinstance(inner[0], type) and issubclass(inner[0], BaseModel) else None
+    key, value, kind = ".".join(parts), error.get("input"), error["type"]
+    if kind == "extra_forbidden":
+        owner = TrainConfig
+        for name in parts[:-1]:
+            ann = owner.model_fields[name].annotation
+            owner = next(a for a in (typing.get_args(ann) or (ann,)) if a is not type(None))
+        return f"{where}: unknown key {key!r}; accepted keys here: {', '.join(owner.model_fields)}"
+    if kind == "literal_error":
+        accepted = ", ".join(typing.get_args(annotation))
+        return f"{where}: {key} is {value!r}; accepted values: {accepted}"
+    if kind in ("model_type", "model_attributes_type"):
+        return f"{where}: {key} must be a mapping of keys, got {value!r}"
+    return f"{where}: {key} must be {_type_name(annotation)}, got {value!r}"
 
 
 def _check(cfg: TrainConfig, where: str) -> None:
@@ -250,7 +209,15 @@ def _check(cfg: TrainConfig, where: str) -> None:
 
 
 def config_from_dict(raw: dict, where: str = "<config>") -> TrainConfig:
-    cfg = _build(TrainConfig, raw, where)
+    """Validate a raw config (types and allowed values as declared above, then :func:`_check`)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of keys, got {raw!r}")
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_message(e.errors()[0], where)) from None
     _check(cfg, where)
     return cfg
 
