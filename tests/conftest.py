@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threa
 
 # the tiny training config every training and sweep test starts from (digits, 16 px, 2 steps)
 TINY = {
-    "model": {"name": "spikingformer-1-32", "timesteps": 2, "stem": "isps"},
+    "model": {"name": "spikingformer-2-32", "timesteps": 2, "stem": "isps"},  # 2 blocks: block 1 always runs
     "data": {"name": "digits", "img_size": 16},
     "optim": {"lr": 5e-3, "weight_decay": 0.01},
     "epochs": 3,

@@ -56,7 +56,7 @@ def test_stage1_then_stage2_end_to_end(trained_stage1, tmp_path, capsys, tiny_co
 
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
-    assert run.data.params["model.name"] == "spikingformer-1-32"
+    assert run.data.params["model.name"] == "spikingformer-2-32"
     assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 3
     assert len(client.get_metric_history(run.info.run_id, "energy_strict_mj")) == 3
     assert run.info.status == "FINISHED"
@@ -126,7 +126,7 @@ def test_missing_dataset_and_bad_checkpoints_exit_2_and_keep_files(trained_stage
     cfg = write_yaml(tmp_path / "s3.yaml", dict(tiny_config, model={"name": "spikingformer-1-16", "timesteps": 2}, halting={},
                                             init_from=str(last)))
     assert main(["train", str(cfg), "--no-mlflow", "--output-dir", str(tmp_path / "o3")]) == 2
-    assert "trained with name='spikingformer-1-32', this run has name='spikingformer-1-16'" in capsys.readouterr().err
+    assert "trained with name='spikingformer-2-32', this run has name='spikingformer-1-16'" in capsys.readouterr().err
     # weights of another shape under the same name
     from stas_sweep import create_model
     from stas_sweep.train.checkpoint import load_model_weights
