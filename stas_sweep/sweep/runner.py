@@ -54,8 +54,11 @@ def init_ray(address: str | None, spec: SweepSpec) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job: attach to its cluster
     kwargs: dict = {"log_to_driver": True}
-    if os.environ.get("RAY_CHDIR_TO_TRIAL_DIR") != "0":  # a submitted job's runtime env already sets it
-        kwargs["runtime_env"] = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}  # trials keep the driver's cwd
+    if os.environ.get("RAY_CHDIR_TO_TRIAL_DIR") != "0":  # a submitted job's runtime env sets both already
+        # trials keep the driver's cwd; workers on every node wait passively for OpenMP work
+        # (nodes started by `ray start` do not inherit the CLI's setting)
+        kwargs["runtime_env"] = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0",
+                                              "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
     if address:
         try:
             ray.init(address=address, **kwargs)

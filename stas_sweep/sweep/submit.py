@@ -61,7 +61,7 @@ def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, re
         "working_dir": str(staging),
         "py_modules": [str(Path(stas_sweep.__file__).parent)],
         "excludes": _EXCLUDES,
-        "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", **(env_vars or {})},
+        "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_WAIT_POLICY": "PASSIVE", **(env_vars or {})},
     }
     job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env,
                                submission_id=f"stas-{spec.name}-{int(time.time())}",

@@ -67,14 +67,21 @@ class ModelConfig(_Section):
 
 
 class HaltingSection(_Section):
-    alpha: float = 5.0
-    beta: float = -25.0
+    alpha: float | None = None  # None: the paper's value for the model's family (PAPER_ALPHA_BETA)
+    beta: float | None = None
     epsilon: float = 0.01
     delta_p: float = 1e-3
     accumulation: Literal["tb", "b"] = "tb"
 
-    def model_kwargs(self) -> dict:
-        return {"alpha": self.alpha, "beta": self.beta, "epsilon": self.epsilon, "accumulation": self.accumulation}
+    def model_kwargs(self, model_name: str) -> dict:
+        """The model's halting arguments; an unset alpha or beta takes the paper's for the family
+        (Spikformer -5 / 0, the others 5 / -25)."""
+        from ..models.halting import PAPER_ALPHA_BETA
+        from ..models.registry import get_arch
+
+        alpha, beta = PAPER_ALPHA_BETA[get_arch(model_name).family]
+        return {"alpha": alpha if self.alpha is None else self.alpha, "beta": beta if self.beta is None else self.beta,
+                "epsilon": self.epsilon, "accumulation": self.accumulation}
 
 
 class DataConfig(_Section):

@@ -92,7 +92,7 @@ class Trainer:
             "in_channels": info.in_channels,
             "timesteps": cfg.model.timesteps,
             "stem": cfg.model.stem,
-            "halting": cfg.halting.model_kwargs() if cfg.halting else None,
+            "halting": cfg.halting.model_kwargs(cfg.model.name) if cfg.halting else None,
         }
         self.model = build_model(self.model_args).to(self.device)
         self.train_loader, self.val_loader = build_loaders(
