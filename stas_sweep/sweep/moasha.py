@@ -1,0 +1,267 @@
+r"""MO-ASHA: asynchronous successive halving that ranks trials by Pareto dominance.
+
+ASHA (Li et al. 2020) stops a trial at a rung when its single metric falls below the
+``1 - 1/eta`` quantile of the values recorded at that rung. With two objectives (accuracy up,
+energy down) that pushes the front toward the high-accuracy end: a trial that halts
+aggressively (low energy, slightly lower accuracy) is stopped at the first rung. MO-ASHA
+(Schmucker et al. 2021, Syne Tune's ``MOASHA``) keeps the rung bookkeeping of ASHA and replaces
+the quantile by a multi-objective ranking.
+
+Ranking (:func:`rank_order`). Every objective is turned into a loss to minimise,
+:math:`f_k = s_k \cdot v_k` with :math:`s_k = -1` for ``max`` and :math:`+1` for ``min``.
+
+1. *Non-dominated sorting* (NSGA-II, Deb et al. 2002): front :math:`F_1` is the set of points
+   no other point dominates (:math:`a \prec b` iff :math:`f_k(a) \le f_k(b)\ \forall k` and
+   :math:`f(a) \ne f(b)`); :math:`F_{r+1}` is the non-dominated set of what is left after
+   removing :math:`F_1 \cup \dots \cup F_r`. A point's *front rank* is :math:`r`.
+2. *Crowding distance* inside a front (tie-break): with the front sorted by objective :math:`k`,
+   each point gets :math:`\sum_k (f_k^{next} - f_k^{prev}) / (f_k^{max} - f_k^{min})` (terms with
+   :math:`f_k^{max} = f_k^{min}` are 0); the two extreme points of every objective get
+   :math:`+\infty`. Larger is better: the front's ends and isolated points first, so promoting
+   part of a front keeps its spread.
+3. *Stable order*: equal (front rank, crowding distance) keep their input order.
+
+A point with a missing, NaN or infinite objective value is worst: it comes after every valid
+point, in input order.
+
+Promotion (:meth:`MOASHA.on_trial_result`), asynchronous as in ASHA: when a trial reaches rung
+:math:`t` (``grace_period * reduction_factor**k``, at most ``max_t``) for the first time, its
+objective vector is recorded with the :math:`n - 1` recorded there before; the trial continues
+iff its position in :func:`rank_order` of all :math:`n` is among the first
+:math:`\lceil n / \eta \rceil` (the newcomer is listed first, so it wins exact ties, as ASHA's
+``value >= cutoff`` does). The first trial at a rung always continues. A trial reaching
+``max_t`` is stopped (its budget is spent).
+
+Resume: Ray Tune 2.60 checkpoints the searcher and the callbacks with the experiment state,
+but not the scheduler (``TuneController.save_to_dir``). :class:`MOASHAStateCallback` carries the
+scheduler's rung records in the callbacks' state, so a sweep resumed after Ctrl-C or SIGKILL
+continues with the rung records of its last experiment checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .pareto import _nondominated_min, _number, as_objectives
+
+__all__ = ["loss_matrix", "front_ranks", "crowding_distance", "rank_order", "promote", "MOASHA",
+           "MOASHAStateCallback"]
+
+
+def loss_matrix(points: Sequence[Mapping], objectives) -> np.ndarray:
+    """``F[i, k] = s_k * points[i][name_k]`` (to minimise); NaN where missing / not finite."""
+    objs = as_objectives(objectives)
+    F = np.full((len(points), len(objs)), np.nan)
+    for i, p in enumerate(points):
+        for k, o in enumerate(objs):
+            F[i, k] = o.sign * _number(p.get(o.name))
+    return F
+
+
+def front_ranks(F: np.ndarray) -> np.ndarray:
+    """Front rank of every row of the loss matrix ``F`` (0 = non-dominated), by repeated peeling.
+
+    Rows holding a NaN get rank ``len(F)`` (after every possible front). O(n^2 d) per front.
+    """
+    F = np.asarray(F, dtype=float)
+    n = F.shape[0]
+    ranks = np.full(n, n, dtype=int)
+    left = np.flatnonzero(~np.isnan(F).any(axis=1)) if n else np.zeros(0, dtype=int)
+    r = 0
+    while left.size:
+        mask = _nondominated_min(F[left])
+        ranks[left[mask]] = r
+        left = left[~mask]
+        r += 1
+    return ranks
+
+
+def crowding_distance(F: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of the rows of ``F`` (one front, all finite); ends get ``inf``.
+
+    Computed over the distinct rows: identical rows (exact ties) get the same distance.
+    """
+    F = np.asarray(F, dtype=float)
+    if F.shape[0] > 1:
+        U, inverse = np.unique(F, axis=0, return_inverse=True)
+        if U.shape[0] < F.shape[0]:
+            return _crowding_distinct(U)[inverse.reshape(-1)]
+    return _crowding_distinct(F)
+
+
+def _crowding_distinct(F: np.ndarray) -> np.ndarray:
+    n, d = F.shape
+    dist = np.zeros(n)
+    if n <= 2:
+        dist[:] = np.inf
+        return dist
+    for k in range(d):
+        order = np.argsort(F[:, k], kind="stable")
+        lo, hi = F[order[0], k], F[order[-1], k]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if hi > lo:
+            gaps = (F[order[2:], k] - F[order[:-2], k]) / (hi - lo)
+            dist[order[1:-1]] += gaps
+    return dist
+
+
+def rank_order(F: np.ndarray) -> list[int]:
+    """Indices of the rows of the loss matrix ``F``, best first (see the module docstring)."""
+    F = np.asarray(F, dtype=float)
+    n = F.shape[0]
+    if n == 0:
+        return []
+    ranks = front_ranks(F)
+    crowd = np.zeros(n)
+    for r in np.unique(ranks[ranks < n]):
+        idx = np.flatnonzero(ranks == r)
+        crowd[idx] = crowding_distance(F[idx])
+    return sorted(range(n), key=lambda i: (ranks[i], -crowd[i], i))
+
+
+def promote(F: np.ndarray, eta: float, index: int = 0) -> bool:
+    r"""Whether row ``index`` is among the first :math:`\lceil n/\eta \rceil` of :func:`rank_order`."""
+    n = np.asarray(F).shape[0]
+    keep = max(1, math.ceil(n / eta))
+    return index in rank_order(F)[:keep]
+
+
+def _loss_vector(result: Mapping, objectives) -> tuple[float, ...]:
+    return tuple(float(x) for x in loss_matrix([result], objectives)[0])
+
+
+try:  # Ray is optional for the ranking functions above
+    from ray.tune import Callback as _Callback
+    from ray.tune.schedulers.trial_scheduler import FIFOScheduler as _FIFOScheduler
+    from ray.tune.schedulers.trial_scheduler import TrialScheduler as _TrialScheduler
+except ImportError:  # pragma: no cover
+    _Callback = _FIFOScheduler = _TrialScheduler = object
+
+
+class MOASHA(_FIFOScheduler):
+    """Asynchronous successive halving on several objectives (one bracket, like the sweep's ASHA).
+
+    Args:
+        objectives: ``(name, "max"|"min")`` pairs; every result must carry these metrics.
+        time_attr: monotonic progress attribute (epochs = ``training_iteration``).
+        max_t: budget of a trial; it is stopped on reaching it.
+        grace_period: the first rung.
+        reduction_factor: eta; rungs at ``grace_period * eta**k`` and 1/eta promoted per rung.
+
+    ``metric`` (what Tune checks every result carries) is the first objective; ``mode`` is left
+    unset and ``set_search_properties`` refuses a metric/mode from ``TuneConfig``: the searcher
+    (OptunaSearch) owns its own metric list.
+    """
+
+    def __init__(self, objectives, *, time_attr: str = "training_iteration", max_t: int = 100,
+                 grace_period: int = 1, reduction_factor: float = 4) -> None:
+        objs = as_objectives(objectives)
+        if len(objs) < 1:
+            raise ValueError("MOASHA needs at least one objective")
+        if not (max_t >= grace_period > 0):
+            raise ValueError(f"MOASHA: need max_t >= grace_period > 0, got {max_t}, {grace_period}")
+        if not reduction_factor > 1:
+            raise ValueError(f"MOASHA: reduction_factor must be > 1, got {reduction_factor}")
+        super().__init__()
+        self.objectives = [(o.name, o.mode) for o in objs]
+        self._metric = objs[0].name
+        self._time_attr = time_attr
+        self._max_t = max_t
+        self._rf = reduction_factor
+        n_rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1 + 1e-9)
+        self.milestones = [grace_period * reduction_factor ** k for k in range(n_rungs)]
+        self.milestones = [m for m in self.milestones if m < max_t]  # reaching max_t ends the trial
+        self.rungs: dict = {m: {} for m in self.milestones}   # milestone -> {trial_id: loss vector}
+        self.num_stopped = 0
+        self.stopped: list[str] = []                           # trial ids stopped at a rung
+
+    # -- Tune's scheduler interface -----------------------------------------------------------
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return not (metric or mode)  # objectives come from the search-space file only
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        pass
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self._time_attr not in result:
+            return _TrialScheduler.CONTINUE
+        t = result[self._time_attr]
+        if t >= self._max_t:
+            return _TrialScheduler.STOP
+        action = self._rung_decision(trial.trial_id, t, result)
+        if action == _TrialScheduler.STOP:
+            self.num_stopped += 1
+            self.stopped.append(trial.trial_id)
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if result and self._time_attr in result and result[self._time_attr] < self._max_t:
+            self._rung_decision(trial.trial_id, result[self._time_attr], result)  # record only
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        pass
+
+    def debug_string(self) -> str:
+        rungs = " | ".join(f"epoch {m}: {len(r)} recorded" for m, r in sorted(self.rungs.items(), reverse=True))
+        return f"Using MOASHA on {self.objectives}: num_stopped={self.num_stopped}\n  {rungs}"
+
+    # -- the rung rule ------------------------------------------------------------------------
+    def _rung_decision(self, trial_id: str, t, result: Mapping) -> str:
+        """Record the trial at the highest rung it has reached and not yet been recorded at."""
+        for m in sorted(self.rungs, reverse=True):
+            recorded = self.rungs[m]
+            if t < m or trial_id in recorded:
+                if trial_id in recorded:
+                    return _TrialScheduler.CONTINUE  # decided at this rung already
+                continue
+            vec = _loss_vector(result, self.objectives)
+            F = np.array([vec, *recorded.values()], dtype=float).reshape(-1, len(self.objectives))
+            recorded[trial_id] = vec
+            return _TrialScheduler.CONTINUE if promote(F, self._rf, 0) else _TrialScheduler.STOP
+        return _TrialScheduler.CONTINUE
+
+    # -- state (experiment checkpoints, see MOASHAStateCallback) --------------------------------
+    def get_state(self) -> dict:
+        return {"rungs": {m: dict(r) for m, r in self.rungs.items()}, "num_stopped": self.num_stopped,
+                "stopped": list(self.stopped), "objectives": list(self.objectives)}
+
+    def set_state(self, state: Mapping) -> None:
+        if [tuple(o) for o in state.get("objectives", self.objectives)] != [tuple(o) for o in self.objectives]:
+            raise ValueError("MOASHA state of other objectives; cannot resume with it")
+        self.rungs = {m: dict(r) for m, r in state["rungs"].items()}
+        self.num_stopped = state["num_stopped"]
+        self.stopped = list(state["stopped"])
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+class MOASHAStateCallback(_Callback):
+    """Saves a :class:`MOASHA`'s rung records with Tune's experiment state and restores them.
+
+    Put it in ``RunConfig.callbacks`` next to the scheduler it holds: both are pickled together
+    in ``tuner.pkl``, so after ``Tuner.restore`` this callback and the scheduler are the same
+    objects Tune uses, and Tune's ``set_state`` on the callback puts the rung records back.
+    """
+
+    def __init__(self, scheduler: MOASHA) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self):
+        return {"moasha": self.scheduler.get_state()}
+
+    def set_state(self, state) -> None:
+        if state and "moasha" in state:
+            self.scheduler.set_state(state["moasha"])
