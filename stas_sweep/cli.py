@@ -224,7 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SweepError as e:
         raise UsageError(str(e)) from None
     print(plan, flush=True)
-    tracker = SweepTracker(uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives)
+    tracker = SweepTracker(uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
+                           scheduler=spec.scheduler)
     tracker.start_parent(spec, plan)
     try:
         result = run_sweep(spec, address=args.address, resume=args.resume,

@@ -134,8 +134,10 @@ class SweepTracker:
     experiment); the client is rebuilt lazily.
     """
 
-    def __init__(self, uri: str | None, experiment: str, sweep: str, path: str, objectives: list) -> None:
+    def __init__(self, uri: str | None, experiment: str, sweep: str, path: str, objectives: list,
+                 scheduler: str = "asha") -> None:
         self.uri = default_tracking_uri(uri)
+        self.scheduler = scheduler  # what stopped a trial early: the `stopped_by` tag
         self.experiment, self.sweep, self.path = experiment, sweep, path
         self.objectives = [tuple(o) for o in objectives]
         self.parent_id: str | None = None
@@ -269,7 +271,7 @@ class SweepTracker:
             self.client.set_tag(run_id, "stopped_by", "error")
         else:
             self.client.set_tag(run_id, "full_budget", str(full_budget).lower())
-            self.client.set_tag(run_id, "stopped_by", "none" if full_budget else "asha")
+            self.client.set_tag(run_id, "stopped_by", "none" if full_budget else getattr(self, "scheduler", "asha"))
         self.ended[trial_id] = (full_budget if error is None else None, error)
         return run_id
 

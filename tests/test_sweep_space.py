@@ -76,7 +76,11 @@ MUTATIONS = [
     (lambda r: r["search"].update(num_samples=0), "search.num_samples must be >= 1"),
     (lambda r: r["search"].update(points_to_evaluate=[{"halting.zeta": 1}]), "points_to_evaluate\\[0\\]: 'halting.zeta' is not in space"),
     (lambda r: r["scheduler"].update(grace_period=5), "grace_period \\(5\\) must be <= scheduler.max_epochs \\(2\\)"),
-    (lambda r: r["scheduler"].update(type="pbt"), "scheduler.type is 'pbt'; accepted: asha, fifo"),
+    (lambda r: r["scheduler"].update(type="pbt"), "scheduler.type is 'pbt'; accepted: moasha, asha, fifo"),
+    (lambda r: r["scheduler"].update(type="moasha", metric="accuracy"),
+     "scheduler.metric is not accepted for scheduler.type moasha: it ranks trials on every objective "
+     "\\(accuracy, energy_mj\\)"),
+    (lambda r: r["scheduler"].update(type="moasha", mode="max"), "scheduler.mode is not accepted for scheduler.type moasha"),
     (lambda r: r["resources"].update(gpu=-1), "resources.gpu must be >= 0"),
     (lambda r: r["resources"].update(tpu=1), "unknown key resources.tpu"),
     (lambda r: r["base"].update(epochs="many"), "base: .*epochs must be an integer"),
@@ -108,3 +112,21 @@ def test_metric_named_twice_is_rejected(tmp_path, good):
     with pytest.raises(SpaceError, match="key 'accuracy' is given twice"):
         load_spec(write(tmp_path, text))
     assert main(["validate", str(tmp_path / "space.yaml")]) == 2
+
+
+def test_moasha_scheduler_resolves_and_dry_run_shows_it(tmp_path, capsys, good):
+    raw = {**good, "scheduler": {"type": "moasha", "grace_period": 1, "reduction_factor": 3, "max_epochs": 2}}
+    spec = load_spec(write(tmp_path, raw))
+    assert (spec.scheduler, spec.grace_period, spec.reduction_factor, spec.max_epochs) == ("moasha", 1, 3, 2)
+    default = load_spec(write(tmp_path, {k: v for k, v in good.items() if k != "scheduler"}, "d.yaml"))
+    assert default.scheduler == "moasha"
+    assert main(["run", str(tmp_path / "space.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("scheduler: moasha on accuracy (max), energy_mj (min) (Pareto rank, crowding distance), grace 1, "
+            "reduction 3, max 2 epochs") in out
+
+    from stas_sweep.sweep.moasha import MOASHA
+    from stas_sweep.sweep.runner import build_scheduler
+
+    sched = build_scheduler(spec)
+    assert isinstance(sched, MOASHA) and sched.objectives == spec.objectives and sched.milestones == [1]

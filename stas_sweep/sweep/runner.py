@@ -1,4 +1,4 @@
-"""Running a sweep: Ray (local or a cluster), the shared stage 1, Optuna + ASHA, the results.
+"""Running a sweep: Ray (local or a cluster), the shared stage 1, Optuna + MOASHA/ASHA, the results.
 
     spec = load_spec("search_spaces/digits.yaml")
     result = run_sweep(spec, callbacks=[...Tune callbacks, e.g. the MLflow one...])
@@ -6,7 +6,8 @@
 
 Wiring (Ray 2.60, Optuna 5):
 * metric/mode lists go on ``OptunaSearch`` only (setting them on ``TuneConfig`` would make the
-  study single-objective); ASHA gets its own single metric;
+  study single-objective); ASHA gets its own single metric, MOASHA ranks on the objectives
+  itself and refuses a TuneConfig metric/mode;
 * ASHA-stopped trials reach Optuna with partial-budget values (Ray's design); they are kept
   off the front here: only trials that ran every epoch give points;
 * stage 1 runs once, as a Ray task with a trial's resources, before any trial; its run is kept
@@ -147,10 +148,17 @@ def build_searcher(spec: SweepSpec):
 
 
 def build_scheduler(spec: SweepSpec):
+    """The spec's early stopping. MOASHA ranks on the file's objectives and takes no metric/mode
+    from TuneConfig (OptunaSearch owns its metric list); ASHA gets its own single metric."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if spec.scheduler == "fifo":
         return FIFOScheduler()
+    if spec.scheduler == "moasha":
+        from .moasha import MOASHA
+
+        return MOASHA(spec.objectives, time_attr="training_iteration", max_t=spec.max_epochs,
+                      grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
     return ASHAScheduler(time_attr="training_iteration", metric=spec.scheduler_metric, mode=spec.scheduler_mode,
                          max_t=spec.max_epochs, grace_period=spec.grace_period,
                          reduction_factor=spec.reduction_factor)
@@ -189,16 +197,24 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
     )
     if resume:
+        # the scheduler and its MOASHAStateCallback come back from tuner.pkl; Tune then puts the
+        # callbacks' state (MOASHA's rung records) of the last experiment checkpoint back
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
     else:
+        scheduler = build_scheduler(spec)
+        callbacks = list(callbacks)
+        if spec.scheduler == "moasha":
+            from .moasha import MOASHAStateCallback
+
+            callbacks.append(MOASHAStateCallback(scheduler))
         tuner = tune.Tuner(
             trainable,
             param_space=spec.param_space(),
-            tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
+            tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=scheduler,
                                         num_samples=spec.num_samples,
                                         max_concurrent_trials=spec.max_concurrent_trials),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=spec.storage_dir(), callbacks=list(callbacks), verbose=verbose,
+                name=spec.name, storage_path=spec.storage_dir(), callbacks=callbacks, verbose=verbose,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
             ),
@@ -229,7 +245,7 @@ def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
             "full_budget": bool(m.get("full_budget")), "error": error_reason(r.error) if r.error else None,
             **{k: m.get(k) for k in ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")},
         }
-        info["status"] = "failed" if r.error else ("finished" if info["full_budget"] else "stopped_by_asha")
+        info["status"] = "failed" if r.error else ("finished" if info["full_budget"] else f"stopped_by_{spec.scheduler}")
         result.trials.append(info)
         if info["full_budget"] and m.get("epsilon_table"):
             result.points += trial_points(trial_id, info["params"], json.loads(m["epsilon_table"]))

@@ -16,7 +16,9 @@ A file (YAML, read by :func:`stas_sweep.train.config.load_yaml`: safe loader, du
     objectives: {accuracy: max, energy_mj: min}   # from accuracy, energy_mj, energy_strict_mj, token_ratio
     reference: {accuracy: 0.0, energy_mj: 1.0}    # hypervolume reference point
     search: {sampler: tpe, seed: 0, num_samples: 8, points_to_evaluate: [{halting.alpha: 5.0}]}
-    scheduler: {type: asha, metric: accuracy, grace_period: 1, reduction_factor: 2, max_epochs: 4}
+    scheduler: {type: moasha, grace_period: 1, reduction_factor: 2, max_epochs: 4}
+    # moasha (default): early stopping on every objective (Pareto rank, see sweep/moasha.py), no metric/mode;
+    # asha: on one metric (scheduler.metric, default the first objective; scheduler.mode); fifo: none
     resources: {cpu: 1, gpu: 0}
     max_concurrent_trials: 2
     retries: 0
@@ -41,7 +43,7 @@ from .front import OBJECTIVE_METRICS
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "fixed")
 SAMPLERS = ("tpe", "nsga2", "random")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("moasha", "asha", "fifo")
 TOP_KEYS = ("name", "base", "stage1", "space", "eval", "objectives", "reference", "search", "scheduler",
             "resources", "max_concurrent_trials", "retries", "storage_path", "mlflow")
 
@@ -91,7 +93,7 @@ class SweepSpec:
     seed: int = 0
     num_samples: int = 8
     points_to_evaluate: list[dict] = field(default_factory=list)
-    scheduler: str = "asha"
+    scheduler: str = "moasha"
     scheduler_metric: str = "accuracy"
     scheduler_mode: str = "max"
     grace_period: int = 1
@@ -314,10 +316,16 @@ def load_spec(path: str | Path) -> SweepSpec:
     # scheduler -------------------------------------------------------------------------------
     sched = _mapping(path, raw.get("scheduler"), "scheduler")
     _known(path, sched, "scheduler", ("type", "metric", "mode", "grace_period", "reduction_factor", "max_epochs"))
-    stype = sched.get("type", "asha")
+    stype = sched.get("type", "moasha")
     if stype not in SCHEDULERS:
         raise _err(path, f"scheduler.type is {stype!r}; accepted: {', '.join(SCHEDULERS)}")
     max_epochs = int(_number(path, sched.get("max_epochs", base_cfg.epochs), "scheduler.max_epochs", integer=True, low=1))
+    if stype == "moasha":
+        for key in ("metric", "mode"):
+            if key in sched:
+                raise _err(path, f"scheduler.{key} is not accepted for scheduler.type moasha: it ranks trials on "
+                                 f"every objective ({', '.join(m for m, _ in objectives)}); drop the key, or use "
+                                 f"type: asha to stop on one metric")
     smetric = sched.get("metric", objectives[0][0])
     if smetric not in OBJECTIVE_METRICS:
         raise _err(path, f"scheduler.metric is {smetric!r}; accepted: {', '.join(OBJECTIVE_METRICS)}")
@@ -375,7 +383,10 @@ def describe(spec: SweepSpec, tracking_uri: str) -> str:
         + (f", {len(spec.points_to_evaluate)} given points first" if spec.points_to_evaluate else ""),
         f"  scheduler: {spec.scheduler}"
         + (f" on {spec.scheduler_metric} ({spec.scheduler_mode}), grace {spec.grace_period}, "
-           f"reduction {spec.reduction_factor}, max {spec.max_epochs} epochs" if spec.scheduler == "asha" else ""),
+           f"reduction {spec.reduction_factor}, max {spec.max_epochs} epochs" if spec.scheduler == "asha" else "")
+        + (" on " + ", ".join(f"{m} ({d})" for m, d in spec.objectives) + " (Pareto rank, crowding distance), "
+           f"grace {spec.grace_period}, reduction {spec.reduction_factor}, max {spec.max_epochs} epochs"
+           if spec.scheduler == "moasha" else ""),
         f"  resources per trial: {spec.resources}; max concurrent trials: {spec.max_concurrent_trials or 'as resources allow'}; "
         f"retries: {spec.retries}",
         f"  results and checkpoints: {spec.storage_dir()}/{spec.name}",
