@@ -56,7 +56,7 @@ def _sweep_raw(folder: Path, **over) -> dict:
         "search": {"sampler": "tpe", "seed": 0, "num_samples": 4,
                    "points_to_evaluate": [{"optim.lr": 5e-3, "halting.beta": -6.0, "halting.delta_p": 0.01},
                                           {"optim.lr": 1.0e30, "halting.beta": -6.0, "halting.delta_p": 0.01}]},
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "max_epochs": 2},
+        "scheduler": {"type": "moasha", "grace_period": 1, "reduction_factor": 2, "max_epochs": 2},
         "resources": {"cpu": 1},
         "max_concurrent_trials": 2,
         "retries": 0,

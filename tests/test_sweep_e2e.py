@@ -53,7 +53,7 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     for c in children:
         assert c.data.tags["pareto"] == ("true" if c.data.tags["trial_id"] in on_front else "false")
         if c.data.tags.get("full_budget") == "false" and c.info.status != "FAILED":
-            assert c.data.tags["stopped_by"] == "asha" and c.data.tags["pareto"] == "false"
+            assert c.data.tags["stopped_by"] == "moasha" and c.data.tags["pareto"] == "false"
 
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto_front.json", "pareto_front.png", "pareto_front.html", "hypervolume.png", "space.yaml",
