@@ -44,7 +44,7 @@ the published counters; spikingjelly's ``SynOpCounter`` counts exact weight uses
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -91,9 +91,6 @@ class EnergyReport:
     token_ratio: float
     images: int
     layers: list[LayerEnergy] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def energy(self, convention: str = "paper") -> float:
         """``energy_mj`` (``paper``) or ``energy_strict_mj`` (``strict``)."""
@@ -207,9 +204,9 @@ class EnergyMeter:
             self._add(module, dense, paper, flops * float(x.mean()), flops * self._running, _is_binary(x))
 
     def _matmul_hook(self, module: SpikeMatmul, inputs: tuple, out: torch.Tensor) -> None:
-        q, k, v = (t.detach() for t in inputs)  # [T', B, h, N, d]
-        Tp, B, h, N, d = q.shape
-        per = Tp * B * h * N * (d * d if module.kind == "ssa" else d)
+        q, k, v = (t.detach() for t in inputs)  # [T', B, heads, K, d]
+        Tp, B, heads, K, d = q.shape
+        per = Tp * B * heads * K * (d * d if module.kind == "ssa" else d)
         fr_q, fr_k, fr_v = float(q.mean()), float(k.mean()), float(v.mean())
         sops = per * (min(fr_k, fr_v) + fr_q)
         self._add(module, 2 * per, (0.0, sops), sops)

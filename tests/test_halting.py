@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stas_sweep.models.halting import Halting, HaltingConfig
+from stas_sweep.models.halting import HaltingState, HaltingConfig
 
 
 def logit(h):
@@ -17,7 +17,7 @@ def test_spec_worked_example():
     expect = {"tb": ([2, 2, 2, 1], 0.875, 2.3, [0.7, 0.4, 0.1, 1.0]), "b": ([2, 2, 2, 2], 1.0, 2.7, [0.7] * 4)}
     for accumulation, (N, ratio, ponder, r) in expect.items():
         cfg = HaltingConfig(alpha=0.0, beta=logit(0.3), epsilon=0.01, accumulation=accumulation)
-        s = Halting(cfg, T=4, L=2, B=1, K=1, D=1, device="cpu")
+        s = HaltingState(cfg, T=4, L=2, B=1, K=1, D=1, device="cpu")
         for l in range(2):
             s.step(l, torch.zeros(4, 1, 1, 1))
         assert s.N.flatten().tolist() == N
@@ -38,9 +38,9 @@ EPS = 0.05  # threshold 0.95
 
 
 def run(accumulation, D=2, seed=0):
-    """Drive Halting with chosen scores; channel 0 of X carries logit(h), the rest is random."""
+    """Drive HaltingState with chosen scores; channel 0 of X carries logit(h), the rest is random."""
     cfg = HaltingConfig(alpha=1.0, beta=0.0, epsilon=EPS, accumulation=accumulation)
-    s = Halting(cfg, T=2, L=2, B=1, K=3, D=D, device="cpu")
+    s = HaltingState(cfg, T=2, L=2, B=1, K=3, D=D, device="cpu")
     g = torch.Generator().manual_seed(seed)
     xs = []
     for l in range(2):
@@ -117,7 +117,7 @@ def test_random_scores_properties(seed):
     ratios = []
     for eps in [0.0, 0.01, 0.1, 0.3, 0.6, 0.9]:
         for accumulation in ["tb", "b"]:
-            s = Halting(HaltingConfig(1.0, 0.0, eps, accumulation), T, L, B, K, 1, "cpu")
+            s = HaltingState(HaltingConfig(1.0, 0.0, eps, accumulation), T, L, B, K, 1, "cpu")
             for l in range(L):
                 s.update(l, s.score(logits[l]))
             assert ((s.N >= 1) & (s.N <= L)).all()
@@ -131,7 +131,7 @@ def test_random_scores_properties(seed):
 
 
 def test_state_is_float32_under_autocast():
-    s = Halting(HaltingConfig(1.0, 0.0, 0.1), 2, 2, 1, 3, 4, "cpu")
+    s = HaltingState(HaltingConfig(1.0, 0.0, 0.1), 2, 2, 1, 3, 4, "cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for l in range(2):
             s.step(l, torch.randn(2, 1, 3, 4).bfloat16())
@@ -149,7 +149,7 @@ def test_halting_config_rejects_bad_values():
 
 
 def test_zero_epsilon_threshold_is_one():
-    s = Halting(HaltingConfig(alpha=1.0, beta=0.0, epsilon=0.0, accumulation="b"), 1, 2, 1, 1, 1, "cpu")
+    s = HaltingState(HaltingConfig(alpha=1.0, beta=0.0, epsilon=0.0, accumulation="b"), 1, 2, 1, 1, 1, "cpu")
     s.step(0, torch.zeros(1, 1, 1, 1))  # h = 0.5 < 1: keeps running
     assert s.mask.item() == 1
     s.step(1, torch.zeros(1, 1, 1, 1))

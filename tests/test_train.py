@@ -89,6 +89,7 @@ def test_bad_config_errors_name_the_key(tmp_path, capsys, tiny_config, write_yam
         ({**tiny_config, "batch_size": "big"}, "batch_size must be an integer"),
         ({**tiny_config, "halting": {"epsilon": 1.5}}, "halting.epsilon"),
         ({**tiny_config, "halting": {"gamma": 1}}, "unknown key 'halting.gamma'"),
+        ({**tiny_config, "model": {"name": "spikingformer-2-32", "img_size": 16}}, "unknown key 'model.img_size'"),
         ({**tiny_config, "model": {"name": "vit-1-32"}}, "model.name: unknown model 'vit-1-32'"),
     ]
     for i, (raw, message) in enumerate(cases):

@@ -1,7 +1,7 @@
 """Spiking ViT backbones with I-SPS and A-SSA halting."""
 
-from .halting import Halting, HaltingConfig
+from .halting import HaltingConfig, HaltingState
 from .registry import create_model, get_arch, list_models
 from .vit import STASOutput, SpikingViT
 
-__all__ = ["Halting", "HaltingConfig", "STASOutput", "SpikingViT", "create_model", "get_arch", "list_models"]
+__all__ = ["HaltingConfig", "HaltingState", "STASOutput", "SpikingViT", "create_model", "get_arch", "list_models"]

@@ -66,12 +66,12 @@ def check_epsilon(epsilon: float) -> float:
     return epsilon
 
 
-class Halting:
+class HaltingState:
     """The halting state of one forward pass, updated block by block.
 
     Usage (dense, masked execution)::
 
-        state = Halting(cfg, T, L, B, K, D, device)
+        state = HaltingState(cfg, T, L, B, K, D, device)
         for l, block in enumerate(blocks):
             m = state.mask                       # [T, B, K] 1 = runs block l at timestep t
             x = block(x * m[..., None], m)       # [T, B, K, D]

@@ -4,7 +4,7 @@ A dense masked block computes every (timestep, image, token) and zeroes the halt
 packed block gathers the running rows once and runs its token-wise layers (linear, batch
 norm, LIF, MLP) on those rows alone, so halted tokens cost no time. Shapes:
 
-    mask  [T, B, K]  1 = the token runs this block at timestep t   (from Halting.mask)
+    mask  [T, B, K]  1 = the token runs this block at timestep t   (from HaltingState.mask)
     rows  [R]        flat index t*B*K + b*K + k of every running cell, timestep-major
     x     [R, C]     the running rows of a token tensor [T, B, K, C]
 

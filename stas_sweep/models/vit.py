@@ -5,7 +5,7 @@ Data flow (B batch, T timesteps, L blocks, K tokens, D width)::
     image [B, C, H, W] (or frames [B, T, C, H, W])
       -> stem (SPS or I-SPS)                       tokens X0 [T, B, K, D]
       -> each block once, on all T timesteps      X_l [T, B, K, D]
-         (halting: with the keep-mask [T, B, K] of that block; Halting scores its output)
+         (halting: with the keep-mask [T, B, K] of that block; HaltingState scores its output)
       -> representation [T, B, D] (mean over K, or the mean field of eq. 8 per timestep)
       -> head -> logits [B, classes]
 
@@ -21,7 +21,7 @@ from spikingjelly.activation_based import functional
 from torch import nn
 
 from .blocks import Block
-from .halting import Halting, HaltingConfig, check_epsilon
+from .halting import HaltingState, HaltingConfig, check_epsilon
 from .layers import lif
 from .packing import Packing
 from .stems import STEM_CLASSES, check_img_size, num_tokens
@@ -141,7 +141,7 @@ class SpikingViT(nn.Module):
     def _forward_halting(self, x: torch.Tensor, cfg: HaltingConfig) -> STASOutput:
         """Layer-major A-SSA: block l runs once on all T timesteps with its mask ``[T, B, K]``."""
         T, B, K, D = x.shape
-        state = Halting(cfg, T, self.depth, B, K, D, x.device, x.dtype)
+        state = HaltingState(cfg, T, self.depth, B, K, D, x.device, x.dtype)
         if self.packed_halting:
             return self._forward_packed(x, state)
         for l, block in enumerate(self.blocks):
@@ -150,7 +150,7 @@ class SpikingViT(nn.Module):
             state.step(l, x)
         return self._halting_output(state)
 
-    def _forward_packed(self, x: torch.Tensor, state: Halting) -> STASOutput:
+    def _forward_packed(self, x: torch.Tensor, state: HaltingState) -> STASOutput:
         """The same, each block on its running rows ``[R, D]`` only (halted tokens cost nothing)."""
         pk = Packing.from_mask(state.mask)  # every cell runs block 1
         x = pk.pack(x)  # [R, D]
@@ -168,7 +168,7 @@ class SpikingViT(nn.Module):
                 state.add_mean_field_rows(p.reshape(-1).index_select(0, pk.rows), x, pk.groups())
         return self._halting_output(state)
 
-    def _halting_output(self, state: Halting) -> STASOutput:
+    def _halting_output(self, state: HaltingState) -> STASOutput:
         N = state.N.transpose(0, 1)  # [B, T, K]
         return STASOutput(
             logits=self._head(state.representation()),  # mean field per timestep [T, B, D]

@@ -62,8 +62,7 @@ class ModelConfig(_Section):
     name: str = "spikformer-2-32"
     timesteps: int = 4
     stem: Literal["sps", "isps"] = "isps"
-    img_size: int | None = None     # default: the data set's size
-    num_classes: int | None = None  # default: the data set's classes
+    num_classes: int | None = None  # default: the data set's classes (image size: data.img_size)
 
 
 class HaltingSection(_Section):
@@ -88,7 +87,7 @@ class DataConfig(_Section):
     name: str = "digits"
     root: str | None = None
     download: bool = False
-    img_size: int | None = None  # resize to this side (digits: 8x8 native)
+    img_size: int | None = None  # the one image-size knob: resize to this side (digits: 8x8 native); the model follows
     workers: int = 0
     augment: bool = True
     mixup: float = 0.0

@@ -81,14 +81,14 @@ class Trainer:
 
         d = cfg.data
         self.train_ds, self.val_ds, self.data_info = build_datasets(
-            d.name, d.root, img_size=d.img_size or cfg.model.img_size, timesteps=cfg.model.timesteps,
+            d.name, d.root, img_size=d.img_size, timesteps=cfg.model.timesteps,
             download=d.download, augment=d.augment, recipe=d.recipe,
         )
         info = self.data_info
         self.model_args = {
             "name": cfg.model.name,
             "num_classes": cfg.model.num_classes or info.num_classes,
-            "img_size": cfg.model.img_size or info.img_size,
+            "img_size": info.img_size,
             "in_channels": info.in_channels,
             "timesteps": cfg.model.timesteps,
             "stem": cfg.model.stem,
