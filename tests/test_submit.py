@@ -85,3 +85,31 @@ def test_local_run_refuses_gpus_it_does_not_have(tmp_path, sweep_file):
     subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=60)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "no trial could ever be placed (GPU: a trial needs 1, the cluster has 0)" in proc.stderr
+
+
+def test_submit_quotes_every_value_of_the_entrypoint(tmp_path, sweep_file, monkeypatch):
+    """Ray runs the entrypoint through a shell: a hostile tracking URI must stay one argument."""
+    import shlex
+
+    import ray.job_submission
+
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.sweep.submit import submit
+
+    submitted = {}
+
+    class RecordingClient:
+        def __init__(self, address):
+            pass
+
+        def submit_job(self, entrypoint, **kwargs):
+            submitted["entrypoint"] = entrypoint
+            return "job-1"
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", RecordingClient)
+    spec = load_spec(sweep_file(tmp_path))
+    hostile = "http://127.0.0.1:5000; touch /tmp/x #"
+    submit(spec, "http://127.0.0.1:8265", tracking_uri=hostile, wait=False, log=lambda *_: None)
+    argv = shlex.split(submitted["entrypoint"])
+    assert argv[argv.index("--tracking-uri") + 1] == hostile
+    assert argv[:5] == ["python", "-m", "stas_sweep.cli", "run", "space.yaml"] and len(argv) == 7

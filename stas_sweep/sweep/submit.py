@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -52,11 +53,13 @@ def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, re
             f"working directory on the head node. Use a shared path or s3:// URI for results that outlive the job.")
     staging = Path(tempfile.mkdtemp(prefix="stas-submit-"))
     (staging / "space.yaml").write_text(yaml.safe_dump(staged_space(spec), sort_keys=False))
-    entry = "python -m stas_sweep.cli run space.yaml"
+    # Ray runs the entrypoint through a shell: every value is quoted, so it stays one argument
+    argv = ["python", "-m", "stas_sweep.cli", "run", "space.yaml"]
     if tracking_uri:
-        entry += f" --tracking-uri {tracking_uri}"
+        argv += ["--tracking-uri", str(tracking_uri)]
     if resume:
-        entry += " --resume"
+        argv.append("--resume")
+    entry = shlex.join(argv)
     runtime_env = {
         "working_dir": str(staging),
         "py_modules": [str(Path(stas_sweep.__file__).parent)],
