@@ -32,7 +32,12 @@ non-binary call makes the layer a MAC layer, so a timestep of the integer stream
 to hold only 0s and 1s (halting runs one timestep per call) does not flip it to AC.
 
 In both conventions halted tokens are zero, so they count as silent, and the halting score
-costs one MAC per scored token and cell. Each :class:`LayerEnergy` row gives the layer's
+costs one MAC per scored token and cell. The baselines are counted for what they run: token
+dropping's blocks run their kept rows only (its per-token score costs one AC per input value
+summed, row ``token_score``); temporal early exit counts each image's timesteps up to its exit
+(the head read after every one of them) plus its exit test (``exit_test``: per image and
+timestep run, C ACs for the running logits and 2C MACs for softmax and entropy), and not the
+model's unmetered decision pass (``model.probing``). Each :class:`LayerEnergy` row gives the layer's
 operation and count in both conventions; :meth:`EnergyReport.table` names the convention of
 every figure.
 
@@ -56,6 +61,8 @@ from .models.vit import SpikingViT
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 CONVENTIONS = ("paper", "strict")
+# the report row of each method's own decision operations (STASOutput.decision_ops)
+DECISION_ROWS = {"stas": "halting_score", "token_drop": "token_score", "timestep_exit": "exit_test"}
 
 
 @dataclass
@@ -135,7 +142,7 @@ def _is_binary(x: torch.Tensor) -> bool:
 
 
 def _op(mac: float, ac: float) -> str:
-    return "MAC" if mac else "AC"
+    return "MAC+AC" if mac and ac else ("MAC" if mac else "AC")
 
 
 class EnergyMeter:
@@ -165,7 +172,7 @@ class EnergyMeter:
         self._acc: OrderedDict[str, dict] = OrderedDict()
         self._handles: list = []
         self.images = 0
-        self.halting_macs = 0.0
+        self.decisions: OrderedDict[str, list[float]] = OrderedDict()  # row -> [MACs, ACs], whole batches
         self._cells = 0.0
         self._running = 1.0  # fraction of tokens running in the block being called
         self._cover = 1.0    # cells a packed block's rows stand for, per row (halted = silent)
@@ -185,13 +192,16 @@ class EnergyMeter:
         a["binary"] = a["binary"] and binary
 
     def _synapse_hook(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        if self.model.probing:
+            return
         x = inputs[0].detach()
         if isinstance(module, nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1]
             flops = out.numel() * (module.in_channels // module.groups) * k
         else:
             flops = out.numel() * module.in_features
-        steps = self.T if module in self._summaries else 1
+        # the head read after every timestep (timestep exit) is fed per step, not a T-step summary
+        steps = self.T if module in self._summaries and not (module is self.model.head and x.dim() > 2) else 1
         ran = flops * steps  # T x FLOPs (eq. 11) of what this call stands for
         dense = ran * self._cover  # ... had the halted cells of a packed block run (silent)
         if module is self._first:
@@ -204,6 +214,8 @@ class EnergyMeter:
             self._add(module, dense, paper, flops * float(x.mean()), flops * self._running, _is_binary(x))
 
     def _matmul_hook(self, module: SpikeMatmul, inputs: tuple, out: torch.Tensor) -> None:
+        if self.model.probing:
+            return
         q, k, v = (t.detach() for t in inputs)  # [T', B, heads, K, d]
         Tp, B, heads, K, d = q.shape
         per = Tp * B * heads * K * (d * d if module.kind == "ssa" else d)
@@ -212,6 +224,8 @@ class EnergyMeter:
         self._add(module, 2 * per, (0.0, sops), sops)
 
     def _block_pre_hook(self, _block: Block, args: tuple, kwargs: dict) -> None:
+        if self.model.probing:
+            return
         mask = args[1] if len(args) > 1 else kwargs.get("mask")  # [T', B, K] keep-mask, a Packing, or None
         # packed blocks see only their running rows: every row they compute is counted, and the
         # dense FLOPs (the activity's denominator) still cover the halted cells, as silent ones
@@ -240,11 +254,15 @@ class EnergyMeter:
         self._handles.clear()
 
     def observe(self, output) -> None:
-        """Record the batch size, halting MACs and token ratio of one forward output."""
+        """Record the batch size, the method's decision operations and token ratio of one
+        forward output."""
         B = output.logits.shape[0]
         self.images += B
-        if output.halting_scores is not None:
-            self.halting_macs += float(output.active_tokens.sum())  # one MAC per scored token-cell
+        macs, acs = output.decision_ops
+        if macs or acs:
+            row = self.decisions.setdefault(DECISION_ROWS[output.method], [0.0, 0.0])
+            row[0] += macs
+            row[1] += acs
         self._cells += float(output.token_ratio) * B
 
     # -- result ----------------------------------------------------------------------------
@@ -258,12 +276,11 @@ class EnergyMeter:
             mac_s, ac_s = (a["strict_mac"], 0.0) if not a["binary"] else (0.0, a["strict_ac"])
             acc[name] = {"dense": a["dense"] / n, "mac": a["mac"] / n, "ac": a["ac"] / n,
                          "mac_s": mac_s / n, "ac_s": ac_s / n}
-        if self.halting_macs:  # the halting score: MAC in both conventions
-            hm = self.halting_macs / n
-            acc["halting_score"] = {"dense": hm, "mac": hm, "ac": 0.0, "mac_s": hm, "ac_s": 0.0}
+        for name, (macs, acs) in self.decisions.items():  # the same operations in both conventions
+            acc[name] = {"dense": (macs + acs) / n, "mac": macs / n, "ac": acs / n, "mac_s": macs / n, "ac_s": acs / n}
         rows = []
         for name, a in acc.items():
-            mac_only = a["mac"] and not a["ac"]
+            mac_only = (a["mac"] and not a["ac"]) or name in self.decisions
             rows.append(LayerEnergy(
                 layer=name, dense_flops=a["dense"],
                 activity=None if mac_only else (a["ac"] / a["dense"] if a["dense"] else 0.0),
@@ -282,14 +299,15 @@ class EnergyMeter:
 
 
 @torch.no_grad()
-def measure_energy(model: SpikingViT, x: torch.Tensor, epsilon: float | None = None) -> EnergyReport:
+def measure_energy(model: SpikingViT, x: torch.Tensor, epsilon: float | None = None, *,
+                   knob: float | None = None) -> EnergyReport:
     """Energy per image of ``model`` on the batch ``x`` in both conventions (eval mode, no
-    gradients)."""
+    gradients); ``epsilon`` (A-SSA) or ``knob`` (any method) for this pass."""
     was_training = model.training
     model.eval()
     try:
         with EnergyMeter(model) as meter:
-            meter.observe(model(x, epsilon=epsilon))
+            meter.observe(model(x, epsilon=epsilon, knob=knob))
         return meter.report()
     finally:
         model.train(was_training)

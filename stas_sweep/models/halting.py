@@ -26,11 +26,17 @@ under autocast.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 ACCUMULATIONS = ("tb", "b")
+# halting.method: A-SSA (this module's eqs.) or one of the paper's baselines (docs/baselines.md)
+METHODS = ("stas", "token_drop", "timestep_exit")
+# the knob each method is evaluated over at evaluation time (STAS^epsilon and its analogues)
+KNOBS = {"stas": "epsilon", "token_drop": "keep_ratio", "timestep_exit": "exit_threshold"}
 
 
 @dataclass
@@ -42,6 +48,7 @@ class HaltingConfig:
     beta: float = -25.0
     epsilon: float = 0.01
     accumulation: str = "tb"
+    method: ClassVar[str] = "stas"
 
     def __post_init__(self) -> None:
         self.alpha = float(self.alpha)
@@ -52,6 +59,14 @@ class HaltingConfig:
                 f"halting accumulation {self.accumulation!r} is not supported; "
                 f"accepted values: {', '.join(ACCUMULATIONS)}"
             )
+
+    @property
+    def knob(self) -> float:
+        return self.epsilon
+
+    def with_knob(self, value: float) -> "HaltingConfig":
+        """The same halting at another epsilon (STAS^epsilon)."""
+        return HaltingConfig(self.alpha, self.beta, value, self.accumulation)
 
 
 # The paper's score parameters per backbone (section 4.2). Spikformer's residual stream is
@@ -151,3 +166,92 @@ class HaltingState:
     def token_ratio(self) -> torch.Tensor:
         """Blocks run, summed over tokens and timesteps, over T*L*K; mean over images."""
         return self.N.mean((0, 2)).mean() / self.L
+
+
+@dataclass
+class TokenDropConfig:
+    """Static token dropping (STATA-style baseline): every block runs a fixed share
+    ``keep_ratio`` of the K tokens, ``max(1, round(keep_ratio * K))`` of them, chosen per image
+    by the block input's spike count (sum of ``|x|`` over timesteps and channels), the same
+    tokens at every timestep. A dropped token skips the block (its residual stream passes
+    through unchanged). No ponder loss."""
+
+    keep_ratio: float = 0.7
+    method: ClassVar[str] = "token_drop"
+
+    def __post_init__(self) -> None:
+        self.keep_ratio = check_keep_ratio(self.keep_ratio)
+
+    @property
+    def knob(self) -> float:
+        return self.keep_ratio
+
+    def with_knob(self, value: float) -> "TokenDropConfig":
+        return TokenDropConfig(value)
+
+    def kept(self, K: int) -> int:
+        """Tokens each block runs: ``max(1, round(keep_ratio * K))``."""
+        return max(1, min(K, int(round(self.keep_ratio * K))))
+
+
+@dataclass
+class TimestepExitConfig:
+    """Temporal early exit (DT-SNN-style baseline): a static model read after every timestep
+    t on the running mean of its per-timestep logits; an image stops at the first t whose
+    normalised softmax entropy ``H(softmax(mean_{t' <= t} z_t')) / log(classes)`` is below
+    ``exit_threshold`` (``0``: never early, every image runs all T; ``1``: nearly always at
+    t = 1), and at T otherwise. No ponder loss; in training the model runs all T."""
+
+    exit_threshold: float = 0.2
+    method: ClassVar[str] = "timestep_exit"
+
+    def __post_init__(self) -> None:
+        self.exit_threshold = check_exit_threshold(self.exit_threshold)
+
+    @property
+    def knob(self) -> float:
+        return self.exit_threshold
+
+    def with_knob(self, value: float) -> "TimestepExitConfig":
+        return TimestepExitConfig(value)
+
+
+MethodConfig = HaltingConfig | TokenDropConfig | TimestepExitConfig
+
+
+def check_keep_ratio(keep_ratio: float) -> float:
+    keep_ratio = float(keep_ratio)
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
+    return keep_ratio
+
+
+def check_exit_threshold(threshold: float) -> float:
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"exit_threshold (a normalised entropy) must lie in [0, 1], got {threshold}")
+    return threshold
+
+
+def check_knob(method: str, value: float) -> float:
+    """A value of ``method``'s knob, checked (epsilon, keep_ratio or exit_threshold)."""
+    return {"stas": check_epsilon, "token_drop": check_keep_ratio, "timestep_exit": check_exit_threshold}[method](value)
+
+
+def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """``H(softmax(z)) / log(C)`` over the last axis, in [0, 1] (C = 1: 0)."""
+    C = logits.shape[-1]
+    logp = torch.log_softmax(logits.float(), -1)
+    H = -(logp.exp() * logp).sum(-1)
+    return H / math.log(C) if C > 1 else torch.zeros_like(H)
+
+
+def exit_steps(step_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``step_logits`` ``[T, B, C]`` (the logits read after each timestep alone) -> the timestep
+    ``[B]`` (1..T) at which each image stops: the first t with
+    ``normalised_entropy(mean_{t' <= t} z_t') < threshold``, else T."""
+    T = step_logits.shape[0]
+    running = step_logits.float().cumsum(0) / torch.arange(1, T + 1, device=step_logits.device).view(T, 1, 1)
+    confident = normalised_entropy(running) < threshold                      # [T, B]
+    confident[-1] = True                                                      # T at the latest
+    return confident.float().argmax(0) + 1                                    # first True, 1-based

@@ -10,10 +10,17 @@ Data flow (B batch, T timesteps, L blocks, K tokens, D width)::
       -> head -> logits [B, classes]
 
 Neuron state is reset at the start of every forward: one call is one whole T-step simulation.
+
+``halting`` selects the method (SPEC 2.3, docs/baselines.md): A-SSA (:class:`HaltingConfig`),
+static token dropping (:class:`TokenDropConfig`: every block runs the same share of each
+image's tokens, packed like A-SSA's running tokens) or temporal early exit
+(:class:`TimestepExitConfig`: each image stops after the timestep whose running-mean logits are
+confident enough; only the timesteps it ran are computed and metered).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +28,8 @@ from spikingjelly.activation_based import functional
 from torch import nn
 
 from .blocks import Block
-from .halting import HaltingState, HaltingConfig, check_epsilon
+from .halting import (METHODS, HaltingConfig, HaltingState, MethodConfig, TimestepExitConfig,
+                      TokenDropConfig, check_epsilon, check_knob, exit_steps)
 from .layers import lif
 from .packing import Packing
 from .stems import STEM_CLASSES, check_img_size, num_tokens
@@ -41,6 +49,9 @@ class STASOutput:
     active_tokens: torch.Tensor    # [B, T, L]: tokens run in each cell
     halting_scores: torch.Tensor | None  # [B, T, L, K]: h of every cell (0 once halted); None if static
     halting_probs: torch.Tensor | None   # [B, T, L, K]: p of every cell; None if static
+    method: str = "static"               # static | stas | token_drop | timestep_exit
+    decision_ops: tuple[float, float] = (0.0, 0.0)  # (MACs, ACs) of the method's own decisions, whole batch
+    exit_steps: torch.Tensor | None = None  # [B]: timesteps each image ran (timestep_exit), else None
 
 
 class SpikingViT(nn.Module):
@@ -51,8 +62,10 @@ class SpikingViT(nn.Module):
         depth, embed_dim, num_heads, mlp_ratio: L, D, heads, MLP expansion.
         num_classes, img_size, in_channels, timesteps: task and input shape.
         stem: ``sps`` or ``isps``.
-        halting: ``None`` (static) or a dict / :class:`HaltingConfig` with alpha, beta,
-            epsilon, accumulation (``tb`` or ``b``).
+        halting: ``None`` (static), a dict / :class:`HaltingConfig` with alpha, beta,
+            epsilon, accumulation (``tb`` or ``b``) for A-SSA, or a baseline:
+            ``{method: token_drop, keep_ratio}`` / :class:`TokenDropConfig`,
+            ``{method: timestep_exit, exit_threshold}`` / :class:`TimestepExitConfig`.
         qkv_bias: bias on q/k/v (spikformer's CIFAR code has it, the others do not).
 
     Attribute ``packed_halting`` (default True): a halting model runs each block on its
@@ -78,6 +91,7 @@ class SpikingViT(nn.Module):
         self.stem_mode = stem
         self.halting = self._halting_config(halting)
         self.packed_halting = True
+        self.probing = False  # True while timestep_exit runs its unmetered decision pass
 
         self.stem = STEM_CLASSES[family](in_channels, embed_dim, img_size, timesteps, stem)
         self.blocks = nn.ModuleList(
@@ -89,38 +103,85 @@ class SpikingViT(nn.Module):
         self.apply(_init_weights)
 
     @staticmethod
-    def _halting_config(halting: HaltingConfig | dict | None) -> HaltingConfig | None:
-        if halting is None or isinstance(halting, HaltingConfig):
+    def _halting_config(halting: MethodConfig | dict | None) -> MethodConfig | None:
+        if halting is None or isinstance(halting, (HaltingConfig, TokenDropConfig, TimestepExitConfig)):
             return halting
         if not isinstance(halting, dict):
             raise ValueError(f"halting must be None or a dict of alpha, beta, epsilon, accumulation; got {halting!r}")
-        unknown = set(halting) - {"alpha", "beta", "epsilon", "accumulation"}
+        halting = dict(halting)
+        method = halting.pop("method", "stas")
+        if method not in METHODS:
+            raise ValueError(f"halting method {method!r} is not supported; accepted values: {', '.join(METHODS)}")
+        cls = {"stas": HaltingConfig, "token_drop": TokenDropConfig, "timestep_exit": TimestepExitConfig}[method]
+        accepted = list(cls.__dataclass_fields__)
+        unknown = set(halting) - set(accepted)
         if unknown:
             raise ValueError(
-                f"unknown halting keys {sorted(unknown)}; accepted keys: alpha, beta, epsilon, accumulation"
+                f"unknown halting keys {sorted(unknown)} for method {method}; accepted keys: method, {', '.join(accepted)}"
             )
-        return HaltingConfig(**halting)
+        return cls(**halting)
 
-    def set_halting(self, halting: HaltingConfig | dict | None) -> None:
+    @property
+    def method(self) -> str:
+        """``static`` or the halting method: ``stas``, ``token_drop``, ``timestep_exit``."""
+        return "static" if self.halting is None else self.halting.method
+
+    def set_halting(self, halting: MethodConfig | dict | None) -> None:
         """Switch halting on (stage 2) or off; no parameters change."""
         self.halting = self._halting_config(halting)
 
     def set_epsilon(self, epsilon: float) -> None:
         """STAS^epsilon: change the halting threshold 1 - epsilon with no retraining."""
-        if self.halting is None:
-            raise ValueError("set_epsilon needs a model with halting; this one is static")
+        if not isinstance(self.halting, HaltingConfig):
+            raise ValueError(f"set_epsilon needs a model with A-SSA halting; this one is {self.method}")
         self.halting.epsilon = check_epsilon(epsilon)
 
-    def forward(self, x: torch.Tensor, epsilon: float | None = None) -> STASOutput:
-        functional.reset_net(self)
-        x0 = self.stem(x)  # [T', B, K, D], T' = T (SPS) or 1 (I-SPS)
-        x0 = x0.expand(self.timesteps, *x0.shape[1:])  # I-SPS: the same tokens at every step
+    def set_knob(self, value: float) -> None:
+        """Change the method's evaluation knob (epsilon, keep_ratio or exit_threshold); no retraining."""
         if self.halting is None:
-            return self._forward_static(x0)
+            raise ValueError("set_knob needs a model with a halting method; this one is static")
+        self.halting = self.halting.with_knob(check_knob(self.method, value))
+
+    def forward(self, x: torch.Tensor, epsilon: float | None = None, *, knob: float | None = None) -> STASOutput:
+        """``x`` images ``[B, C, H, W]`` or frames ``[B, T, C, H, W]``. ``epsilon`` (A-SSA) or
+        ``knob`` (any method: epsilon, keep_ratio or exit_threshold) for this call only."""
         cfg = self.halting
         if epsilon is not None:
-            cfg = HaltingConfig(cfg.alpha, cfg.beta, epsilon, cfg.accumulation)
+            if not isinstance(cfg, HaltingConfig):
+                raise ValueError(f"epsilon applies to A-SSA halting; this model is {self.method} (use knob=)")
+            knob = epsilon
+        if knob is not None:
+            if cfg is None:
+                raise ValueError("knob needs a model with a halting method; this one is static")
+            cfg = cfg.with_knob(check_knob(cfg.method, knob))
+        if isinstance(cfg, TimestepExitConfig) and not self.training:
+            return self._forward_exit(x, cfg)
+        functional.reset_net(self)
+        x0 = self._tokens(x, self.timesteps)
+        if cfg is None:
+            return self._forward_static(x0)
+        if isinstance(cfg, TimestepExitConfig):  # training: the static model on all T
+            out = self._forward_static(x0)
+            out.method = cfg.method
+            return out
+        if isinstance(cfg, TokenDropConfig):
+            return self._forward_token_drop(x0, cfg)
         return self._forward_halting(x0, cfg)
+
+    def _tokens(self, x: torch.Tensor, steps: int) -> torch.Tensor:
+        """Stem tokens for the first ``steps`` timesteps ``[steps, B, K, D]``. SPS runs its
+        convolutions on those timesteps only; I-SPS runs once (on the whole input) and its
+        tokens are the same at every step."""
+        if self.stem_mode == "sps" and steps != self.timesteps:
+            T = self.stem.T
+            self.stem.T = steps
+            try:
+                x0 = self.stem(x[:, :steps] if x.dim() == 5 else x)
+            finally:
+                self.stem.T = T
+        else:
+            x0 = self.stem(x)  # [T', B, K, D], T' = T (SPS) or 1 (I-SPS)
+        return x0.expand(steps, *x0.shape[1:])  # I-SPS: the same tokens at every step
 
     def _forward_static(self, x: torch.Tensor) -> STASOutput:
         for block in self.blocks:
@@ -168,6 +229,90 @@ class SpikingViT(nn.Module):
                 state.add_mean_field_rows(p.reshape(-1).index_select(0, pk.rows), x, pk.groups())
         return self._halting_output(state)
 
+    def _forward_token_drop(self, x: torch.Tensor, cfg: TokenDropConfig) -> STASOutput:
+        """Static token dropping: block l runs the ``n = cfg.kept(K)`` tokens of each image with
+        the largest spike count of its input (sum over T and channels, ties to the lower index),
+        the same tokens at every timestep; the others skip the block unchanged."""
+        T, B, K, D = x.shape
+        n, L = cfg.kept(K), self.depth
+        runs = x.new_zeros(B, K)  # blocks each token ran
+        for block in self.blocks:
+            score = x.detach().abs().sum((0, 3))  # [B, K] spike count of the block input
+            keep = torch.argsort(score, dim=1, descending=True, stable=True)[:, :n]
+            m = x.new_zeros(B, K).scatter_(1, keep, 1.0)  # [B, K]
+            runs = runs + m
+            mask = m.unsqueeze(0).expand(T, B, K)  # the same tokens at every timestep
+            if not self.packed_halting:
+                x = block(x, mask)  # dropped tokens: no input current, residual unchanged
+                continue
+            pk = Packing.from_mask(mask)
+            y = block(pk.pack(x), pk)  # [R, D]: the kept tokens only
+            x = y.view(T, B, K, D) if pk.full else x.reshape(T * B * K, D).index_put((pk.rows,), y).view(T, B, K, D)
+        return STASOutput(
+            logits=self._head(x.mean(2)),
+            ponder_loss=x.new_zeros(()),
+            token_ratio=x.new_tensor(n / K),
+            cells_processed=runs * T,
+            halting_blocks=runs.unsqueeze(1).expand(B, T, K).contiguous(),
+            active_tokens=x.new_full((B, T, L), float(n)),
+            halting_scores=None,
+            halting_probs=None,
+            method=cfg.method,
+            decision_ops=(0.0, float(L * T * K * D * B)),  # the scores: one add per input value
+        )
+
+    @contextlib.contextmanager
+    def _probe(self):
+        """An unmetered pass: :class:`~stas_sweep.energy.EnergyMeter` ignores what runs inside."""
+        self.probing = True
+        try:
+            yield
+        finally:
+            self.probing = False
+
+    def _forward_exit(self, x: torch.Tensor, cfg: TimestepExitConfig) -> STASOutput:
+        """Temporal early exit, evaluation only.
+
+        1. Decision pass (unmetered): the static model on all T, its logits read after every
+           timestep ``z_t`` ``[T, B, C]``; :func:`exit_steps` gives each image's stop e (1..T).
+        2. What runs: the images of each e again on their first e timesteps only. LIF neurons
+           are causal, so their logits equal the decision pass's running mean at e; this pass is
+           the one the energy meter counts (what a timestep-by-timestep machine would run).
+        """
+        with self._probe():
+            functional.reset_net(self)
+            x0 = self._tokens(x, self.timesteps)
+            for block in self.blocks:
+                x0 = block(x0)
+            e = exit_steps(self._step_logits(x0.mean(2)), cfg.exit_threshold)  # [B]
+        B, T, L, K = x.shape[0], self.timesteps, self.depth, self.num_tokens
+        logits = None
+        for steps in sorted(set(e.tolist())):
+            idx = (e == steps).nonzero()[:, 0]
+            functional.reset_net(self)
+            xs = self._tokens(x.index_select(0, idx), steps)
+            for block in self.blocks:
+                xs = block(xs)  # [steps, b, K, D]
+            z = self._step_logits(xs.mean(2)).mean(0)  # [b, C]
+            logits = z.new_zeros(B, z.shape[-1]) if logits is None else logits
+            logits = logits.index_put((idx,), z)
+        ran = (torch.arange(T, device=e.device).view(1, T) < e.view(B, 1)).to(logits.dtype)  # [B, T]
+        C = logits.shape[-1]
+        return STASOutput(
+            logits=logits,
+            ponder_loss=logits.new_zeros(()),
+            token_ratio=e.float().mean() / T,
+            cells_processed=(e.to(logits.dtype) * L).view(B, 1).expand(B, K).contiguous(),
+            halting_blocks=(ran * L).unsqueeze(-1).expand(B, T, K).contiguous(),
+            active_tokens=(ran * K).unsqueeze(-1).expand(B, T, L).contiguous(),
+            halting_scores=None,
+            halting_probs=None,
+            method=cfg.method,
+            # per image and timestep run: a running sum of C logits (AC), softmax and p log p (2C MAC)
+            decision_ops=(float(2 * C * e.sum()), float(C * e.sum())),
+            exit_steps=e,
+        )
+
     def _halting_output(self, state: HaltingState) -> STASOutput:
         N = state.N.transpose(0, 1)  # [B, T, K]
         return STASOutput(
@@ -179,6 +324,8 @@ class SpikingViT(nn.Module):
             active_tokens=state.active,
             halting_scores=state.h,
             halting_probs=state.p,
+            method="stas",
+            decision_ops=(float(state.active.sum()), 0.0),  # one MAC per scored token and cell
         )
 
     def _head(self, rep: torch.Tensor) -> torch.Tensor:
@@ -191,6 +338,13 @@ class SpikingViT(nn.Module):
         if self.head_lif is None:
             return self.head(rep.mean(0))
         return self.head(self.head_lif(rep.contiguous())).mean(0)
+
+    def _step_logits(self, rep: torch.Tensor) -> torch.Tensor:
+        """The head read after every timestep alone: ``rep`` ``[T'', B, D]`` -> ``[T'', B, classes]``;
+        their mean over T'' is :meth:`_head`'s logits (the head is linear; SDT's head LIF is causal)."""
+        if self.head_lif is None:
+            return self.head(rep)
+        return self.head(self.head_lif(rep.contiguous()))
 
 
 def _init_weights(m: nn.Module) -> None:
