@@ -1,9 +1,13 @@
 """A sweep's candidate points and their Pareto front: computed here, drawn and logged elsewhere.
 
-A *point* is one (trial, epsilon) evaluation of a full-budget trial::
+A *point* is one (trial, knob value) evaluation of a full-budget trial::
 
-    {"trial_id": "a1b2", "epsilon": 0.2, "accuracy": 91.0, "energy_mj": 0.41, ...,
+    {"trial_id": "a1b2", "method": "stas", "epsilon": 0.2, "keep_ratio": None,
+     "exit_threshold": None, "accuracy": 91.0, "energy_mj": 0.41, ...,
      "halting.alpha": 5.3, "halting.beta": -7.1}        # the trial's searched keys, dotted
+
+``method`` is the trial's halting method (stas, token_drop, timestep_exit); its knob
+(``epsilon``, ``keep_ratio``, ``exit_threshold``) holds the value evaluated, the others None.
 
 This module owns the names: the metrics every trial reports each epoch, the metrics a point
 carries, the objectives a search-space file may name and the keys a front's hover shows.
@@ -24,7 +28,10 @@ REPORT_KEYS = ("epoch", *TRIAL_METRICS)
 OBJECTIVE_METRICS = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")
 # the metrics a point carries, taken from a row of the trial's epsilon table
 POINT_METRICS = (*OBJECTIVE_METRICS, "energy_reduction")
-POINT_KEYS = ("trial_id", "epsilon", *POINT_METRICS)
+# each halting method's evaluation knob (as models.halting.KNOBS; kept here so the front needs no torch)
+METHOD_KNOBS = {"stas": "epsilon", "token_drop": "keep_ratio", "timestep_exit": "exit_threshold"}
+POINT_KNOBS = tuple(METHOD_KNOBS.values())
+POINT_KEYS = ("trial_id", "method", *POINT_KNOBS, *POINT_METRICS)
 
 
 class Front(NamedTuple):
@@ -36,11 +43,11 @@ class Front(NamedTuple):
 
 
 def trial_points(trial_id: str, params: Mapping, epsilon_rows: Sequence[Mapping]) -> list[dict]:
-    """One candidate point per evaluated epsilon of a full-budget trial."""
+    """One candidate point per evaluated knob value (row) of a full-budget trial."""
     points = []
     for row in epsilon_rows:
-        p = {"trial_id": trial_id, "epsilon": row["epsilon"],
-             **{k: row.get(k) for k in POINT_METRICS}}
+        p = {"trial_id": trial_id, "method": row.get("method", "stas"),
+             **{k: row.get(k) for k in POINT_KNOBS}, **{k: row.get(k) for k in POINT_METRICS}}
         p.update(params)
         points.append(p)
     return points
@@ -59,6 +66,15 @@ def param_keys(points: Sequence[Mapping]) -> list[str]:
     return sorted({k for p in points for k in p} - set(POINT_KEYS))
 
 
+def knob_of(point: Mapping) -> tuple[str, float | None]:
+    """``(name, value)`` of the knob a point was evaluated at (``epsilon`` for stas)."""
+    name = METHOD_KNOBS.get(point.get("method") or "stas", "epsilon")
+    return name, point.get(name)
+
+
 def hover_keys(point: Mapping) -> list[str]:
-    """What hovering a point shows first: its trial, its epsilon and its searched parameters."""
-    return ["trial_id", "epsilon", *param_keys([point])]
+    """What hovering a point shows first: its trial, its method and knob (epsilon for a point
+    without a method) and its searched parameters."""
+    if "method" not in point:
+        return ["trial_id", "epsilon", *param_keys([point])]
+    return ["trial_id", "method", knob_of(point)[0], *param_keys([point])]

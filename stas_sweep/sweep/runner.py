@@ -193,7 +193,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     weights = stage1_weights(spec, log=log)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=spec.base, epochs=spec.max_epochs, epsilons=spec.epsilons,
-                             stage1_weights=weights),
+                             grids=spec.grids, stage1_weights=weights),
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
     )
     if resume:

@@ -12,7 +12,7 @@ A file (YAML, read by :func:`stas_sweep.train.config.load_yaml`: safe loader, du
       halting.epsilon: {fixed: 0.01}
       optim.lr:        {choice: [5.0e-4, 1.0e-3]}
       model.timesteps: {int: [2, 4]}   # inclusive bounds
-    eval: {epsilons: [0.0, 0.1, 0.2, 0.4]}
+    eval: {epsilons: [0.0, 0.1, 0.2, 0.4]}   # baselines: also keep_ratios: [...], exit_thresholds: [...]
     objectives: {accuracy: max, energy_mj: min}   # from accuracy, energy_mj, energy_strict_mj, token_ratio
     reference: {accuracy: 0.0, energy_mj: 1.0}    # hypervolume reference point
     search: {sampler: tpe, seed: 0, num_samples: 8, points_to_evaluate: [{halting.alpha: 5.0}]}
@@ -106,6 +106,8 @@ class SweepSpec:
     tracking_uri: str | None = None
     experiment: str = "stas-sweep"
     raw: dict = field(default_factory=dict)
+    # knob grids of the baselines (eval.keep_ratios, eval.exit_thresholds); stas uses epsilons
+    grids: dict[str, list[float]] = field(default_factory=dict)
 
     # -- derived ------------------------------------------------------------------------------
     def stage1_config(self) -> dict:
@@ -191,6 +193,25 @@ def _param(path: Path, key: str, raw: Any, base: dict) -> Param:
     return Param(key, kind, args)
 
 
+EVAL_GRIDS = {"keep_ratios": "token_drop", "exit_thresholds": "timestep_exit"}  # eval key -> method
+
+
+def _grid(path: Path, ev: dict, key: str, method: str) -> list[float]:
+    """``eval.<key>``: a non-empty list of distinct valid knob values of ``method``."""
+    from ..models.halting import check_knob
+
+    values = ev[key]
+    if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
+        raise _err(path, f"eval.{key} must be a non-empty list of distinct numbers, got {values!r}")
+    for i, v in enumerate(values):
+        _number(path, v, f"eval.{key}[{i}]")
+        try:
+            check_knob(method, v)
+        except ValueError as e:
+            raise _err(path, f"eval.{key}[{i}]: {e}") from None
+    return [float(v) for v in values]
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a search-space file. Raises :class:`SpaceError`."""
     path = Path(path)
@@ -250,7 +271,7 @@ def load_spec(path: str | Path) -> SweepSpec:
 
     # evaluation, objectives, reference ------------------------------------------------------
     ev = _mapping(path, raw.get("eval"), "eval")
-    _known(path, ev, "eval", ("epsilons",))
+    _known(path, ev, "eval", ("epsilons", *EVAL_GRIDS))
     epsilons = ev.get("epsilons", [base_cfg.halting.epsilon])
     if not isinstance(epsilons, list) or not epsilons:
         raise _err(path, f"eval.epsilons must be a non-empty list of numbers in [0, 1), got {epsilons!r}")
@@ -260,6 +281,7 @@ def load_spec(path: str | Path) -> SweepSpec:
             raise _err(path, f"eval.epsilons[{i}] must lie in [0, 1), got {e!r}")
     if len(set(epsilons)) != len(epsilons):
         raise _err(path, f"eval.epsilons has repeated values: {epsilons}")
+    grids = {method: _grid(path, ev, key, method) for key, method in EVAL_GRIDS.items() if key in ev}
 
     objectives_raw = raw["objectives"]
     if not isinstance(objectives_raw, dict) or not objectives_raw:
@@ -363,7 +385,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         points_to_evaluate=points, scheduler=stype, scheduler_metric=smetric, scheduler_mode=smode,
         grace_period=grace, reduction_factor=rf, max_epochs=max_epochs,
         resources={"cpu": cpu, "gpu": gpu}, max_concurrent_trials=mct, retries=retries, storage_path=storage,
-        tracking_uri=ml.get("tracking_uri"), experiment=ml.get("experiment", f"stas-{name}"), raw=raw,
+        tracking_uri=ml.get("tracking_uri"), experiment=ml.get("experiment", f"stas-{name}"), raw=raw, grids=grids,
     )
 
 
@@ -374,7 +396,8 @@ def describe(spec: SweepSpec, tracking_uri: str) -> str:
         f"  model {spec.base['model']['name'] if 'model' in spec.base else '(default)'} on "
         f"{spec.base.get('data', {}).get('name', 'digits')}",
         f"  stage 1 (shared, once): {spec.stage1_config().get('epochs')} epochs, key {spec.stage1_key()}",
-        f"  stage 2 per trial: {spec.max_epochs} epochs, evaluated at epsilons {spec.epsilons}",
+        f"  stage 2 per trial: {spec.max_epochs} epochs, evaluated at epsilons {spec.epsilons}"
+        + "".join(f"; {m} at {g}" for m, g in spec.grids.items()),
         "  space:",
         *[f"    {p.key:<24} {p.describe()}" for p in spec.params],
         "  objectives: " + ", ".join(f"{m} ({d})" for m, d in spec.objectives)

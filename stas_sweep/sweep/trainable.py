@@ -2,8 +2,9 @@
 
 One trial = stage 2 of STAS from the shared stage-1 weights: it fine-tunes with halting,
 reports every metric every epoch with a Tune checkpoint, and after its last epoch evaluates
-the model at every epsilon of the sweep's grid (``epsilon_table``), so one training yields
-several candidate points for the front.
+the model at every value of its method's knob (``epsilon_table``: the sweep's epsilons for
+STAS, its ``eval.keep_ratios`` / ``eval.exit_thresholds`` for the baselines), so one training
+yields several candidate points for the front.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def use_trial_threads(cpus: float | None = None) -> int | None:
     return set_threads(threads_for_cpus(cpus))
 
 
-def train_trial(config: dict, *, base: dict, epochs: int, epsilons: list[float], stage1_weights: dict) -> None:
-    """Function trainable: ``config`` holds the sampled dotted keys of one trial."""
+def train_trial(config: dict, *, base: dict, epochs: int, epsilons: list[float], stage1_weights: dict,
+                grids: dict[str, list[float]] | None = None) -> None:
+    """Function trainable: ``config`` holds the sampled dotted keys of one trial; ``grids`` the
+    knob grids of the baselines (method -> values)."""
     from ray import tune
 
     use_trial_threads()
@@ -67,7 +70,7 @@ def train_trial(config: dict, *, base: dict, epochs: int, epsilons: list[float],
         report = {k: metrics[k] for k in REPORT_KEYS}
         report["full_budget"] = epoch + 1 == epochs
         if epoch + 1 == epochs:
-            report["epsilon_table"] = json.dumps(final_evaluation(trainer, epsilons))
+            report["epsilon_table"] = json.dumps(final_evaluation(trainer, epsilons, grids))
         with tempfile.TemporaryDirectory() as d:
             shutil.copyfile(trainer.last_path, Path(d) / "last.pt")
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))

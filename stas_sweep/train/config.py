@@ -66,18 +66,26 @@ class ModelConfig(_Section):
 
 
 class HaltingSection(_Section):
+    # stas: A-SSA; token_drop / timestep_exit: the paper's baselines (docs/baselines.md)
+    method: Literal["stas", "token_drop", "timestep_exit"] = "stas"
     alpha: float | None = None  # None: the paper's value for the model's family (PAPER_ALPHA_BETA)
     beta: float | None = None
     epsilon: float = 0.01
     delta_p: float = 1e-3
     accumulation: Literal["tb", "b"] = "tb"
+    keep_ratio: float = 0.7      # token_drop: share of each image's tokens every block runs, (0, 1]
+    exit_threshold: float = 0.2  # timestep_exit: normalised entropy below which an image stops, [0, 1]
 
     def model_kwargs(self, model_name: str) -> dict:
-        """The model's halting arguments; an unset alpha or beta takes the paper's for the family
-        (Spikformer -5 / 0, the others 5 / -25)."""
+        """The model's halting arguments for the method; an unset alpha or beta takes the paper's
+        for the family (Spikformer -5 / 0, the others 5 / -25)."""
         from ..models.halting import PAPER_ALPHA_BETA
         from ..models.registry import get_arch
 
+        if self.method == "token_drop":
+            return {"method": "token_drop", "keep_ratio": self.keep_ratio}
+        if self.method == "timestep_exit":
+            return {"method": "timestep_exit", "exit_threshold": self.exit_threshold}
         alpha, beta = PAPER_ALPHA_BETA[get_arch(model_name).family]
         return {"alpha": alpha if self.alpha is None else self.alpha, "beta": beta if self.beta is None else self.beta,
                 "epsilon": self.epsilon, "accumulation": self.accumulation}
@@ -184,7 +192,7 @@ def _message(error: dict, where: str) -> str:
 
 def _check(cfg: TrainConfig, where: str) -> None:
     from ..models import get_arch
-    from ..models.halting import check_epsilon
+    from ..models.halting import check_epsilon, check_exit_threshold, check_keep_ratio
 
     try:
         get_arch(cfg.model.name)
@@ -205,6 +213,11 @@ def _check(cfg: TrainConfig, where: str) -> None:
             raise ConfigError(f"{where}: halting.epsilon: {e}") from None
         if cfg.halting.delta_p < 0:
             raise ConfigError(f"{where}: halting.delta_p must be >= 0, got {cfg.halting.delta_p}")
+        for key, check in (("keep_ratio", check_keep_ratio), ("exit_threshold", check_exit_threshold)):
+            try:
+                check(getattr(cfg.halting, key))
+            except ValueError as e:
+                raise ConfigError(f"{where}: halting.{key}: {e}") from None
     for i, e in enumerate(cfg.eval_epsilons):
         try:
             check_epsilon(e)

@@ -1,10 +1,13 @@
-"""Evaluation: accuracy, token ratio and energy on a validation loader, at one or many epsilons.
+"""Evaluation: accuracy, token ratio and energy on a validation loader, at one or many epsilons
+(or, for the baselines, keep ratios and exit thresholds: each method's knob).
 
 Plain functions on a model and a loader, so the trainer, the ``eval`` command and the sweep's
 trainable share them. Metric names follow SPEC 2.6: ``accuracy`` (top-1, %), ``token_ratio``,
 ``energy_mj`` (per image, the paper's convention), ``energy_strict_mj`` (per image, non-binary
 inputs at MAC), plus ``energy_reduction`` (% of ``energy_mj`` against the same weights with
-halting off) in epsilon tables.
+halting off) in epsilon tables. Every table row names its ``method`` and carries the three knobs
+``epsilon`` (stas), ``keep_ratio`` (token_drop) and ``exit_threshold`` (timestep_exit), the ones
+that do not apply being None.
 """
 
 from __future__ import annotations
@@ -15,17 +18,23 @@ from pathlib import Path
 import torch
 
 from ..energy import EnergyMeter
+from ..models.halting import KNOBS
 from ..models.vit import SpikingViT
+
+# the knob grid of each method when none is given (stas: the config's eval_epsilons)
+DEFAULT_GRIDS = {"token_drop": [1.0, 0.75, 0.5, 0.25], "timestep_exit": [0.0, 0.1, 0.3, 0.6]}
 
 
 @torch.no_grad()
 def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, epsilon: float | None = None,
-             energy: bool = True, energy_batches: int | None = None, max_batches: int | None = None) -> dict:
+             knob: float | None = None, energy: bool = True, energy_batches: int | None = None,
+             max_batches: int | None = None) -> dict:
     """Top-1 accuracy (%), mean token ratio and energy (mJ/image, ``energy_mj`` in the paper's
     convention and ``energy_strict_mj``) over ``loader``.
 
     The energy meter sees the first ``energy_batches`` batches (all when None); accuracy and
-    token ratio use every batch (or the first ``max_batches``).
+    token ratio use every batch (or the first ``max_batches``). ``epsilon`` (A-SSA) or ``knob``
+    (any method's knob) applies to this evaluation only.
     """
     model.eval()
     correct = seen = 0
@@ -37,7 +46,7 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         metering = meter is not None and (energy_batches is None or i < energy_batches)
         with meter if metering else contextlib.nullcontext():
-            out = model(x, epsilon=epsilon)
+            out = model(x, epsilon=epsilon, knob=knob)
         if metering:
             meter.observe(out)
         correct += int((out.logits.argmax(-1) == y).sum())
@@ -54,13 +63,15 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
 
 
 def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torch.device | str = "cpu", *,
-                  energy_batches: int | None = None, max_batches: int | None = None) -> list[dict]:
-    """One row per epsilon: ``epsilon, accuracy, token_ratio, energy_mj, energy_strict_mj,
-    energy_reduction``.
+                  energy_batches: int | None = None, max_batches: int | None = None,
+                  grids: dict[str, list[float]] | None = None) -> list[dict]:
+    """One row per value of the model's knob: ``method, epsilon, keep_ratio, exit_threshold,
+    accuracy, token_ratio, energy_mj, energy_strict_mj, energy_reduction``.
 
-    ``energy_reduction`` is ``100 * (1 - E / E_static)`` on ``energy_mj``, where ``E_static`` is the same
-    weights evaluated with halting switched off. A static model gives one row with
-    ``epsilon = None``.
+    An A-SSA model is evaluated at ``epsilons``; a baseline at ``grids[method]`` (default
+    :data:`DEFAULT_GRIDS`). ``energy_reduction`` is ``100 * (1 - E / E_static)`` on ``energy_mj``,
+    where ``E_static`` is the same weights evaluated with halting switched off. A static model
+    gives one row with ``method = static`` and every knob None.
     """
     kw = dict(energy_batches=energy_batches, max_batches=max_batches)
     halting = model.halting
@@ -69,21 +80,30 @@ def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torc
         static = evaluate(model, loader, device, **kw)
     finally:
         model.set_halting(halting)
+    knobs = dict.fromkeys(KNOBS.values())
     if halting is None:
-        return [{"epsilon": None, **static, "energy_reduction": 0.0}]
+        return [{"method": "static", **knobs, **static, "energy_reduction": 0.0}]
+    method = halting.method
+    grid = epsilons if method == "stas" else {**DEFAULT_GRIDS, **(grids or {})}[method]
     rows = []
-    for eps in epsilons:
-        r = evaluate(model, loader, device, epsilon=eps, **kw)
+    for value in grid:
+        r = evaluate(model, loader, device, knob=value, **kw)
         r["energy_reduction"] = 100.0 * (1.0 - r["energy_mj"] / static["energy_mj"]) if static["energy_mj"] else 0.0
-        rows.append({"epsilon": float(eps), **r})
+        rows.append({"method": method, **knobs, KNOBS[method]: float(value), **r})
     return rows
+
+
+def _knob_text(r: dict) -> str:
+    name = KNOBS.get(r.get("method", "stas"), "epsilon")
+    return "static" if r.get(name) is None else f"{name} {r[name]:g}"
 
 
 def format_table(rows: list[dict]) -> str:
     from ..tables import Column, text_table
 
     columns = [
-        Column("epsilon", lambda r: "static" if r["epsilon"] is None else f"{r['epsilon']:g}", width=8),
+        Column("method", lambda r: r.get("method", "stas"), width=13),
+        Column("knob", _knob_text, width=20),
         Column("accuracy %", lambda r: f"{r['accuracy']:.2f}"),
         Column("token ratio", lambda r: f"{r['token_ratio']:.3f}"),
         Column("energy mJ", lambda r: f"{r['energy_mj']:.4f}", width=10),

@@ -28,6 +28,10 @@ def merge_outputs(outputs: list[STASOutput], device: torch.device) -> STASOutput
         merged[name] = None if parts[0] is None else torch.cat([p.to(device) for p in parts])
     for name in _MEANS:
         merged[name] = sum(getattr(o, name).to(device) * (b / n) for o, b in zip(outputs, sizes))
+    merged["method"] = outputs[0].method
+    merged["decision_ops"] = tuple(sum(o.decision_ops[i] for o in outputs) for i in range(2))
+    steps = [o.exit_steps for o in outputs]
+    merged["exit_steps"] = None if steps[0] is None else torch.cat([s.to(device) for s in steps])
     return STASOutput(**merged)
 
 

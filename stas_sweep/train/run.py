@@ -17,10 +17,11 @@ from .evaluate import epsilon_table, format_table
 from .trainer import Trainer
 
 
-def final_evaluation(trainer: Trainer, epsilons: list[float]) -> list[dict]:
-    """The trained model on the validation set at each epsilon (rows of :func:`epsilon_table`)."""
+def final_evaluation(trainer: Trainer, epsilons: list[float], grids: dict[str, list[float]] | None = None) -> list[dict]:
+    """The trained model on the validation set at each epsilon, or for a baseline at each value
+    of its knob in ``grids`` (rows of :func:`epsilon_table`)."""
     return epsilon_table(trainer.model, trainer.val_loader, epsilons, trainer.device,
-                         energy_batches=trainer.cfg.energy_batches)
+                         energy_batches=trainer.cfg.energy_batches, grids=grids)
 
 
 @dataclass
