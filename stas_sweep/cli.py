@@ -8,7 +8,7 @@
     stas-sweep validate FILE                check a search-space file
     stas-sweep run FILE [--dry-run]         a sweep: Ray Tune + Optuna + ASHA, front in MLflow
     stas-sweep submit FILE --address URL    the same sweep as a Ray job on a cluster
-    stas-sweep pareto [--json]              the front of the latest sweep, from MLflow
+    stas-sweep pareto [--json] [--paper]    the front of the latest sweep, from MLflow (--paper: the paper's figures)
     stas-sweep ui                           the MLflow UI on 127.0.0.1 for the default store
 
 Bad input (a file, key or value that cannot be used) prints one line naming it and exits 2.
@@ -278,21 +278,52 @@ def _print_sweep_summary(result, spec, uri: str) -> None:
 def _front_table(front: list[dict], objectives, params: list[str]) -> str:
     from .tables import Column, number, text_table
 
-    cols = ["trial_id", "epsilon", *[m for m, _ in objectives], *params]
-    return "\n".join(text_table(front, [Column(c, lambda p, c=c: number(p.get(c)), "<") for c in cols], sep="  "))
+    from .sweep.front import knob_of
+
+    if any("method" in p for p in front):  # knob: epsilon, keep_ratio or exit_threshold, by method
+        head = [Column("trial_id", lambda p: number(p.get("trial_id")), "<"),
+                Column("method", lambda p: str(p.get("method")), "<"),
+                Column("knob", lambda p: "{} {}".format(knob_of(p)[0], number(knob_of(p)[1])), "<")]
+        params = [k for k in params if k != "halting.method"]
+    else:
+        head = [Column(c, lambda p, c=c: number(p.get(c)), "<") for c in ("trial_id", "epsilon")]
+    cols = [*[m for m, _ in objectives], *params]
+    return "\n".join(text_table(front, head + [Column(c, lambda p, c=c: number(p.get(c)), "<") for c in cols],
+                                sep="  "))
+
+
+def _paper_table(rows: list[dict]) -> str:
+    from .tables import Column, number, text_table
+
+    cols = [Column("table", lambda r: r["table"], "<"), Column("method", lambda r: r["method"], "<"),
+            Column("model", lambda r: r["model"], "<"), Column("T", lambda r: number(r["timesteps"]), "<"),
+            Column("energy_mj (paper)", lambda r: number(r["energy_mj"]), "<"),
+            Column("accuracy", lambda r: number(r["accuracy"]), "<"),
+            Column("token_ratio", lambda r: number(r["token_ratio"]), "<"), Column("note", lambda r: r["note"], "<")]
+    return "\n".join(text_table(rows, cols, sep="  "))
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from .sweep.front import param_keys
     from .tracking import latest_sweep
 
+    from .sweep.paper_results import DATASETS, SOURCE, paper_rows
+
     sweep = latest_sweep(args.tracking_uri, args.experiment)
     front = sweep["front"]
+    paper = paper_rows(sweep.get("dataset")) if args.paper else []
     if args.json:
-        print(json.dumps(front, indent=2))
+        print(json.dumps({"front": front, "paper": paper} if args.paper else front, indent=2))
         return 0
     print(f"sweep {sweep['name']} (run {sweep['run_id']}, {sweep['status']}): {len(front)} points on the front")
     print(_front_table(front, sweep["objectives"], param_keys(front)))
+    if args.paper:
+        if not paper:
+            print(f"\nthe paper reports no figures for data set {sweep.get('dataset')!r} "
+                  f"(it has {', '.join(DATASETS)})")
+        else:
+            print(f"\nthe paper's figures, NOT measured here ({SOURCE}); energy in the paper's convention:")
+            print(_paper_table(paper))
     return 0
 
 
@@ -394,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pareto", help="print the Pareto front of the latest sweep from MLflow")
     p.add_argument("--experiment", help="MLflow experiment (default: the latest sweep of any)")
     p.add_argument("--tracking-uri")
-    p.add_argument("--json", action="store_true", help="a JSON list of points")
+    p.add_argument("--json", action="store_true", help="a JSON list of points ({front, paper} with --paper)")
+    p.add_argument("--paper", action="store_true",
+                   help="also list the paper's own figures (Tables 2-3) for the sweep's data set, marked as not measured")
     p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("ui", help="start the MLflow UI for the default store (127.0.0.1)")

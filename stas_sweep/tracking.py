@@ -146,6 +146,8 @@ class SweepTracker:
         self.finished = 0
         self._client = None
         self._synced = False  # runs read back from MLflow since this object was built
+        self.base_method = "stas"      # the trials' halting method unless halting.method is searched
+        self.paper: list[dict] = []    # the paper's rows for the sweep's data set (plot markers)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -173,6 +175,10 @@ class SweepTracker:
     # -- parent -------------------------------------------------------------------------------
     def start_parent(self, spec, plan: str) -> str:
         """Create the sweep's parent run, or reopen it when the sweep is resumed."""
+        from .sweep.paper_results import paper_rows
+
+        self.base_method = (spec.base.get("halting") or {}).get("method", "stas")
+        self.paper = paper_rows(spec.base.get("data", {}).get("name"), transformers_only=True)
         exp_id = self._experiment_id()
         found = self.client.search_runs(
             [exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{self.sweep}' "
@@ -247,7 +253,7 @@ class SweepTracker:
             return self.runs[trial_id]
         run = self.client.create_run(self._experiment_id(), run_name=f"trial-{trial_id}", tags={
             "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep,
-            "pareto": "false", "full_budget": "false",
+            "pareto": "false", "full_budget": "false", "method": params.get("halting.method", self.base_method),
         })
         self.runs[trial_id] = run.info.run_id
         log_params(self.client, run.info.run_id, params)
@@ -312,11 +318,11 @@ class SweepTracker:
         with tempfile.TemporaryDirectory() as d:
             if points:
                 self.client.log_artifact(self.parent_id, str(plot_front_png(
-                    points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y,
+                    points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y, paper=self.paper,
                     title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
                 if final:
                     self.client.log_artifact(self.parent_id, str(plot_front_html(
-                        points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y)))
+                        points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=self.paper)))
             history = self.client.get_metric_history(self.parent_id, "hypervolume")
             if history:
                 values = [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
@@ -373,4 +379,5 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
         front = []
     objectives = json.loads(parent.data.tags.get(OBJECTIVES_TAG, '[["accuracy", "max"], ["energy_mj", "min"]]'))
     return {"run_id": parent.info.run_id, "name": parent.data.tags.get(SWEEP_TAG), "status": parent.info.status,
-            "objectives": [tuple(o) for o in objectives], "front": front}
+            "objectives": [tuple(o) for o in objectives], "front": front,
+            "dataset": parent.data.params.get("base.data.name")}

@@ -10,6 +10,12 @@ Which points are on the front is decided over *all* ``objectives`` (see
 drawn. The step line joins the front points that are also non-dominated in the drawn (x, y)
 plane, which is the whole front when the objectives are exactly x and y; it is drawn only when
 both x and y are objectives (their directions fix the staircase).
+
+Two optional layers, each drawn by its own small function: when the points carry more than one
+``method`` (a baselines sweep) they are coloured by method (front points ringed in black and
+larger) instead of grey/red (:func:`_methods_png`, :func:`_methods_html`); ``paper`` rows
+(:mod:`stas_sweep.sweep.paper_results`) are drawn as labelled star markers, named as the
+paper's figures, not measured ones (:func:`_paper_png`, :func:`_paper_html`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,46 @@ __all__ = ["plot_front_png", "plot_front_html", "plot_hypervolume_png"]
 
 _GREY = "#9e9e9e"
 _FRONT = "#d62728"
+METHOD_COLOURS = {"stas": "#1f77b4", "token_drop": "#2ca02c", "timestep_exit": "#9467bd", "static": "#8c564b"}
+_PAPER = "#ff7f0e"
+PAPER_LEGEND = "paper's figures (Tables 2-3; not measured)"
+
+
+def _methods(points) -> list[str]:
+    """The methods of the points, in first-seen order, when there are several; else []."""
+    seen = list(dict.fromkeys(p.get("method") for p in points if p.get("method")))
+    return seen if len(seen) > 1 else []
+
+
+def _methods_png(ax, points, front, xy, drawable, methods) -> None:
+    """One colour per method; front points larger and ringed in black."""
+    for m in methods:
+        colour = METHOD_COLOURS.get(m, _GREY)
+        for on_front in (False, True):
+            idx = [i for i in drawable if points[i].get("method") == m and bool(front[i]) == on_front]
+            if idx:
+                ax.scatter([xy[i][0] for i in idx], [xy[i][1] for i in idx], s=40 if on_front else 18, c=colour,
+                           edgecolors="black" if on_front else "none", linewidths=0.8, zorder=4 if on_front else 2,
+                           alpha=1.0 if on_front else 0.6,
+                           label=f"{m} ({len(idx)}{', on the front' if on_front else ''})")
+
+
+def _drawable_paper(paper, x, y) -> list[tuple[float, float, dict]]:
+    return [(float(r[x]), float(r[y]), r) for r in paper or ()
+            if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
+
+
+def _paper_png(ax, paper, x, y) -> None:
+    """The paper's rows as labelled stars."""
+    from .paper_results import marker_label
+
+    rows = _drawable_paper(paper, x, y)
+    if not rows:
+        return
+    ax.scatter([a for a, _, _ in rows], [b for _, b, _ in rows], marker="*", s=110, c=_PAPER,
+               edgecolors="black", linewidths=0.5, zorder=5, label=PAPER_LEGEND)
+    for a, b, r in rows:
+        ax.annotate(marker_label(r), (a, b), textcoords="offset points", xytext=(4, 4), fontsize=6, color="#7f3f00")
 
 
 def _label(name: str, objs: Sequence[Objective]) -> str:
@@ -82,12 +128,14 @@ def plot_front_png(
     x: str = "energy_mj",
     y: str = "accuracy",
     title: str | None = None,
+    paper: Sequence[Mapping] | None = None,
 ) -> Path:
     """Scatter of ``points`` in the (x, y) plane with the Pareto front highlighted.
 
     All drawable points (finite x and y) are grey; front points are red and joined by a step
-    line (the attainment boundary). Axis labels carry the direction of objectives, e.g.
-    ``"energy_mj (min)"``. Parent folders are created.
+    line (the attainment boundary); points of several methods are coloured by method instead.
+    ``paper``: the paper's rows, drawn as labelled stars. Axis labels carry the direction of
+    objectives, e.g. ``"energy_mj (min)"``. Parent folders are created.
 
     Returns:
         ``Path(path)``.
@@ -103,19 +151,23 @@ def plot_front_png(
     ax = fig.add_subplot(1, 1, 1)
     others = [i for i in drawable if not front[i]]
     on = [i for i in drawable if front[i]]
-    if others:
+    methods = _methods(points)
+    if methods:
+        _methods_png(ax, points, front, xy, drawable, methods)
+    elif others:
         ax.scatter([xy[i][0] for i in others], [xy[i][1] for i in others], s=18, c=_GREY,
                    alpha=0.7, label=f"other points ({len(others)})", zorder=2)
     if stair is not None:
         ax.step(stair[0], stair[1], where=stair[2], color=_FRONT, linewidth=1.5, zorder=3)
-    if on:
+    if on and not methods:
         ax.scatter([xy[i][0] for i in on], [xy[i][1] for i in on], s=36, c=_FRONT,
                    edgecolors="black", linewidths=0.5, label=f"Pareto front ({len(on)})", zorder=4)
+    _paper_png(ax, paper, x, y)
     ax.set_xlabel(_label(x, objs))
     ax.set_ylabel(_label(y, objs))
     ax.set_title(title if title is not None else f"Pareto front: {y} vs {x}")
     ax.grid(True, alpha=0.3)
-    if others or on:
+    if others or on or _drawable_paper(paper, x, y):
         ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(out, format="png")
@@ -144,8 +196,10 @@ def plot_front_html(
     y: str = "accuracy",
     hover_keys: Sequence[str] | None = None,
     title: str | None = None,
+    paper: Sequence[Mapping] | None = None,
 ) -> Path:
-    """Interactive, self-contained plotly HTML of ``points`` with the front highlighted.
+    """Interactive, self-contained plotly HTML of ``points`` with the front highlighted
+    (coloured by method when they carry several; ``paper``: the paper's rows as stars).
 
     Hovering a point shows the ``hover_keys`` it has (default, ``None``: its trial id, epsilon
     and every searched parameter it carries, e.g. ``halting.alpha``; see
@@ -166,10 +220,18 @@ def plot_front_html(
         return default_hover_keys(p) if hover_keys is None else list(hover_keys)
 
     fig = go.Figure()
-    for on_front, name, color, size in ((False, "other points", _GREY, 7), (True, "Pareto front", _FRONT, 10)):
-        idx = [i for i in drawable if bool(front[i]) == on_front]
+    methods = _methods(points)
+    groups = ([(m, on_front) for m in methods for on_front in (False, True)] if methods
+              else [(None, False), (None, True)])
+    for method, on_front in groups:
+        idx = [i for i in drawable if bool(front[i]) == on_front and (method is None or points[i].get("method") == method)]
         if not idx:
             continue
+        if method is None:
+            name, color, size = ("Pareto front", _FRONT, 10) if on_front else ("other points", _GREY, 7)
+        else:
+            name = f"{method}{', on the front' if on_front else ''}"
+            color, size = METHOD_COLOURS.get(method, _GREY), 10 if on_front else 7
         fig.add_trace(
             go.Scatter(
                 x=[xy[i][0] for i in idx],
@@ -181,6 +243,7 @@ def plot_front_html(
                 hoverinfo="text",
             )
         )
+    _paper_html(fig, paper, x, y)
     if stair is not None:
         sx, sy = _step_xy(*stair)
         fig.add_trace(
@@ -196,6 +259,24 @@ def plot_front_html(
     )
     fig.write_html(str(out), include_plotlyjs=True, full_html=True)
     return out
+
+
+def _paper_html(fig, paper, x, y) -> None:
+    """The paper's rows as one trace of labelled stars, its hover naming the source."""
+    import plotly.graph_objects as go
+
+    from .paper_results import marker_label
+
+    rows = _drawable_paper(paper, x, y)
+    if not rows:
+        return
+    fig.add_trace(go.Scatter(
+        x=[a for a, _, _ in rows], y=[b for _, b, _ in rows], mode="markers+text", name=PAPER_LEGEND,
+        text=[marker_label(r) for _, _, r in rows], textposition="top right", textfont=dict(size=9),
+        marker=dict(symbol="star", size=13, color=_PAPER, line=dict(width=0.5, color="black")),
+        hovertext=[_hover_text(r, ["method", "model", "table", "note", "source", "measured"], [x, y]) for _, _, r in rows],
+        hoverinfo="text",
+    ))
 
 
 def plot_hypervolume_png(history: Sequence[float], path, title: str | None = None) -> Path:
