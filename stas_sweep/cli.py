@@ -167,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         x = next(iter(loader))[0].to(device)
         result["temporal_similarity"] = temporal_similarity(model, x)
     if args.halting_maps:
-        eps = epsilons[0] if model.halting is not None else None
+        eps = epsilons[0] if model.method == "stas" else None  # the baselines at their trained knob
         paths = halting_maps(model, loader, args.halting_maps, epsilon=eps, device=device,
                              mean=info.mean, std=info.std)
         result["halting_maps"] = [str(p) for p in paths]

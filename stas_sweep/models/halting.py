@@ -22,6 +22,11 @@ accumulates no score there.
 Decisions (SPEC): the p of a timestep are not renormalised in ``tb``; the counts N in the
 ponder loss carry no gradient, the remainders r do (through h); the state is float32 even
 under autocast.
+
+The paper's baselines are configured here too (``halting.method``, docs/baselines.md):
+:class:`TokenDropConfig` (a fixed keep ratio per block) and :class:`TimestepExitConfig` (an
+entropy test on the running-mean logits after each timestep, :func:`exit_steps`); the model
+runs them (:mod:`~stas_sweep.models.vit`). Each method has one evaluation knob (``KNOBS``).
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int
     T, L = model.timesteps, model.depth
     m = torch.tensor(mean).view(-1, 1, 1)
     s = torch.tensor(std).view(-1, 1, 1)
-    eps = epsilon if epsilon is not None else (model.halting.epsilon if model.halting else "static")
+    eps = epsilon if epsilon is not None else (model.halting.knob if model.halting else "static")
 
     def show_image(ax, img):
         if img.dim() == 4:  # event frames [T, 2, H, W]: events summed over time and polarity
