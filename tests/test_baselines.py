@@ -355,3 +355,31 @@ def test_baselines_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     out = cli(["pareto", "--paper", "--experiment", "baselines"], env, folder)
     assert out.returncode == 0, out.stderr
     assert "method" in out.stdout and "the paper reports no figures for data set 'digits'" in out.stdout
+
+
+def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys):
+    """A CIFAR-100 sweep's tracker draws the paper's Table 3 rows on the front PNG/HTML, and
+    ``pareto --paper`` lists them as not measured (a real sqlite MLflow store, no Ray)."""
+    from stas_sweep.cli import main
+    from stas_sweep.sweep.front import front_of
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import SweepTracker
+
+    spec = load_spec(Path(__file__).parent.parent / "search_spaces" / "cifar100_baselines.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "c100", spec.name, str(tmp_path), spec.objectives, scheduler="moasha")
+    tracker.start_parent(spec, "plan")
+    assert tracker.paper and all(not r["measured"] for r in tracker.paper)
+    tracker.child("t1", {"halting.method": "token_drop"})
+    assert tracker.client.get_run(tracker.runs["t1"]).data.tags["method"] == "token_drop"
+    points = [{"trial_id": "t1", "method": "token_drop", "epsilon": None, "keep_ratio": k, "exit_threshold": None,
+               "accuracy": 70.0 + 5 * k, "energy_mj": 0.3 + 0.2 * k} for k in (1.0, 0.5)]
+    points.append({"trial_id": "t2", "method": "stas", "epsilon": 0.1, "keep_ratio": None, "exit_threshold": None,
+                   "accuracy": 74.0, "energy_mj": 0.45})
+    tracker.write_front(front_of(points, spec.objectives, spec.reference), final=True)
+    html = Path(tracker.client.download_artifacts(tracker.parent_id, "pareto_front.html")).read_text()
+    assert "paper: STAS^eps Spikingformer-4-384" in html and "Tables 2-3; not measured" in html
+    assert main(["pareto", "--paper", "--tracking-uri", uri, "--experiment", "c100"]) == 0
+    out = capsys.readouterr().out
+    assert "the paper's figures, NOT measured here" in out and "Spikingformer-4-384" in out
+    assert "keep_ratio 0.5" in out  # the front lists each point's method and knob
