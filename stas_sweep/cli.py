@@ -1,7 +1,7 @@
 """``stas-sweep``: the one command-line door.
 
     stas-sweep models [--json]              named configurations and parameter counts
-    stas-sweep energy MODEL [--epsilon E] [--convention paper|strict]
+    stas-sweep energy MODEL [--epsilon E | --keep-ratio R | --exit-threshold H] [--convention paper|strict]
                                             energy, firing rates and token ratio on a batch
     stas-sweep train CONFIG [--set k=v]     one training run (stage 1 or stage 2)
     stas-sweep eval CHECKPOINT              accuracy / tokens / energy at several epsilons
@@ -88,7 +88,15 @@ def cmd_energy(args: argparse.Namespace) -> int:
     from .models.diagnostics import calibrate_batchnorm, temporal_similarity
 
     halting = None
-    if args.epsilon is not None or args.halting:
+    baseline = {"keep_ratio": args.keep_ratio, "exit_threshold": args.exit_threshold}
+    if sum(v is not None for v in baseline.values()) + bool(args.epsilon is not None or args.halting) > 1:
+        raise UsageError("give one of --halting/--epsilon (A-SSA), --keep-ratio (token dropping) or "
+                         "--exit-threshold (timestep exit)")
+    if args.keep_ratio is not None:
+        halting = {"method": "token_drop", "keep_ratio": args.keep_ratio}
+    elif args.exit_threshold is not None:
+        halting = {"method": "timestep_exit", "exit_threshold": args.exit_threshold}
+    elif args.epsilon is not None or args.halting:
         from .models.halting import PAPER_ALPHA_BETA
         from .models.registry import get_arch
 
@@ -107,7 +115,8 @@ def cmd_energy(args: argparse.Namespace) -> int:
         out = model.eval()(x)
     result = {
         "model": args.model, "stem": args.stem, "timesteps": args.timesteps, "input": source,
-        "epsilon": None if halting is None else halting["epsilon"],
+        "method": model.method, "epsilon": None if halting is None else halting.get("epsilon"),
+        "keep_ratio": args.keep_ratio, "exit_threshold": args.exit_threshold,
         "convention": args.convention, "energy": report.energy(args.convention),
         "energy_mj": report.energy_mj, "energy_strict_mj": report.energy_strict_mj,
         "mac_ops": report.mac_ops, "ac_ops": report.ac_ops,
@@ -366,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "-5 for spikformer, 5 otherwise)")
     p.add_argument("--beta", type=float, help="halting score bias (default: the paper's, 0 for spikformer, -25 otherwise)")
     p.add_argument("--accumulation", choices=["tb", "b"], default="tb")
+    p.add_argument("--keep-ratio", type=float, help="the token-dropping baseline at this keep ratio in (0, 1]")
+    p.add_argument("--exit-threshold", type=float,
+                   help="the timestep-exit baseline at this normalised-entropy threshold in [0, 1]")
     p.add_argument("--input", choices=["digits", "random"], default="digits",
                    help="offline digits validation images (default) or random input")
     p.add_argument("--batch", type=int, default=16)

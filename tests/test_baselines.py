@@ -383,3 +383,18 @@ def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "the paper's figures, NOT measured here" in out and "Spikingformer-4-384" in out
     assert "keep_ratio 0.5" in out  # the front lists each point's method and knob
+
+
+def test_energy_command_runs_the_baselines(capsys):
+    from stas_sweep.cli import main
+
+    base = ["energy", "spikformer-2-32", "--img-size", "16", "--input", "random", "--batch", "4", "--json"]
+    assert main([*base, "--keep-ratio", "0.5"]) == 0
+    drop = json.loads(capsys.readouterr().out)
+    assert drop["method"] == "token_drop" and drop["token_ratio"] == 0.5
+    assert any(r["layer"] == "token_score" for r in drop["layers"])
+    assert main([*base, "--exit-threshold", "1.0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "timestep_exit" and out["token_ratio"] == 0.25  # every image stops at t = 1 of 4
+    assert main([*base, "--keep-ratio", "0.5", "--epsilon", "0.1"]) == 2
+    assert "give one of" in capsys.readouterr().err
