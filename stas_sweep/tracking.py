@@ -123,10 +123,11 @@ class SweepTracker:
     * parent run (tags ``stas.role=sweep``, ``stas.sweep``, ``stas.path``): the search-space
       file, the resolved plan, code version and seeds; the front as a table
       (``pareto_front.json``), a PNG and an interactive HTML scatter; ``hypervolume`` per
-      finished trial and ``hypervolume.png``; ``candidates.json`` (every (trial, epsilon) point);
+      finished trial and ``hypervolume.png``; ``candidates.json`` (every (trial, knob) point); for a
+      CIFAR or ImageNet sweep the paper's Tables 2-3 rows drawn as markers on the front plots;
     * child run per trial, nested by ``mlflow.parentRunId`` and found again by tag ``trial_id``
       (so a resumed sweep never logs a trial twice): sampled params, per-epoch metrics, its
-      ``epsilon_table.json``, tags ``full_budget``, ``stopped_by``, ``pareto`` and, for a failed
+      ``epsilon_table.json``, tags ``method`` (its halting method), ``full_budget``, ``stopped_by``, ``pareto`` and, for a failed
       trial, ``error``.
 
     The points and the front come from :mod:`stas_sweep.sweep.front` (anything with ``points``,
@@ -253,7 +254,7 @@ class SweepTracker:
             return self.runs[trial_id]
         run = self.client.create_run(self._experiment_id(), run_name=f"trial-{trial_id}", tags={
             "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep,
-            "pareto": "false", "full_budget": "false", "method": params.get("halting.method", self.base_method),
+            "pareto": "false", "full_budget": "false", "method": params.get("halting.method", getattr(self, "base_method", "stas")),
         })
         self.runs[trial_id] = run.info.run_id
         log_params(self.client, run.info.run_id, params)
@@ -318,7 +319,7 @@ class SweepTracker:
         with tempfile.TemporaryDirectory() as d:
             if points:
                 self.client.log_artifact(self.parent_id, str(plot_front_png(
-                    points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y, paper=self.paper,
+                    points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y, paper=getattr(self, "paper", None),
                     title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
                 if final:
                     self.client.log_artifact(self.parent_id, str(plot_front_html(
@@ -354,7 +355,7 @@ class TrackingError(ValueError):
 
 def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
     """The latest sweep's parent run in the store: ``{"run_id", "name", "status", "objectives",
-    "front"}`` (``front``: ``pareto_front.json``, empty before a trial finished)."""
+    "front", "dataset"}`` (``front``: ``pareto_front.json``, empty before a trial finished)."""
     import mlflow
 
     uri = default_tracking_uri(uri)
