@@ -316,14 +316,15 @@ class SweepTracker:
         names = [m for m, _ in self.objectives]
         if x not in names or y not in names:
             x, y = names[1], names[0]
+        paper = getattr(self, "paper", None)  # the paper's rows (absent in a tracker pickled before them)
         with tempfile.TemporaryDirectory() as d:
             if points:
                 self.client.log_artifact(self.parent_id, str(plot_front_png(
-                    points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y, paper=getattr(self, "paper", None),
+                    points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y, paper=paper,
                     title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
                 if final:
                     self.client.log_artifact(self.parent_id, str(plot_front_html(
-                        points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=self.paper)))
+                        points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=paper)))
             history = self.client.get_metric_history(self.parent_id, "hypervolume")
             if history:
                 values = [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
