@@ -106,9 +106,8 @@ def stage1_weights(spec: SweepSpec, log=print) -> dict:
     import torch
 
     from ..train.checkpoint import load_checkpoint
-    from ..train.config import config_from_dict
 
-    cfg = config_from_dict(spec.stage1_config(), f"{spec.path} (stage1)")  # validated by load_spec
+    cfg = spec.stage1
     local = "://" not in spec.storage_path
     out = Path(spec.storage_dir()) / f"stage1-{spec.stage1_key()}" if local else None
     if out is not None:
