@@ -178,8 +178,8 @@ class SweepTracker:
         """Create the sweep's parent run, or reopen it when the sweep is resumed."""
         from .sweep.paper_results import paper_rows
 
-        self.base_method = (spec.base.get("halting") or {}).get("method", "stas")
-        self.paper = paper_rows(spec.base.get("data", {}).get("name"), transformers_only=True)
+        self.base_method = spec.base.halting.method if spec.base.halting is not None else "stas"
+        self.paper = paper_rows(spec.base.data.name, transformers_only=True)
         exp_id = self._experiment_id()
         found = self.client.search_runs(
             [exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{self.sweep}' "
@@ -202,11 +202,11 @@ class SweepTracker:
             "sampler": spec.sampler, "seed": spec.seed, "num_samples": spec.num_samples,
             "scheduler": spec.scheduler, "max_epochs": spec.max_epochs, "epsilons": spec.epsilons,
             "objectives": spec.objectives, "reference": spec.reference, "stage1_key": spec.stage1_key(),
-            "base": spec.base,
+            "base": spec.base.to_dict(),
         })
         self.client.log_artifact(self.parent_id, str(spec.path))
         self._log_text(self.parent_id, plan, "plan.txt")
-        self._log_json(self.parent_id, {"base": spec.base, "stage1": spec.stage1_config(),
+        self._log_json(self.parent_id, {"base": spec.base.to_dict(), "stage1": spec.stage1.to_dict(),
                                         "space": {p.key: p.describe() for p in spec.params}}, "resolved_config.json")
         return self.parent_id
 

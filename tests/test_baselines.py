@@ -333,7 +333,7 @@ def test_baselines_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
         eval={"epsilons": [0.0, 0.4], "keep_ratios": [1.0, 0.5], "exit_thresholds": [0.0, 0.9]},
         search={"sampler": "random", "seed": 0, "num_samples": 3,
                 "points_to_evaluate": [{"halting.method": m, "halting.beta": -6.0} for m in methods]},
-        scheduler={"type": "fifo", "max_epochs": 1}, max_concurrent_trials=2, stage1={"epochs": 1},
+        scheduler={"type": "fifo", "max_epochs": 1}, max_concurrent_trials=2,
         mlflow={"experiment": "baselines"})
     proc = cli(["run", str(space)], env, folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

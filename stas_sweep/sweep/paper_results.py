@@ -85,6 +85,7 @@ DATASETS = ("cifar10", "cifar100", "imagenet")
 def paper_rows(dataset: str | None, *, transformers_only: bool = False) -> list[dict]:
     """The paper's rows for ``dataset`` (``cifar10``, ``cifar100``, ``imagenet``; any other
     name, e.g. ``digits``, has none), each with ``source`` and ``measured: False``."""
+    dataset = str(dataset).strip().lower().replace("_", "-") if dataset else None
     return [{**r, "source": f"{SOURCE}, Table {r['table']}", "measured": False} for r in PAPER_RESULTS
             if r["dataset"] == dataset and (r["transformer"] or not transformers_only)]
 
