@@ -77,7 +77,7 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
 def test_sweep_resumes_after_ctrl_c_without_duplicates(sweep_env, sweep_file, cli, mlflow_runs):
     folder, env = sweep_env
     space = sweep_file(folder, name="resumable", scheduler={"type": "fifo", "max_epochs": 1},
-                       max_concurrent_trials=1, search={"sampler": "random", "seed": 1, "num_samples": 3},
+                       max_concurrent_trials=1, search={"sampler": "random", "seed": 1, "num_samples": 5},
                        space={"halting.beta": {"uniform": [-8.0, -4.0]}})
     proc = subprocess.Popen([sys.executable, "-m", "stas_sweep.cli", "run", str(space)], env=env, cwd=folder,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -97,14 +97,14 @@ def test_sweep_resumes_after_ctrl_c_without_duplicates(sweep_env, sweep_file, cl
     _, parents, children = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
     assert parents[0].info.status == "KILLED"
     finished_before = {c.data.tags["trial_id"] for c in children if c.data.tags.get("full_budget") == "true"}
-    assert 1 <= len(finished_before) < 3
+    assert 1 <= len(finished_before) < 5  # trials take seconds: five leave room for Ctrl-C to land mid-sweep
 
     resumed = cli(["run", str(space), "--resume"], env, folder)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client, parents, children = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     ids = [c.data.tags["trial_id"] for c in children]
-    assert len(ids) == 3 and len(set(ids)) == 3
+    assert len(ids) == 5 and len(set(ids)) == 5
     for c in children:
         # one epoch each: a finished trial was not trained again after the resume
         assert len(client.get_metric_history(c.info.run_id, "accuracy")) == 1
