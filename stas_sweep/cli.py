@@ -28,8 +28,20 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-class UsageError(ValueError):
-    """Bad input from the user: printed as one line, exit code 2."""
+from .errors import UsageError, UserError  # noqa: E402 - after the OpenMP policy (errors imports nothing heavy)
+
+
+class _flag_errors:
+    """Around a library call made with the command's flags only (create_model(name, img_size,
+    ...)): its argument checks (ValueError) are the user's flags being wrong, so a UsageError."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if isinstance(err, ValueError) and not isinstance(err, UserError):
+            raise UsageError(str(err)) from None
+        return False
 
 
 def _add_shape_args(p: argparse.ArgumentParser, img_size: int = 32) -> None:
@@ -45,8 +57,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for name in list_models(args.pattern):
         arch = get_arch(name)
-        model = create_model(name, num_classes=args.num_classes, img_size=args.img_size,
-                             in_channels=args.in_channels)
+        with _flag_errors():
+            model = create_model(name, num_classes=args.num_classes, img_size=args.img_size,
+                                 in_channels=args.in_channels)
         rows.append({
             "name": name, "family": arch.family, "depth": arch.depth, "embed_dim": arch.embed_dim,
             "num_heads": arch.num_heads, "params": sum(p.numel() for p in model.parameters()),
@@ -92,12 +105,14 @@ def cmd_energy(args: argparse.Namespace) -> int:
         from .models.halting import PAPER_ALPHA_BETA
         from .models.registry import get_arch
 
-        alpha, beta = PAPER_ALPHA_BETA[get_arch(args.model).family]
+        with _flag_errors():
+            alpha, beta = PAPER_ALPHA_BETA[get_arch(args.model).family]
         halting = {"alpha": alpha if args.alpha is None else args.alpha, "beta": beta if args.beta is None else args.beta,
                    "epsilon": 0.01 if args.epsilon is None else args.epsilon, "accumulation": args.accumulation}
-    model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
-                         in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,
-                         halting=halting)
+    with _flag_errors():
+        model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
+                             in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,
+                             halting=halting)
     x, source = _input_batch(args)
     # untrained weights: set batch-norm statistics from the batch so the LIF layers fire
     calibrate_batchnorm(model, x)
@@ -152,7 +167,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train import config_from_dict, epsilon_table, format_table, halting_maps, model_from_checkpoint
     from .train.trainer import resolve_device
 
-    device = resolve_device(args.device)
+    device = _eval_device(args.device, resolve_device)
+    if args.halting_maps:
+        _check_output_folder(args.halting_maps, "--halting-maps")
     model, state = model_from_checkpoint(args.checkpoint, device)
     cfg = config_from_dict(state.get("config") or {}, f"{args.checkpoint} (its config)")
     _, val, info = build_datasets(
@@ -182,6 +199,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.halting_maps:
         print(f"halting maps: {result['halting_maps'][0]} (+{len(result['halting_maps']) - 1} per-sample files)")
     return 0
+
+
+def _eval_device(name: str, resolve):
+    import torch
+
+    if name != "auto" and name not in ("cpu", "cuda", "mps") and not name.startswith(("cuda:", "cpu:")):
+        raise UsageError(f"--device {name!r}: accepted values: auto, cpu, cuda, cuda:N")
+    try:
+        device = resolve(name)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"--device {name!r}: {e}") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _check_output_folder(path: str, flag: str) -> None:
+    """A folder we will write into: it, or the nearest folder above it that exists, must be a
+    writable folder (nothing is created here)."""
+    p = Path(path).absolute()
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a folder; give a folder to write into")
+    q = p
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise UsageError(f"{flag} {path}: {q} is a file, so no folder can be made there")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {q} is not writable")
 
 
 def _parse_epsilons(text: str) -> list[float]:
@@ -255,7 +301,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if uri is None or uri.startswith("sqlite:"):
         print("note: no --tracking-uri: the job logs to a sqlite file on the head node; give the URL of a shared "
               "`mlflow server` to browse the front from here", file=sys.stderr)
-    job_id, status = submit(spec, args.address, tracking_uri=uri, resume=args.resume, wait=not args.no_wait)
+    try:
+        job_id, status = submit(spec, args.address, tracking_uri=uri, resume=args.resume, wait=not args.no_wait)
+    except ConnectionError as e:  # the dashboard did not answer: the --address is wrong or the cluster down
+        raise UsageError(str(e)) from None
     if args.no_wait:
         return 0
     print(f"job {job_id}: {status}")
@@ -297,18 +346,58 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI as a child process in its own process group; when this command stops
+    (Ctrl-C, SIGTERM, SIGHUP) the whole group (``mlflow ui`` and its uvicorn workers) is stopped too."""
+    import signal
+    import socket
     import subprocess
 
     from .tracking import default_tracking_uri
 
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: give a port number from 1 to 65535 (default 5000)")
     uri = default_tracking_uri(args.tracking_uri)
     if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:")) and "://" in uri:
         print(f"{uri} is a tracking server: open it in a browser instead")
         return 0
+    try:
+        with socket.create_server((args.host, args.port)):
+            pass  # free now: mlflow binds it next
+    except OSError as e:
+        raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e}); "
+                         f"choose another --port") from None
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (filter runs with tags.pareto = 'true'; Ctrl-C stops)")
-    return subprocess.call(cmd)
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (filter runs with tags.pareto = 'true'; "
+          f"Ctrl-C stops)", flush=True)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop() -> None:
+        if proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(wait)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def on_signal(signum, _frame):
+        stop()
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,7 +494,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the longest error message printed; anything past it (a huge echoed value) is cut
+MAX_MESSAGE = 4000
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input: :class:`UserError` and its subclasses (ConfigError,
+    CheckpointError, DataError, DatasetNotFoundError, TrackingError, UsageError ...)."""
+    errors: list[type[BaseException]] = [UserError]
+    space = sys.modules.get("stas_sweep.sweep.space")
+    if space is not None and not issubclass(space.SpaceError, UserError):
+        errors.append(space.SpaceError)  # until search-space errors derive from UserError
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (a :class:`UserError`) prints one message and returns 2;
+    any other exception is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -413,8 +518,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stas-sweep {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"stas-sweep {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
+        text = str(e)
+        if len(text) > MAX_MESSAGE:
+            text = f"{text[:MAX_MESSAGE]}... (message cut at {MAX_MESSAGE} of {len(text)} characters)"
+        print(f"stas-sweep {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

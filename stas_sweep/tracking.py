@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
 
 
@@ -342,7 +344,7 @@ class SweepTracker:
 
 # -- reading a sweep back ---------------------------------------------------------------------
 
-class TrackingError(ValueError):
+class TrackingError(UserError, ValueError):
     """Nothing to read where the user pointed (message names the store and what exists)."""
 
 

@@ -35,6 +35,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
+from .errors import DataError
+
 __all__ = [
     "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD",
     "DEFAULT_RECIPES", "resolve_recipe", "image_transforms", "TensorAugment",
@@ -73,7 +75,7 @@ def resolve_recipe(name: str, overrides: Mapping[str, Any] | None) -> dict[str, 
     recipe = dict(DEFAULT_RECIPES[name])
     unknown = sorted(set(overrides or {}) - set(recipe))
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"unknown recipe key(s) {unknown} for data set {name!r}; accepted keys: {', '.join(sorted(recipe))}"
         )
     recipe.update(overrides or {})
