@@ -44,6 +44,36 @@ class _flag_errors:
         return False
 
 
+class _store_errors:
+    """Around calls that read or write an MLflow store the user named: a store that cannot be
+    opened (a corrupt or locked ``mlflow.db``, a server that does not answer) is a
+    :class:`~stas_sweep.tracking.TrackingError` naming it, not a traceback from sqlalchemy."""
+
+    def __init__(self, uri: str | None) -> None:
+        self.uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if err is None or isinstance(err, UserError) or not isinstance(err, Exception):
+            return False
+        from mlflow.exceptions import MlflowException
+
+        try:
+            from sqlalchemy.exc import SQLAlchemyError
+        except ImportError:  # pragma: no cover - MLflow installs it
+            SQLAlchemyError = MlflowException  # noqa: N806
+        if isinstance(err, (MlflowException, SQLAlchemyError, ConnectionError)):
+            from .tracking import TrackingError, default_tracking_uri
+
+            detail = (str(err).strip().splitlines() or [""])[0][:300]
+            raise TrackingError(f"MLflow store {default_tracking_uri(self.uri)} cannot be used "
+                                f"({type(err).__name__}: {detail}); fix or unlock it, or give another "
+                                f"--tracking-uri") from None
+        return False
+
+
 def _add_shape_args(p: argparse.ArgumentParser, img_size: int = 32) -> None:
     p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
     p.add_argument("--img-size", type=int, default=img_size, help=f"input side in pixels (default {img_size})")
@@ -153,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     out = Path(args.output_dir) if args.output_dir else Path("runs") / Path(args.config).stem
     run = train_run(cfg, out, resume=args.resume, progress=not args.no_progress, tracking_uri=args.tracking_uri,
-                    mlflow=not args.no_mlflow, threads=threads)
+                    mlflow=not args.no_mlflow, threads=threads, source=args.config)
     final = run.history[-1] if run.history else {}
     print(f"done: accuracy {final.get('accuracy', float('nan')):.2f}%, token ratio "
           f"{final.get('token_ratio', float('nan')):.3f}, energy {final.get('energy_mj', float('nan')):.4f} mJ; "
@@ -204,7 +234,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _eval_device(name: str, resolve):
     import torch
 
-    if name != "auto" and name not in ("cpu", "cuda", "mps") and not name.startswith(("cuda:", "cpu:")):
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
         raise UsageError(f"--device {name!r}: accepted values: auto, cpu, cuda, cuda:N")
     try:
         device = resolve(name)
@@ -272,7 +304,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(plan, flush=True)
     tracker = SweepTracker(uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
                            scheduler=spec.scheduler)
-    tracker.start_parent(spec, plan)
+    with _store_errors(uri):
+        tracker.start_parent(spec, plan)
     try:
         result = run_sweep(spec, address=args.address, resume=args.resume,
                            callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference)])
@@ -335,7 +368,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from .sweep.front import param_keys
     from .tracking import latest_sweep
 
-    sweep = latest_sweep(args.tracking_uri, args.experiment)
+    with _store_errors(args.tracking_uri):
+        sweep = latest_sweep(args.tracking_uri, args.experiment)
     front = sweep["front"]
     if args.json:
         print(json.dumps(front, indent=2))

@@ -85,6 +85,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base`: merged keys may be overridden, SafeLoader resolves them below
         key = loader.construct_object(key_node, deep=deep)
         try:
             twice = key in seen
