@@ -366,3 +366,53 @@ def test_readme_refers_only_to_existing_cluster_files():
     text = README.read_text()
     for name in set(re.findall(r"cluster/([\w.-]+\.ya?ml)", text)):
         assert (CLUSTER / name).is_file(), f"README mentions cluster/{name}, which does not exist"
+
+
+# --------------------------------------------------------------------------------------------------
+# the local Ray that `stas-sweep run` starts
+
+
+def _listeners(pids: set[int]) -> list[str]:
+    """``ip:port`` of every TCP socket the processes ``pids`` listen on (``ss -ltnp``)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ss") is None:
+        pytest.skip("no `ss` on this machine")
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines()
+            if any(f"pid={pid}," in line for pid in pids)]
+
+
+def test_local_ray_listens_on_loopback_only(tmp_path, monkeypatch):
+    """init_ray's local Ray: GCS, raylet, agents, the driver's and a worker's servers all listen
+    on 127.0.0.1 (Ray 2.60 on Linux otherwise listens on every interface)."""
+    import os
+    import tempfile
+
+    import psutil
+    import ray
+
+    from stas_sweep.sweep.runner import init_ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("STAS_SWEEP_RAY_TMPDIR", tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short socket paths
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    if ray.is_initialized():
+        pytest.skip("Ray is already running in this process")
+    init_ray(None, None)
+    try:
+        @ray.remote(num_cpus=0)
+        def worker_pid() -> int:
+            return os.getpid()
+
+        pids = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid(), ray.get(worker_pid.remote())}
+        listening = _listeners(pids)
+        assert len(listening) >= 4, listening  # gcs, raylet (2), driver, worker, agents
+        assert all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in listening), listening
+        assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+    finally:
+        ray.shutdown()
