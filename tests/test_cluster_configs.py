@@ -23,6 +23,7 @@ RAYJOB = CLUSTER / "kuberay-rayjob.yaml"
 RAYCLUSTER = CLUSTER / "kuberay-raycluster.yaml"
 SHARED_PVC = CLUSTER / "kuberay-shared-pvc.yaml"
 MLFLOW = CLUSTER / "mlflow-server.yaml"
+NETPOL = CLUSTER / "kuberay-networkpolicy.yaml"
 README = CLUSTER / "README.md"
 
 RAY_VERSION = "2.60.0"
@@ -49,7 +50,7 @@ def _by_kind(kind: str) -> list[tuple[Path, dict]]:
 
 
 def test_expected_files_exist():
-    for p in (LAUNCHER, RAYJOB, RAYCLUSTER, SHARED_PVC, MLFLOW, README):
+    for p in (LAUNCHER, RAYJOB, RAYCLUSTER, SHARED_PVC, MLFLOW, NETPOL, README):
         assert p.is_file(), f"missing {p.relative_to(ROOT)}"
 
 
@@ -287,6 +288,70 @@ def test_mlflow_server_is_cluster_internal():
     assert svc.get("type", "ClusterIP") == "ClusterIP", "MLflow must not be exposed outside the cluster"
     assert svc["selector"] == deployments[0]["spec"]["selector"]["matchLabels"]
     assert not [d for d in docs if d.get("kind") == "Ingress"]
+
+
+# --------------------------------------------------------------------------------------------------
+# who may reach Ray and MLflow: token auth, NetworkPolicies
+
+
+def _ray_pod_templates(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+
+
+def test_kuberay_clusters_use_token_auth_and_label_their_pods(rayjob, raycluster):
+    for spec, where in ((raycluster["spec"], "RayCluster"), (rayjob["spec"]["rayClusterSpec"], "RayJob")):
+        assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: Ray token auth must be on"
+        for template in _ray_pod_templates(spec):
+            assert template.get("metadata", {}).get("labels", {}).get("stas-sweep/role") == "ray", (
+                f"{where}: every Ray pod needs the label the NetworkPolicy selects")
+        assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+
+
+def _policies() -> dict[str, dict]:
+    docs = [d for d in _docs(NETPOL) if d.get("kind") == "NetworkPolicy"]
+    assert all(d["apiVersion"] == "networking.k8s.io/v1" for d in docs)
+    return {d["metadata"]["name"]: d["spec"] for d in docs}
+
+
+def _ports(rule: dict) -> set:
+    return {p["port"] for p in rule.get("ports", [])} or {"any"}
+
+
+def test_networkpolicies_restrict_ray_and_mlflow(rayjob):
+    policies = _policies()
+    ray = next(p for p in policies.values() if p["podSelector"]["matchLabels"] == {"stas-sweep/role": "ray"})
+    mlflow_sel = next(d for d in _docs(MLFLOW) if d.get("kind") == "Deployment")["spec"]["selector"]["matchLabels"]
+    mlflow = next(p for p in policies.values() if p["podSelector"]["matchLabels"] == mlflow_sel)
+    for policy in (ray, mlflow):
+        assert "Ingress" in policy["policyTypes"]
+        for rule in policy["ingress"]:
+            assert rule.get("from"), "an ingress rule without `from` admits everyone"
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer and peer.get("podSelector", {}).get("matchLabels"), peer
+    # Ray: any port between Ray pods; from anything else only the dashboard / Jobs API
+    for rule in ray["ingress"]:
+        peers = [p["podSelector"]["matchLabels"] for p in rule["from"]]
+        if peers == [{"stas-sweep/role": "ray"}] and "namespaceSelector" not in rule["from"][0]:
+            continue
+        assert _ports(rule) == {8265}, rule
+    submitters = [p["podSelector"]["matchLabels"] for r in ray["ingress"] for p in r["from"]]
+    assert {"batch.kubernetes.io/job-name": rayjob["metadata"]["name"]} in submitters
+    assert {"app.kubernetes.io/name": "kuberay-operator"} in submitters
+    # MLflow: port 5000 from the Ray pods only
+    assert [(_ports(r), [p["podSelector"]["matchLabels"] for p in r["from"]]) for r in mlflow["ingress"]] == [
+        ({5000}, [{"stas-sweep/role": "ray"}])]
+
+
+def test_launcher_says_what_protects_it(launcher):
+    """aws-gpu.yaml does not turn token auth on: it says so explicitly, binds the dashboard and
+    MLflow to 127.0.0.1, and the README says why and what protects them."""
+    starts = " ".join(launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"])
+    assert "RAY_AUTH_MODE=" in starts
+    assert "--dashboard-host=127.0.0.1" in starts
+    assert "--host 127.0.0.1 --port 5000" in starts
+    text = README.read_text()
+    assert "token auth is not turned on; the network protects it" in text
+    assert "kuberay-networkpolicy.yaml" in text and "authOptions" in text
 
 
 # --------------------------------------------------------------------------------------------------
