@@ -240,6 +240,8 @@ CASES = [
     # -- MLflow stores ----------------------------------------------------------------------------------
     Case("train_corrupt_mlflow_db", {"c.yaml": tiny(tracking={"experiment": "x"}), "mlflow.db": CORRUPT_DB},
          TRAIN + ["--tracking-uri", "sqlite:///{d}/mlflow.db"], ["mlflow.db", "cannot be used"]),
+    Case("run_corrupt_mlflow_db", {"s.yaml": space_file(), "base.yaml": tiny(halting={}), "mlflow.db": CORRUPT_DB},
+         ["run", "{d}/s.yaml", "--tracking-uri", "sqlite:///{d}/mlflow.db"], ["mlflow.db", "cannot be used"]),
     Case("pareto_corrupt_mlflow_db", {"mlflow.db": CORRUPT_DB}, ["pareto", "--tracking-uri", "sqlite:///{d}/mlflow.db"],
          ["mlflow.db", "cannot be used"]),
     Case("pareto_not_a_database", {"mlflow.db": b"not sqlite at all" * 100},
