@@ -74,10 +74,34 @@ class _store_errors:
         return False
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse then names the flag and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan, no inf)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
 def _add_shape_args(p: argparse.ArgumentParser, img_size: int = 32) -> None:
-    p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
-    p.add_argument("--img-size", type=int, default=img_size, help=f"input side in pixels (default {img_size})")
-    p.add_argument("--in-channels", type=int, default=3, help="input channels (default 3; DVS frames: 2)")
+    p.add_argument("--num-classes", type=_positive_int, default=10, help="classifier outputs (default 10)")
+    p.add_argument("--img-size", type=_positive_int, default=img_size, help=f"input side in pixels (default {img_size})")
+    p.add_argument("--in-channels", type=_positive_int, default=3, help="input channels (default 3; DVS frames: 2)")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -450,17 +474,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("energy", help="energy per image, firing rates and token ratio of a model")
     p.add_argument("model", help="a name from `stas-sweep models`")
     _add_shape_args(p)
-    p.add_argument("--timesteps", type=int, default=4)
+    p.add_argument("--timesteps", type=_positive_int, default=4)
     p.add_argument("--stem", choices=["sps", "isps"], default="isps")
     p.add_argument("--halting", action="store_true", help="turn A-SSA halting on")
-    p.add_argument("--epsilon", type=float, help="halting threshold knob in [0, 1) (implies --halting)")
-    p.add_argument("--alpha", type=float, help="halting score slope (default: the paper's for the family, "
+    p.add_argument("--epsilon", type=_finite_float, help="halting threshold knob in [0, 1) (implies --halting)")
+    p.add_argument("--alpha", type=_finite_float, help="halting score slope (default: the paper's for the family, "
                    "-5 for spikformer, 5 otherwise)")
-    p.add_argument("--beta", type=float, help="halting score bias (default: the paper's, 0 for spikformer, -25 otherwise)")
+    p.add_argument("--beta", type=_finite_float, help="halting score bias (default: the paper's, 0 for spikformer, -25 otherwise)")
     p.add_argument("--accumulation", choices=["tb", "b"], default="tb")
     p.add_argument("--input", choices=["digits", "random"], default="digits",
                    help="offline digits validation images (default) or random input")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--convention", choices=["paper", "strict"], default="paper",
                    help="energy convention of the table's per-layer columns and of the JSON 'energy' field: "
@@ -488,8 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--halting-maps", metavar="DIR", help="write PNG halting maps of a few validation images")
     p.add_argument("--similarity", action="store_true", help="print per-block temporal similarity")
     p.add_argument("--data-root", help="override the data set root stored in the checkpoint")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-batches", type=int, help="evaluate on the first N batches only")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--max-batches", type=_positive_int, help="evaluate on the first N batches only")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -522,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="start the MLflow UI for the default store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="1-65535 (default 5000)")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=cmd_ui)
     return parser

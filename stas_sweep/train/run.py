@@ -51,14 +51,25 @@ def check_output_dir(out: Path) -> None:
 
 
 def check_model_args(cfg: TrainConfig, where: str = "config") -> None:
-    """Build the configured model on the ``meta`` device (no memory, no time) so that its
-    argument checks (an image size the stem cannot tokenise, ...) are a :class:`ConfigError`
-    before any data is read; create_model's ValueErrors are exactly those checks."""
+    """The checks of a config against this machine and the model, before any data is read, each
+    a :class:`ConfigError`: the device exists, ``sml.block`` is a block of the model, and the
+    model builds on the ``meta`` device (no memory, no time) with the data's image size
+    (create_model's ValueErrors are exactly its argument checks)."""
     import torch
 
     from ..data.factory import DEFAULT_IMG_SIZE, canonical_name
     from ..models import create_model
 
+    from ..models import get_arch
+    from .trainer import resolve_device
+
+    try:
+        resolve_device(cfg.device)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"{where}: device is {cfg.device!r}: {e}") from None
+    depth = get_arch(cfg.model.name).depth
+    if cfg.sml.enabled and cfg.sml.block is not None and not 0 <= cfg.sml.block < depth:
+        raise ConfigError(f"{where}: sml.block is {cfg.sml.block}; {cfg.model.name} has blocks 0..{depth - 1}")
     name = canonical_name(cfg.data.name)
     kwargs = {"img_size": cfg.data.img_size or DEFAULT_IMG_SIZE[name], "timesteps": cfg.model.timesteps,
               "stem": cfg.model.stem, "halting": cfg.halting.model_kwargs(cfg.model.name) if cfg.halting else None,
