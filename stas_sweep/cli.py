@@ -203,6 +203,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads}: give a whole number of at least 1")
+    if args.output_dir is not None and not args.output_dir.strip():
+        raise UsageError("--output-dir '': give a folder for the run (default: ./runs/<config name>)")
     threads = set_threads(args.threads)
     cfg = load_config(args.config, args.set)
     out = Path(args.output_dir) if args.output_dir else Path("runs") / Path(args.config).stem
