@@ -9,7 +9,8 @@ To add a case, append a :class:`Case` to ``CASES``: ``files`` maps paths (relati
 folder) to text, bytes, a mapping (dumped as YAML) or a callable ``f(path)`` that writes it;
 ``argv`` may use ``{d}`` for the case folder and ``{ckpt}`` for a tiny valid checkpoint (kept
 outside the folder); ``hold`` is a context manager factory ``f(folder)`` kept open around the
-call (a lock, a busy port).
+call (a lock, a busy port). ``STAS_SHOW_MESSAGES=1 pytest -s tests/test_bad_input.py`` prints each
+case's message. The case that waits on a locked store (MLflow's 20 s busy timeout) is marked slow.
 """
 
 from __future__ import annotations
