@@ -77,7 +77,6 @@ def main() -> None:
     if args.out:
         with args.out.open("a") as f:
             f.write("\n" + text)
-    subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
 
 
 if __name__ == "__main__":

@@ -308,45 +308,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .sweep.runner import SweepError, run_tracked
     from .sweep.space import describe, load_spec
-
-    spec = load_spec(args.file)  # every check of the file happens before Ray starts
     from .tracking import default_tracking_uri
 
+    spec = load_spec(args.file)  # every check of the file happens before Ray starts
     uri = default_tracking_uri(args.tracking_uri or spec.tracking_uri)
     plan = describe(spec, uri)
+    print(plan, flush=True)
     if args.dry_run:
-        print(plan)
         print("dry run: nothing was trained")
         return 0
-    from .sweep.callbacks import TrackerCallback
-    from .sweep.runner import SweepError, check_can_start, experiment_path, run_sweep
-    from .tracking import SweepTracker
-
     try:
-        check_can_start(spec, args.resume)
+        with _store_errors(uri):  # a corrupt or locked mlflow.db: one line (before Ray starts, at start_parent)
+            result = run_tracked(spec, uri, plan, address=args.address, resume=args.resume)
     except SweepError as e:
-        raise UsageError(str(e)) from None
-    print(plan, flush=True)
-    tracker = SweepTracker(uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
-                           scheduler=spec.scheduler)
-    with _store_errors(uri):
-        tracker.start_parent(spec, plan)
-    try:
-        result = run_sweep(spec, address=args.address, resume=args.resume,
-                           callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference)])
-    except SweepError as e:
-        tracker.fail()
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
-        tracker.fail("KILLED")
         print(f"interrupted; the sweep's state is saved. Finish it with: stas-sweep run {args.file} --resume",
               file=sys.stderr)
         return 130
-    except BaseException:
-        tracker.fail()
-        raise
-    tracker.finish(result)
     _print_sweep_summary(result, spec, uri)
     return 0
 
@@ -559,13 +540,9 @@ MAX_MESSAGE = 4000
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean bad input: :class:`UserError` and its subclasses (ConfigError,
-    CheckpointError, DataError, DatasetNotFoundError, TrackingError, UsageError ...)."""
-    errors: list[type[BaseException]] = [UserError]
-    space = sys.modules.get("stas_sweep.sweep.space")
-    if space is not None and not issubclass(space.SpaceError, UserError):
-        errors.append(space.SpaceError)  # until search-space errors derive from UserError
-    return tuple(errors)
+    """The exceptions that mean bad input: :class:`UserError` and its subclasses (ConfigError and
+    SpaceError, CheckpointError, DataError, DatasetNotFoundError, TrackingError, UsageError ...)."""
+    return (UserError,)
 
 
 def main(argv: list[str] | None = None) -> int:

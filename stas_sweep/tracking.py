@@ -342,11 +342,11 @@ class SweepTracker:
             "sampler": spec.sampler, "seed": spec.seed, "num_samples": spec.num_samples,
             "scheduler": spec.scheduler, "max_epochs": spec.max_epochs, "epsilons": spec.epsilons,
             "objectives": spec.objectives, "reference": spec.reference, "stage1_key": spec.stage1_key(),
-            "base": spec.base,
+            "base": spec.base.to_dict(),
         })
         self.client.log_artifact(self.parent_id, str(spec.path))
         self._log_text(self.parent_id, plan, "plan.txt")
-        self._log_json(self.parent_id, {"base": spec.base, "stage1": spec.stage1_config(),
+        self._log_json(self.parent_id, {"base": spec.base.to_dict(), "stage1": spec.stage1.to_dict(),
                                         "space": {p.key: p.describe() for p in spec.params}}, "resolved_config.json")
         return self.parent_id
 

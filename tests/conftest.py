@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -84,11 +85,99 @@ def write_yaml():
     return _write_yaml
 
 
+@pytest.fixture(scope="session")
+def sweep_stage1(tmp_path_factory):
+    """The shared stage 1 of the tiny sweeps, trained once per session in-process: the folder
+    ``stage1-<key>`` as a sweep keeps it, and its key. A sweep whose stage-1 config is the same
+    reuses it ("stage 1: reusing ..."), exactly as a second sweep of a user's would."""
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.sweep.trainable import train_stage1
+
+    root = tmp_path_factory.mktemp("sweep-stage1")
+    spec = load_spec(_write_yaml(root / "space.yaml", _sweep_raw(root)))
+    out = root / "results" / f"stage1-{spec.stage1_key()}"
+    train_stage1(spec.stage1, str(out))
+    return out, spec.stage1_key()
+
+
 @pytest.fixture
-def sweep_file():
-    """``sweep_file(folder, **top_level_overrides) -> folder/space.yaml``: a tiny 4-trial sweep
-    (one trial fails) into ``folder/results``, MLflow experiment ``tiny-sweep``."""
-    return lambda folder, **over: _write_yaml(Path(folder) / "space.yaml", _sweep_raw(Path(folder), **over))
+def sweep_file(sweep_stage1):
+    """``sweep_file(folder, fresh_stage1=False, **top_level_overrides) -> folder/space.yaml``: a
+    tiny 4-trial sweep (one trial fails) into ``folder/results``, MLflow experiment
+    ``tiny-sweep``. Unless ``fresh_stage1``, the session's trained stage 1 is put where the
+    sweep looks for it, so only the sweep's own end-to-end test trains one through Ray."""
+    import shutil
+
+    from stas_sweep.sweep.space import load_spec
+
+    stage1_dir, key = sweep_stage1
+
+    def write(folder, fresh_stage1=False, **over):
+        path = _write_yaml(Path(folder) / "space.yaml", _sweep_raw(Path(folder), **over))
+        if not fresh_stage1:
+            spec = load_spec(path)
+            if spec.stage1_key() == key and "://" not in spec.storage_path:
+                shutil.copytree(stage1_dir, Path(spec.storage_dir()) / stage1_dir.name, dirs_exist_ok=True)
+        return path
+    return write
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store with its tables made (creating them takes seconds)."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_db(_mlflow_template):
+    """``mlflow_db(folder, name="mlflow.db") -> URI``: a fresh, empty sqlite store in ``folder``."""
+    import shutil
+
+    def make(folder, name="mlflow.db") -> str:
+        path = Path(folder) / name
+        shutil.copyfile(_mlflow_template, path)
+        return f"sqlite:///{path}"
+    return make
+
+
+def _stop_ray(ray_tmp: str, timeout: float = 30) -> None:
+    """Stop the Ray processes whose command line names ``ray_tmp`` (the temp dir a test gave its
+    Ray), and nothing else: ``ray stop --force`` would kill every Ray on the machine."""
+    import signal
+    import time
+
+    def ours() -> list[int]:
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    if ray_tmp.encode() in (proc / "cmdline").read_bytes():
+                        pids.append(int(proc.name))
+                except OSError:
+                    pass
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + timeout
+        while ours() and time.time() < deadline:
+            time.sleep(0.2)
+        if not ours():
+            return
+
+
+@pytest.fixture
+def stop_ray():
+    """``stop_ray(ray_tmp)``: stop the Ray a test started with that temp dir, only that one."""
+    return _stop_ray
 
 
 def _free_port() -> int:
@@ -128,19 +217,19 @@ def mlflow_runs():
 
 
 @pytest.fixture
-def sweep_env(tmp_path):
+def sweep_env(tmp_path, mlflow_db):
     """A folder and the environment of a local sweep (own Ray temp dir, sqlite MLflow); Ray is
     stopped afterwards."""
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
     env = dict(os.environ, RAY_AUTH_MODE="disabled", STAS_SWEEP_RAY_TMPDIR=ray_tmp,
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", HOME=str(tmp_path),
+               MLFLOW_TRACKING_URI=mlflow_db(tmp_path), HOME=str(tmp_path),
                RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     yield tmp_path, env
-    subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=60)
+    _stop_ray(ray_tmp)
 
 
 @pytest.fixture(scope="session")
-def trained_stage1(tmp_path_factory):
+def trained_stage1(tmp_path_factory, _mlflow_template):
     """One tiny stage-1 run (3 epochs, through ``stas-sweep train``, logged to MLflow), shared by
     every test that needs a trained checkpoint: ``(root, tracking_uri)``; the run is in
     ``root/run``. Tests must not change its files."""
@@ -148,6 +237,7 @@ def trained_stage1(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("stage1")
     cfg = _write_yaml(root / "s1.yaml", dict(TINY, tracking={"experiment": "t", "enabled": True}))
+    shutil.copyfile(_mlflow_template, root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     rc = main(["train", str(cfg), "--output-dir", str(root / "run"), "--no-progress", "--tracking-uri", uri])
     assert rc == 0

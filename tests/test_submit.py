@@ -26,7 +26,7 @@ def wait_http(url: str, timeout: float = 90) -> None:
 
 
 @pytest.fixture
-def head_and_mlflow(tmp_path, free_port):
+def head_and_mlflow(tmp_path, free_port, mlflow_db, stop_ray):
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -35,7 +35,7 @@ def head_and_mlflow(tmp_path, free_port):
                     f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={ray_tmp}",
                     "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                               f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+                               mlflow_db(tmp_path, "server.db"), "--artifacts-destination",
                                str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(ml)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -44,8 +44,12 @@ def head_and_mlflow(tmp_path, free_port):
         yield tmp_path, env, f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{ml}"
     finally:
         os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a loaded machine: its workers did not stop in time
+            os.killpg(server.pid, 9)
+            server.wait(timeout=30)
+        stop_ray(ray_tmp)
 
 
 @pytest.mark.slow
@@ -76,13 +80,14 @@ def test_submit_to_an_unreachable_address_fails_clearly(tmp_path, sweep_file, fr
     assert f"cannot reach the Ray dashboard at http://127.0.0.1:{port}" in proc.stderr
 
 
-def test_local_run_refuses_gpus_it_does_not_have(tmp_path, sweep_file):
+def test_local_run_refuses_gpus_it_does_not_have(tmp_path, sweep_file, mlflow_db, stop_ray):
     space = sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1})
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", STAS_SWEEP_RAY_TMPDIR=tempfile.mkdtemp(prefix="r", dir="/tmp"),
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}", CUDA_VISIBLE_DEVICES="")
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", STAS_SWEEP_RAY_TMPDIR=ray_tmp,
+               MLFLOW_TRACKING_URI=mlflow_db(tmp_path, "m.db"), CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-m", "stas_sweep.cli", "run", str(space)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
-    subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=60)
+    stop_ray(ray_tmp)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "no trial could ever be placed (GPU: a trial needs 1, the cluster has 0)" in proc.stderr
 

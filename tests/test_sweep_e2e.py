@@ -15,8 +15,9 @@ from stas_sweep.sweep.pareto import non_dominated
 @pytest.mark.slow
 def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     folder, env = sweep_env
-    proc = cli(["run", str(sweep_file(folder))], env, folder)
+    proc = cli(["run", str(sweep_file(folder, fresh_stage1=True))], env, folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "stage 1: training once for this sweep" in proc.stdout  # the real path, through a Ray task
     assert "on the front" in proc.stdout and "tags.pareto = 'true'" in proc.stdout
 
     client, parents, children = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")

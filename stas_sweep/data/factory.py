@@ -17,6 +17,9 @@ __all__ = ["DataInfo", "DATASET_NAMES", "DEFAULT_IMG_SIZE", "DATA_ROOT_ENV", "de
 #: The accepted names, in the order the docs list them.
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
 
+#: Labels per data set; ImageNet's come from its class folders (a subset may have fewer).
+DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "cifar10-dvs": 10, "dvs128-gesture": 11}
+
 DEFAULT_IMG_SIZE = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224,
                     "cifar10-dvs": 128, "dvs128-gesture": 128}
 

@@ -128,9 +128,8 @@ def stage1_weights(spec: SweepSpec, log=print) -> dict:
     import torch
 
     from ..train.checkpoint import load_checkpoint
-    from ..train.config import config_from_dict
 
-    cfg = config_from_dict(spec.stage1_config(), f"{spec.path} (stage1)")  # validated by load_spec
+    cfg = spec.stage1
     local = "://" not in spec.storage_path
     out = Path(spec.storage_dir()) / f"stage1-{spec.stage1_key()}" if local else None
     if out is not None:
@@ -234,7 +233,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
             param_space=spec.param_space(),
             tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=scheduler,
                                         num_samples=spec.num_samples,
-                                        max_concurrent_trials=spec.max_concurrent_trials),
+                                        max_concurrent_trials=spec.max_concurrent_trials,
+                                        # every trial asks the same resources: a finished trial's
+                                        # worker (torch imported, CUDA up) runs the next one
+                                        reuse_actors=True),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage_dir(), callbacks=callbacks, verbose=verbose,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -246,6 +248,32 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
         # Tune catches SIGINT itself, saves the experiment and returns early
         raise SweepInterrupted(f"{grid.num_terminated + grid.num_errors} of {spec.num_samples} trials ended")
     return summarise(grid, spec, path)
+
+
+def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str | None = None,
+                resume: bool = False, log=print) -> SweepResult:
+    """The sweep as ``stas-sweep run`` makes it: its MLflow parent run (created, or reopened on
+    ``resume``), the Tune callback that logs trials and the front, and the run's end state
+    (FINISHED, KILLED on Ctrl-C, FAILED otherwise). Raises :class:`SweepError` for a sweep that
+    cannot start, :class:`SweepInterrupted` when stopped."""
+    from ..tracking import SweepTracker
+    from .callbacks import TrackerCallback
+
+    check_can_start(spec, resume)
+    tracker = SweepTracker(tracking_uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
+                           scheduler=spec.scheduler)
+    tracker.start_parent(spec, plan)
+    try:
+        result = run_sweep(spec, address=address, resume=resume, log=log,
+                           callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference)])
+    except KeyboardInterrupt:
+        tracker.fail("KILLED")
+        raise
+    except BaseException:
+        tracker.fail()
+        raise
+    tracker.finish(result)
+    return result
 
 
 def error_reason(error) -> str:

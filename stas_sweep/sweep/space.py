@@ -1,8 +1,8 @@
-"""Search-space files: parsed strictly, before Ray or anything else starts.
+"""Search-space files: one typed schema, checked in full before Ray or anything else starts.
 
 A file (YAML, read by :func:`stas_sweep.train.config.load_yaml`: safe loader, duplicate keys rejected) looks like::
 
-    name: digits                      # sweep id (default: the file name)
+    name: digits                      # sweep id (default: the file name); letters, digits, . _ -
     base: ../configs/digits_stage2.yaml   # training config: a path (relative to this file) or a mapping
     stage1: {epochs: 6}               # overrides for the shared stage-1 run (halting off)
     space:                            # dotted training-config keys -> distributions
@@ -15,43 +15,188 @@ A file (YAML, read by :func:`stas_sweep.train.config.load_yaml`: safe loader, du
     eval: {epsilons: [0.0, 0.1, 0.2, 0.4]}
     objectives: {accuracy: max, energy_mj: min}   # from accuracy, energy_mj, energy_strict_mj, token_ratio
     reference: {accuracy: 0.0, energy_mj: 1.0}    # hypervolume reference point
-    search: {sampler: tpe, seed: 0, num_samples: 8, points_to_evaluate: [{halting.alpha: 5.0}]}
+    search:                           # a given point names every searched key that is not fixed
+      sampler: tpe
+      seed: 0
+      num_samples: 8
+      points_to_evaluate:
+        - {halting.alpha: 5.0, halting.beta: -5.0, halting.delta_p: 0.001, optim.lr: 1.0e-3, model.timesteps: 4}
     scheduler: {type: moasha, grace_period: 1, reduction_factor: 2, max_epochs: 4}
     # moasha (default): early stopping on every objective (Pareto rank, see sweep/moasha.py), no metric/mode;
     # asha: on one metric (scheduler.metric, default the first objective; scheduler.mode); fifo: none
     resources: {cpu: 1, gpu: 0}
     max_concurrent_trials: 2
     retries: 0
-    storage_path: ./ray_results       # relative to the working directory
+    storage_path: ./ray_results       # relative to the working directory, or s3:// gs://
     mlflow: {tracking_uri: null, experiment: stas-digits}
 
-Every error names the file, the key and what would be accepted (:class:`SpaceError`).
+:class:`SpaceFile` declares every key, its type, its default and its allowed values; what
+involves more than one key (the base config, the searched keys applied to it, the given
+points, the reference point) is checked by :func:`load_spec` right after. Every error names
+the file, the key and what would be accepted (:class:`SpaceError`).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from ..train.config import ConfigError, TrainConfig, config_from_dict, load_yaml, merge, set_dotted
+from pydantic import AfterValidator, Field, ValidationError, model_validator
+
+from ..train.config import (
+    MAX_EPOCHS, MAX_SEED, ConfigError, Epsilon, ExperimentName, Positive, TrackingURI, TrainConfig, _Section,
+    check_name, check_uri, config_from_dict, load_yaml, merge, pydantic_message, set_dotted, shown,
+)
 from .front import OBJECTIVE_METRICS
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "fixed")
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("moasha", "asha", "fifo")
-TOP_KEYS = ("name", "base", "stage1", "space", "eval", "objectives", "reference", "search", "scheduler",
-            "resources", "max_concurrent_trials", "retries", "storage_path", "mlflow")
+MAX_TRIALS = 100_000
+MAX_INT = 2**31 - 1  # Tune's randint and Optuna's IntDistribution work in 32 bits here
+# keys a trial may not search: they would make the shared stage-1 weights unusable (the model's
+# shape), are set by the sweep itself, or belong to the driver
+NOT_SEARCHABLE = {
+    "model.name": "it fixes the architecture, so the shared stage-1 weights would not fit",
+    "model.num_classes": "it fixes the head's shape, so the shared stage-1 weights would not fit",
+    "data.name": "the shared stage 1 is trained on one data set",
+    "data.img_size": "it fixes the positional shape, so the shared stage-1 weights would not fit",
+    "epochs": "every trial runs scheduler.max_epochs epochs; set that instead",
+    "init_from": "every trial starts from the sweep's shared stage 1",
+    "tracking": "the sweep's driver logs the trials (mlflow: section)",
+    "halting": "search its keys (halting.alpha, ...), not the section",
+}
+SHAPE_KEYS = ("model.name", "model.num_classes", "data.name", "data.img_size")
 
 
-class SpaceError(ValueError):
+class SpaceError(ConfigError):
     """A search-space file that cannot be used; the message names the file and the key."""
 
 
+# -- the schema ------------------------------------------------------------------------------------
+Bounds = Annotated[list[float], Field(min_length=2, max_length=2)]
+Scalar = str | int | float | bool | None  # what Optuna's categorical distribution accepts
+
+
+class Distribution(_Section):
+    """Exactly one of: ``uniform``/``loguniform``: [low, high]; ``int``: [low, high] inclusive;
+    ``choice``: a list of values; ``fixed``: one value."""
+
+    uniform: Bounds | None = None
+    loguniform: Bounds | None = None
+    int_: Annotated[list[Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]], Field(min_length=2, max_length=2)] | None = \
+        Field(None, alias="int")
+    choice: Annotated[list[Scalar], Field(min_length=1, max_length=1000)] | None = None
+    fixed: Any = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        given = [k for k in self.model_fields_set]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{uniform: [2.0, 8.0]}}; "
+                             f"got {len(given)}")
+        if self.kind != "fixed" and self.args is None:
+            raise ValueError(f"{self.kind}: give its values, e.g. {{uniform: [2.0, 8.0]}} or {{choice: [1, 2]}}")
+        if self.kind in ("uniform", "loguniform", "int"):
+            lo, hi = self.args
+            if not lo < hi:
+                raise ValueError(f"{self.kind}: low must be < high, got [{lo}, {hi}]")
+            if not math.isfinite(hi - lo):
+                raise ValueError(f"{self.kind}: the range [{lo}, {hi}] overflows; use bounds whose span is finite")
+            if self.kind == "loguniform" and lo <= 0:
+                raise ValueError(f"loguniform: bounds must be > 0, got [{lo}, {hi}]")
+        return self
+
+    @property
+    def kind(self) -> str:
+        (name,) = self.model_fields_set
+        return "int" if name == "int_" else name
+
+    @property
+    def args(self) -> Any:
+        return getattr(self, "int_" if self.kind == "int" else self.kind)
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this distribution can produce (a given point must be)."""
+        if self.kind == "fixed":
+            return value == self.args
+        if self.kind == "choice":
+            return any(value == c and type(value) is type(c) for c in self.args)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int" and not isinstance(value, int):
+            return False
+        return math.isfinite(value) and self.args[0] <= value <= self.args[1]
+
+
+class EvalSection(_Section):
+    epsilons: Annotated[list[Epsilon], Field(min_length=1, max_length=100)] | None = None  # default: halting.epsilon
+
+
+class SearchSection(_Section):
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    num_samples: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 8
+    points_to_evaluate: Annotated[list[dict[str, Any]], Field(max_length=MAX_TRIALS)] = Field(default_factory=list)
+
+
+class SchedulerSection(_Section):
+    type: Literal["moasha", "asha", "fifo"] = "moasha"
+    metric: str | None = None  # asha only; default: the first objective
+    mode: Literal["max", "min"] | None = None  # asha only; default: that objective's direction
+    grace_period: Positive = 1
+    reduction_factor: Annotated[int, Field(ge=2, le=1000)] = 2
+    max_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = None  # default: the base config's epochs
+
+
+class ResourcesSection(_Section):
+    cpu: Annotated[float, Field(gt=0, le=4096)] = 1
+    gpu: Annotated[float, Field(ge=0, le=1024)] = 0
+
+    @model_validator(mode="after")
+    def _whole_gpus(self):
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"gpu: more than one GPU must be a whole number, got {self.gpu}")
+        return self
+
+
+class MlflowSection(_Section):
+    tracking_uri: TrackingURI = None
+    experiment: ExperimentName = None  # default: stas-<name>
+
+
+def _storage(value: str) -> str:
+    return check_uri(value, schemes=("file", "s3", "gs"))
+
+
+def _name(value: str | None) -> str | None:
+    return None if value is None else check_name(value)
+
+
+class SpaceFile(_Section):
+    """The file as written, typed; :func:`load_spec` resolves it into a :class:`SweepSpec`."""
+
+    name: Annotated[str | None, AfterValidator(_name)] = None  # default: the file's stem
+    base: str | dict
+    stage1: dict = Field(default_factory=dict)
+    space: Annotated[dict[str, Distribution], Field(min_length=1, max_length=200)]
+    eval: EvalSection = Field(default_factory=EvalSection)
+    objectives: Annotated[dict[str, Literal["max", "min"]], Field(min_length=2, max_length=len(OBJECTIVE_METRICS))]
+    reference: dict[str, float] = Field(default_factory=dict)
+    search: SearchSection = Field(default_factory=SearchSection)
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    max_concurrent_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None
+    retries: Annotated[int, Field(ge=0, le=100)] = 0
+    storage_path: Annotated[str, AfterValidator(_storage)] = "ray_results"
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+
+
+# -- the resolved sweep ---------------------------------------------------------------------------
 @dataclass
 class Param:
     key: str            # dotted training-config key
@@ -83,8 +228,8 @@ class Param:
 class SweepSpec:
     path: Path
     name: str
-    base: dict                    # raw training config (validated)
-    stage1_overrides: dict
+    base: TrainConfig             # the trials' training config before the searched keys (stage 2)
+    stage1: TrainConfig           # the shared stage-1 run (halting off)
     params: list[Param]
     epsilons: list[float]
     objectives: list[tuple[str, str]]     # (metric, max|min)
@@ -105,17 +250,12 @@ class SweepSpec:
     storage_path: str = "ray_results"
     tracking_uri: str | None = None
     experiment: str = "stas-sweep"
-    raw: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)   # the file as read (``submit`` stages it for the cluster)
 
     # -- derived ------------------------------------------------------------------------------
-    def stage1_config(self) -> dict:
-        """The shared stage-1 training config: the base with halting off, no init_from."""
-        cfg = merge(copy.deepcopy(self.base), {"halting": None, "init_from": None})
-        return merge(cfg, self.stage1_overrides)
-
     def stage1_key(self) -> str:
-        """Stage 1 is keyed by its config: the same config reuses the same checkpoint."""
-        cfg = self.stage1_config()
+        """Stage 1 is keyed by its resolved config: the same config reuses the same checkpoint."""
+        cfg = self.stage1.to_dict()
         cfg.pop("tracking", None)
         text = json.dumps(cfg, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -128,67 +268,41 @@ class SweepSpec:
         return {p.key: p.tune_domain() for p in self.params}
 
 
+def trial_config(base: TrainConfig, sampled: dict, epochs: int, where: str = "<trial>") -> TrainConfig:
+    """The training config of one trial: ``base`` with the sampled dotted keys set
+    (``halting.alpha`` ...), ``epochs`` epochs, no tracking of its own, no ``init_from``."""
+    cfg = base.to_dict()
+    for key, value in sampled.items():
+        cfg = set_dotted(cfg, key, value)
+    cfg = merge(cfg, {"epochs": epochs, "init_from": None, "tracking": {"enabled": False}})
+    return config_from_dict(cfg, where)
+
+
 def _err(path: Path, msg: str) -> SpaceError:
     return SpaceError(f"{path}: {msg}")
 
 
-def _mapping(path, raw, key) -> dict:
-    if raw is None:
-        return {}
+def _read_base(path: Path, base: str | dict) -> tuple[dict, str]:
+    """The base training config as a mapping, and where it came from (for messages)."""
+    if isinstance(base, dict):
+        return base, "the mapping"
+    base_path = (path.parent / base).resolve()
+    if not base_path.is_file():
+        raise _err(path, f"base: no such training config {base_path}")
+    try:
+        raw = load_yaml(base_path)
+    except ConfigError as e:
+        raise _err(path, f"base: {e}") from None
     if not isinstance(raw, dict):
-        raise _err(path, f"{key} must be a mapping, got {raw!r}")
-    return raw
+        raise _err(path, f"base: {base_path} is {'empty' if raw is None else 'not a mapping of keys'}")
+    return raw, str(base_path)
 
 
-def _known(path, raw: dict, key: str, allowed) -> None:
-    for k in raw:
-        if k not in allowed:
-            raise _err(path, f"unknown key {key + '.' if key else ''}{k}; accepted keys{' in ' + key if key else ''}: "
-                             f"{', '.join(allowed)}")
-
-
-def _number(path, value, key, *, integer=False, low=None, high=None, low_open=False) -> float:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool) or (not integer and not math.isfinite(value)):
-        raise _err(path, f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise _err(path, f"{key} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise _err(path, f"{key} must be <= {high}, got {value!r}")
-    return value
-
-
-def _param(path: Path, key: str, raw: Any, base: dict) -> Param:
-    where = f"space.{key}"
-    if not isinstance(raw, dict) or len(raw) != 1:
-        raise _err(path, f"{where} must be one of {{{', '.join(k + ': ...' for k in DISTRIBUTIONS)}}}, got {raw!r}")
-    (kind, args), = raw.items()
-    if kind not in DISTRIBUTIONS:
-        raise _err(path, f"{where}: unknown distribution {kind!r}; accepted: {', '.join(DISTRIBUTIONS)}")
-    if kind in ("uniform", "loguniform", "int"):
-        if not isinstance(args, list) or len(args) != 2:
-            raise _err(path, f"{where}.{kind} must be [low, high], got {args!r}")
-        lo = _number(path, args[0], f"{where}.{kind}[0]", integer=kind == "int")
-        hi = _number(path, args[1], f"{where}.{kind}[1]", integer=kind == "int")
-        if not lo < hi:
-            raise _err(path, f"{where}.{kind}: low must be < high, got [{lo}, {hi}]")
-        if kind == "loguniform" and lo <= 0:
-            raise _err(path, f"{where}.loguniform: bounds must be > 0, got [{lo}, {hi}]")
-        samples = [lo, hi]
-    elif kind == "choice":
-        if not isinstance(args, list) or not args:
-            raise _err(path, f"{where}.choice must be a non-empty list, got {args!r}")
-        samples = list(args)
-    else:
-        samples = [args]
-    # every value the distribution can produce must make a valid training config
-    for v in samples:
-        try:
-            config_from_dict(set_dotted(base, key, v), "<trial>")
-        except ConfigError as e:
-            msg = str(e).removeprefix("<trial>: ")
-            raise _err(path, f"{where}: value {v!r} does not make a valid training config ({msg})") from None
-    return Param(key, kind, args)
+def _check_key(path: Path, key: str) -> None:
+    section = key.split(".", 1)[0]
+    why = NOT_SEARCHABLE.get(key) or (NOT_SEARCHABLE["tracking"] if section == "tracking" else None)
+    if why:
+        raise _err(path, f"space.{key} cannot be searched: {why}")
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -200,193 +314,146 @@ def load_spec(path: str | Path) -> SweepSpec:
         raw = load_yaml(path)
     except ConfigError as e:
         raise SpaceError(str(e)) from None
+    if raw is None:
+        raise _err(path, "the file is empty (or only comments); see search_spaces/digits.yaml for one that works")
     if not isinstance(raw, dict):
-        raise _err(path, "the top level must be a mapping of keys")
-    _known(path, raw, "", TOP_KEYS)
-    for required in ("base", "space", "objectives"):
-        if required not in raw:
-            raise _err(path, f"missing key {required!r}")
-
-    # base training config ----------------------------------------------------------------
-    base_raw = raw["base"]
-    if isinstance(base_raw, str):
-        base_path = (path.parent / base_raw).resolve()
-        if not base_path.is_file():
-            raise _err(path, f"base: no such training config {base_path}")
-        try:
-            base = load_yaml(base_path) or {}
-        except ConfigError as e:
-            raise SpaceError(f"{path}: base: {e}") from None
-        base_where = str(base_path)
-    elif isinstance(base_raw, dict):
-        base, base_where = copy.deepcopy(base_raw), f"{path} (base)"
-    else:
-        raise _err(path, f"base must be a path to a training config or a mapping, got {base_raw!r}")
-    if not isinstance(base, dict):
-        raise _err(path, f"base: {base_where} is not a mapping")
-    if base.get("halting") is None:
-        base["halting"] = {}  # the trials are stage 2: halting on (its defaults unless searched)
+        raise _err(path, f"the top level must be a mapping of keys, got {shown(raw)}")
     try:
-        base_cfg: TrainConfig = config_from_dict(base, base_where)
-    except ConfigError as e:
-        raise SpaceError(f"{path}: base: {e}") from None
-    base["init_from"] = None  # trials start from the sweep's shared stage 1, not the base's init_from
-    if base_where != f"{path} (base)" and base.get("data", {}).get("root"):
-        root = Path(base["data"]["root"])
-        if not root.is_absolute():  # trials run in their own folders: make data paths absolute
-            base["data"]["root"] = str(root.resolve())
+        doc = SpaceFile.model_validate(raw)
+    except ValidationError as e:
+        raise SpaceError(pydantic_message(e.errors()[0], str(path), SpaceFile)) from None
 
-    stage1 = _mapping(path, raw.get("stage1"), "stage1")
+    # base: the trials' stage-2 config ------------------------------------------------------
+    base_raw, base_where = _read_base(path, doc.base)
+    base_raw = dict(base_raw)
+    if base_raw.get("halting") is None:
+        base_raw["halting"] = {}  # the trials are stage 2: halting on (its defaults unless searched)
+    base_raw["init_from"] = None  # trials start from the sweep's shared stage 1, not the base's init_from
     try:
-        config_from_dict(merge(merge(copy.deepcopy(base), {"halting": None}), stage1), f"{path} (stage1)")
+        base = config_from_dict(base_raw, base_where)
     except ConfigError as e:
-        raise SpaceError(f"{path}: stage1: {str(e).split(': ', 1)[1]}") from None
+        raise _err(path, f"base: {str(e).removeprefix('the mapping: ')}") from None
+    if not isinstance(doc.base, dict) and base.data.root and not Path(base.data.root).is_absolute():
+        # trials run in their own folders: a data root relative to the working directory is made absolute
+        base = base.model_copy(update={"data": base.data.model_copy(update={"root": str(Path(base.data.root).resolve())})})
 
-    # space ---------------------------------------------------------------------------------
-    space = _mapping(path, raw["space"], "space")
-    if not space:
-        raise _err(path, "space is empty: give at least one parameter, e.g. halting.delta_p: {loguniform: [1e-4, 1e-1]}")
-    params = [_param(path, str(k), v, base) for k, v in space.items()]
+    # stage 1: the base with halting off, then the file's overrides -------------------------------
+    for key in ("halting", *SHAPE_KEYS):
+        top, _, sub = key.partition(".")
+        if top in doc.stage1 and (not sub or isinstance(doc.stage1[top], dict) and sub in doc.stage1[top]):
+            raise _err(path, f"stage1.{key} cannot be overridden: "
+                             + ("stage 1 is the static backbone (halting off)" if key == "halting" else
+                                f"the trials load stage 1's weights, so {key} must be the base config's"))
+    try:
+        stage1 = config_from_dict(merge(merge(base.to_dict(), {"halting": None, "init_from": None}), doc.stage1),
+                                  f"{path} (stage1)")
+    except ConfigError as e:
+        raise _err(path, f"stage1: {str(e).split(': ', 1)[1]}") from None
+
+    # space: every value a distribution can produce makes a valid trial config -------------------
+    params = []
+    for key, dist in doc.space.items():
+        _check_key(path, key)
+        samples = dist.args if dist.kind == "choice" else [dist.args] if dist.kind == "fixed" else list(dist.args)
+        for v in samples:
+            try:
+                trial_config(base, {key: v}, base.epochs)
+            except ConfigError as e:
+                raise _err(path, f"space.{key}: value {shown(v)} does not make a valid training config "
+                                 f"({str(e).removeprefix('<trial>: ')})") from None
+        params.append(Param(key, dist.kind, dist.args))
 
     # evaluation, objectives, reference ------------------------------------------------------
-    ev = _mapping(path, raw.get("eval"), "eval")
-    _known(path, ev, "eval", ("epsilons",))
-    epsilons = ev.get("epsilons", [base_cfg.halting.epsilon])
-    if not isinstance(epsilons, list) or not epsilons:
-        raise _err(path, f"eval.epsilons must be a non-empty list of numbers in [0, 1), got {epsilons!r}")
-    for i, e in enumerate(epsilons):
-        _number(path, e, f"eval.epsilons[{i}]", low=0.0)
-        if not e < 1.0:
-            raise _err(path, f"eval.epsilons[{i}] must lie in [0, 1), got {e!r}")
+    epsilons = list(doc.eval.epsilons or [base.halting.epsilon])
     if len(set(epsilons)) != len(epsilons):
         raise _err(path, f"eval.epsilons has repeated values: {epsilons}")
-
-    objectives_raw = raw["objectives"]
-    if not isinstance(objectives_raw, dict) or not objectives_raw:
-        raise _err(path, "objectives must be a mapping like {accuracy: max, energy_mj: min}")
-    objectives = []
-    for metric, mode in objectives_raw.items():
+    objectives = list(doc.objectives.items())
+    for metric, _ in objectives:
         if metric not in OBJECTIVE_METRICS:
-            raise _err(path, f"objectives: unknown metric {metric!r}; accepted: {', '.join(OBJECTIVE_METRICS)}")
-        if mode not in ("max", "min"):
-            raise _err(path, f"objectives.{metric} must be max or min, got {mode!r}")
-        objectives.append((metric, mode))
-    if len(objectives) < 2:
-        raise _err(path, "objectives needs at least two metrics for a front, e.g. {accuracy: max, energy_mj: min}")
-
-    reference = _mapping(path, raw.get("reference"), "reference")
+            raise _err(path, f"objectives: unknown metric {shown(metric)}; accepted: {', '.join(OBJECTIVE_METRICS)}")
     defaults = {"accuracy": 0.0, "token_ratio": 1.0}
+    for k, v in doc.reference.items():
+        if k not in doc.objectives:
+            raise _err(path, f"reference.{k}: not an objective; objectives are {', '.join(doc.objectives)}")
     ref = {}
     for metric, _ in objectives:
-        if metric in reference:
-            ref[metric] = float(_number(path, reference[metric], f"reference.{metric}"))
+        if metric in doc.reference:
+            ref[metric] = float(doc.reference[metric])
         elif metric in defaults:
             ref[metric] = defaults[metric]
         else:
             raise _err(path, f"reference.{metric} is missing: the hypervolume needs a reference value for every "
                              f"objective (a value worse than any point, e.g. an energy above the static model's)")
-    for k in reference:
-        if k not in dict(objectives):
-            raise _err(path, f"reference.{k}: not an objective; objectives are {', '.join(m for m, _ in objectives)}")
 
-    # search ----------------------------------------------------------------------------------
-    search = _mapping(path, raw.get("search"), "search")
-    _known(path, search, "search", ("sampler", "seed", "num_samples", "points_to_evaluate"))
-    sampler = search.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise _err(path, f"search.sampler is {sampler!r}; accepted: {', '.join(SAMPLERS)}")
-    seed = int(_number(path, search.get("seed", 0), "search.seed", integer=True, low=0))
-    num_samples = int(_number(path, search.get("num_samples", 8), "search.num_samples", integer=True, low=1))
-    points = search.get("points_to_evaluate") or []
-    if not isinstance(points, list):
-        raise _err(path, "search.points_to_evaluate must be a list of {key: value} mappings")
-    keys = {p.key for p in params}
-    for i, pt in enumerate(points):
-        if not isinstance(pt, dict):
-            raise _err(path, f"search.points_to_evaluate[{i}] must be a mapping, got {pt!r}")
-        for k, v in pt.items():
-            if k not in keys:
-                raise _err(path, f"search.points_to_evaluate[{i}]: {k!r} is not in space; searched keys: "
-                                 f"{', '.join(sorted(keys))}")
-            try:
-                config_from_dict(set_dotted(base, k, v), "<point>")
-            except ConfigError as e:
-                raise _err(path, f"search.points_to_evaluate[{i}].{k}: {str(e).removeprefix('<point>: ')}") from None
+    # given points: every searched (not fixed) key, each value one its distribution can produce ---
+    searched = {p.key: doc.space[p.key] for p in params}
+    free = [k for k, d in searched.items() if d.kind != "fixed"]
+    for i, point in enumerate(doc.search.points_to_evaluate):
+        where = f"search.points_to_evaluate[{i}]"
+        for k, v in point.items():
+            if k not in searched:
+                raise _err(path, f"{where}: {shown(k)} is not in space; searched keys: {', '.join(sorted(searched))}")
+            if not searched[k].contains(v):
+                raise _err(path, f"{where}.{k}: {shown(v)} is not a value of space.{k} ({Param(k, searched[k].kind, searched[k].args).describe()})")
+        missing = [k for k in free if k not in point]
+        if missing:
+            raise _err(path, f"{where} misses {', '.join(missing)}: a given point names every searched key "
+                             f"(Optuna cannot start a trial from part of one)")
 
     # scheduler -------------------------------------------------------------------------------
-    sched = _mapping(path, raw.get("scheduler"), "scheduler")
-    _known(path, sched, "scheduler", ("type", "metric", "mode", "grace_period", "reduction_factor", "max_epochs"))
-    stype = sched.get("type", "moasha")
-    if stype not in SCHEDULERS:
-        raise _err(path, f"scheduler.type is {stype!r}; accepted: {', '.join(SCHEDULERS)}")
-    max_epochs = int(_number(path, sched.get("max_epochs", base_cfg.epochs), "scheduler.max_epochs", integer=True, low=1))
-    if stype == "moasha":
+    sched = doc.scheduler
+    max_epochs = sched.max_epochs or base.epochs
+    if sched.type == "moasha":
         for key in ("metric", "mode"):
-            if key in sched:
+            if getattr(sched, key) is not None:
                 raise _err(path, f"scheduler.{key} is not accepted for scheduler.type moasha: it ranks trials on "
-                                 f"every objective ({', '.join(m for m, _ in objectives)}); drop the key, or use "
+                                 f"every objective ({', '.join(doc.objectives)}); drop the key, or use "
                                  f"type: asha to stop on one metric")
-    smetric = sched.get("metric", objectives[0][0])
+    smetric = sched.metric or objectives[0][0]
     if smetric not in OBJECTIVE_METRICS:
-        raise _err(path, f"scheduler.metric is {smetric!r}; accepted: {', '.join(OBJECTIVE_METRICS)}")
-    smode = sched.get("mode", dict(objectives).get(smetric, "max"))
-    if smode not in ("max", "min"):
-        raise _err(path, f"scheduler.mode must be max or min, got {smode!r}")
-    grace = int(_number(path, sched.get("grace_period", 1), "scheduler.grace_period", integer=True, low=1))
-    if grace > max_epochs:
-        raise _err(path, f"scheduler.grace_period ({grace}) must be <= scheduler.max_epochs ({max_epochs})")
-    rf = int(_number(path, sched.get("reduction_factor", 2), "scheduler.reduction_factor", integer=True, low=2))
+        raise _err(path, f"scheduler.metric is {shown(smetric)}; accepted: {', '.join(OBJECTIVE_METRICS)}")
+    smode = sched.mode or doc.objectives.get(smetric, "max")
+    if sched.grace_period > max_epochs:
+        raise _err(path, f"scheduler.grace_period ({sched.grace_period}) must be <= scheduler.max_epochs ({max_epochs})")
 
-    # resources, storage, tracking ----------------------------------------------------------------
-    res = _mapping(path, raw.get("resources"), "resources")
-    _known(path, res, "resources", ("cpu", "gpu"))
-    cpu = _number(path, res.get("cpu", 1), "resources.cpu", low=0, low_open=True)
-    gpu = _number(path, res.get("gpu", 0), "resources.gpu", low=0)
-    if gpu > 1 and gpu != int(gpu):
-        raise _err(path, f"resources.gpu: more than one GPU must be a whole number, got {gpu}")
-    mct = raw.get("max_concurrent_trials")
-    if mct is not None:
-        mct = int(_number(path, mct, "max_concurrent_trials", integer=True, low=1))
-    retries = int(_number(path, raw.get("retries", 0), "retries", integer=True, low=0))
-    storage = raw.get("storage_path", "ray_results")
-    if not isinstance(storage, str) or not storage:
-        raise _err(path, f"storage_path must be a path or a URI (s3://, gs://), got {storage!r}")
-    ml = _mapping(path, raw.get("mlflow"), "mlflow")
-    _known(path, ml, "mlflow", ("tracking_uri", "experiment"))
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise _err(path, f"name must be a non-empty string without '/', got {name!r}")
-
+    name = doc.name or path.stem
+    try:
+        check_name(name, "name")
+    except ValueError as e:
+        raise _err(path, f"{e}: the file's name is the sweep's name when name: is not given") from None
     return SweepSpec(
-        path=path.resolve(), name=name, base=base, stage1_overrides=stage1, params=params, epsilons=list(epsilons),
-        objectives=objectives, reference=ref, sampler=sampler, seed=seed, num_samples=num_samples,
-        points_to_evaluate=points, scheduler=stype, scheduler_metric=smetric, scheduler_mode=smode,
-        grace_period=grace, reduction_factor=rf, max_epochs=max_epochs,
-        resources={"cpu": cpu, "gpu": gpu}, max_concurrent_trials=mct, retries=retries, storage_path=storage,
-        tracking_uri=ml.get("tracking_uri"), experiment=ml.get("experiment", f"stas-{name}"), raw=raw,
+        path=path.resolve(), name=name, base=base, stage1=stage1, params=params, epsilons=epsilons,
+        objectives=objectives, reference=ref, sampler=doc.search.sampler, seed=doc.search.seed,
+        num_samples=doc.search.num_samples, points_to_evaluate=doc.search.points_to_evaluate,
+        scheduler=sched.type, scheduler_metric=smetric, scheduler_mode=smode, grace_period=sched.grace_period,
+        reduction_factor=sched.reduction_factor, max_epochs=max_epochs,
+        resources={"cpu": doc.resources.cpu, "gpu": doc.resources.gpu},
+        max_concurrent_trials=doc.max_concurrent_trials, retries=doc.retries, storage_path=doc.storage_path,
+        tracking_uri=doc.mlflow.tracking_uri, experiment=doc.mlflow.experiment or f"stas-{name}", raw=raw,
     )
 
 
 def describe(spec: SweepSpec, tracking_uri: str) -> str:
     """The resolved plan, as ``--dry-run`` prints it."""
+    objectives = ", ".join(f"{m} ({d})" for m, d in spec.objectives)
+    schedule = {
+        "fifo": "fifo (no early stopping)",
+        "asha": f"asha on {spec.scheduler_metric} ({spec.scheduler_mode})",
+        "moasha": f"moasha on {objectives} (Pareto rank, crowding distance)",
+    }[spec.scheduler]
+    if spec.scheduler != "fifo":
+        schedule += f", grace {spec.grace_period}, reduction {spec.reduction_factor}, max {spec.max_epochs} epochs"
     lines = [
         f"sweep {spec.name!r} from {spec.path}",
-        f"  model {spec.base['model']['name'] if 'model' in spec.base else '(default)'} on "
-        f"{spec.base.get('data', {}).get('name', 'digits')}",
-        f"  stage 1 (shared, once): {spec.stage1_config().get('epochs')} epochs, key {spec.stage1_key()}",
+        f"  model {spec.base.model.name} on {spec.base.data.name}",
+        f"  stage 1 (shared, once): {spec.stage1.epochs} epochs, key {spec.stage1_key()}",
         f"  stage 2 per trial: {spec.max_epochs} epochs, evaluated at epsilons {spec.epsilons}",
         "  space:",
         *[f"    {p.key:<24} {p.describe()}" for p in spec.params],
-        "  objectives: " + ", ".join(f"{m} ({d})" for m, d in spec.objectives)
-        + f"; hypervolume reference {spec.reference}",
+        f"  objectives: {objectives}; hypervolume reference {spec.reference}",
         f"  search: {spec.sampler} sampler, seed {spec.seed}, {spec.num_samples} trials"
         + (f", {len(spec.points_to_evaluate)} given points first" if spec.points_to_evaluate else ""),
-        f"  scheduler: {spec.scheduler}"
-        + (f" on {spec.scheduler_metric} ({spec.scheduler_mode}), grace {spec.grace_period}, "
-           f"reduction {spec.reduction_factor}, max {spec.max_epochs} epochs" if spec.scheduler == "asha" else "")
-        + (" on " + ", ".join(f"{m} ({d})" for m, d in spec.objectives) + " (Pareto rank, crowding distance), "
-           f"grace {spec.grace_period}, reduction {spec.reduction_factor}, max {spec.max_epochs} epochs"
-           if spec.scheduler == "moasha" else ""),
+        f"  scheduler: {schedule}",
         f"  resources per trial: {spec.resources}; max concurrent trials: {spec.max_concurrent_trials or 'as resources allow'}; "
         f"retries: {spec.retries}",
         f"  results and checkpoints: {spec.storage_dir()}/{spec.name}",

@@ -13,22 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..train.config import TrainConfig, config_from_dict, set_dotted
+from ..train.config import TrainConfig
 from ..train.run import final_evaluation
 from ..train.threads import set_threads, threads_for_cpus
 from ..train.trainer import Trainer
 from .front import REPORT_KEYS
-
-
-def trial_config(base: dict, sampled: dict, epochs: int) -> dict:
-    """Base training config with the sampled dotted keys set (``halting.alpha`` ...)."""
-    cfg = base
-    for key, value in sampled.items():
-        cfg = set_dotted(cfg, key, value)
-    cfg = set_dotted(cfg, "epochs", epochs)
-    cfg.setdefault("tracking", {})["enabled"] = False  # the driver logs to MLflow
-    cfg["init_from"] = None
-    return cfg
+from .space import trial_config
 
 
 def use_trial_threads(cpus: float | None = None) -> int | None:
@@ -46,12 +36,12 @@ def use_trial_threads(cpus: float | None = None) -> int | None:
     return set_threads(threads_for_cpus(cpus))
 
 
-def train_trial(config: dict, *, base: dict, epochs: int, epsilons: list[float], stage1_weights: dict) -> None:
+def train_trial(config: dict, *, base: TrainConfig, epochs: int, epsilons: list[float], stage1_weights: dict) -> None:
     """Function trainable: ``config`` holds the sampled dotted keys of one trial."""
     from ray import tune
 
     use_trial_threads()
-    cfg = config_from_dict(trial_config(base, config, epochs), "<trial>")
+    cfg = trial_config(base, config, epochs)
     out = Path(tune.get_context().get_trial_dir()) / "train"
     resume = False
     checkpoint = tune.get_checkpoint()

@@ -11,13 +11,14 @@ A configuration with ``halting: null`` is stage 1 (static backbone, usually I-SP
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import UserError, short
 
@@ -149,24 +150,37 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: refused: the document is nested too deeply") from None
 
 
-class _Section(BaseModel):
-    """A config section: declared types, strict (no "3" for 3), unknown keys rejected."""
+# Bounds on what a file can make the program allocate or loop over (generous for real runs).
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_TIMESTEPS = 64
+MAX_IMG_SIZE = 1024
+MAX_CLASSES = 100_000
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+Epsilon = Annotated[float, Field(ge=0, lt=1)]
+
+
+class _Section(BaseModel):
+    """A config section: declared types, strict (no "3" for 3), no NaN or infinity, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
     name: str = "spikformer-2-32"
-    timesteps: int = 4
+    timesteps: Annotated[int, Field(ge=1, le=MAX_TIMESTEPS)] = 4
     stem: Literal["sps", "isps"] = "isps"
-    num_classes: int | None = None  # default: the data set's classes (image size: data.img_size)
+    num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)] | None = None  # default: the data set's classes
 
 
 class HaltingSection(_Section):
     alpha: float | None = None  # None: the paper's value for the model's family (PAPER_ALPHA_BETA)
     beta: float | None = None
-    epsilon: float = 0.01
-    delta_p: float = 1e-3
+    epsilon: Epsilon = 0.01
+    delta_p: NonNegative = 1e-3
     accumulation: Literal["tb", "b"] = "tb"
 
     def model_kwargs(self, model_name: str) -> dict:
@@ -181,38 +195,79 @@ class HaltingSection(_Section):
 
 
 class DataConfig(_Section):
-    name: str = "digits"
+    name: str = "digits"  # one of stas_sweep.data.DATASET_NAMES
     root: str | None = None
     download: bool = False
-    img_size: int | None = None  # the one image-size knob: resize to this side (digits: 8x8 native); the model follows
-    workers: int = 0
+    img_size: Annotated[int, Field(ge=1, le=MAX_IMG_SIZE)] | None = None  # the one image-size knob (digits: 8x8 native)
+    workers: Annotated[int, Field(ge=0, le=256)] = 0
     augment: bool = True
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_off_epoch: int | None = None  # the recipes switch mixup off after this epoch
-    label_smoothing: float = 0.1
+    mixup: NonNegative = 0.0
+    cutmix: NonNegative = 0.0
+    mixup_off_epoch: Annotated[int, Field(ge=0)] | None = None  # the recipes switch mixup off after this epoch
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
     recipe: dict | None = None  # overrides of the data set's augmentation recipe, e.g. {aa: null, reprob: 0}
 
 
 class OptimConfig(_Section):
     opt: Literal["adamw", "sgd", "lamb", "adam"] = "adamw"
-    lr: float = 5e-4
-    min_lr: float = 1e-5
-    weight_decay: float = 0.06  # not applied to biases and norm weights
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-5
-    grad_clip: float | None = None
+    lr: Annotated[float, Field(gt=0)] = 5e-4
+    min_lr: NonNegative = 1e-5
+    weight_decay: NonNegative = 0.06  # not applied to biases and norm weights
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    warmup_lr: NonNegative = 1e-5
+    grad_clip: Annotated[float, Field(gt=0)] | None = None  # max gradient norm; null: no clipping
 
 
 class SMLConfig(_Section):
     enabled: bool = False
-    weight: float = 1.0   # weight of the auxiliary branch's loss
-    block: int | None = None  # block whose output feeds the branch; default: the middle one
+    weight: NonNegative = 1.0   # weight of the auxiliary branch's loss
+    block: Annotated[int, Field(ge=0)] | None = None  # block whose output feeds the branch; default: the middle one
+
+
+URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "s3", "gs")
+_UNSAFE = set(" \t\r\n\x00\"'`;|&$<>\\")
+
+
+def check_uri(uri: str, *, schemes: tuple[str, ...] = URI_SCHEMES) -> str:
+    """A tracking or storage URI: a known scheme (or a plain path) and no characters a shell or a
+    filter string would read (quotes, ``;``, whitespace, ...). Raises ValueError saying what is accepted."""
+    if not isinstance(uri, str) or not uri or len(uri) > 2048:
+        raise ValueError(f"must be a non-empty string of at most 2048 characters, got {shown(uri)}")
+    bad = sorted({c for c in uri if c in _UNSAFE or not c.isprintable()})
+    if bad:
+        raise ValueError(f"{shown(uri)} holds {', '.join(map(repr, bad))}; a URI may not contain whitespace, "
+                         f"quotes or shell characters (percent-encode them)")
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+        if scheme not in schemes:
+            raise ValueError(f"{shown(uri)}: unknown scheme {scheme!r}; accepted: {', '.join(schemes)}, or a path")
+    return uri
+
+
+def check_name(name: str, what: str = "") -> str:
+    """A name that becomes a folder and an MLflow filter value: letters, digits, ``._-`` (and
+    spaces inside), starting with a letter or digit, at most 100 characters (so never ``..``)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,99}", name) or name.endswith(" "):
+        raise ValueError(f"{what + ' ' if what else ''}must be 1-100 letters, digits, '.', '_', '-' or inner spaces, "
+                         f"starting with a letter or digit, got {shown(name)}")
+    return name
+
+
+def _uri(value: str | None) -> str | None:
+    return None if value is None else check_uri(value)
+
+
+def _experiment(value: str | None) -> str | None:
+    return None if value is None else check_name(value)
+
+
+TrackingURI = Annotated[str | None, AfterValidator(_uri)]
+ExperimentName = Annotated[str | None, AfterValidator(_experiment)]
 
 
 class TrackingConfig(_Section):
-    uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
-    experiment: str = "stas-train"
+    uri: TrackingURI = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: Annotated[str, AfterValidator(_experiment)] = "stas-train"
     enabled: bool = True
 
 
@@ -223,14 +278,15 @@ class TrainConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     sml: SMLConfig = Field(default_factory=SMLConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 64
     amp: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     init_from: str | None = None  # checkpoint whose model weights start this run (stage 1 -> 2)
-    eval_epsilons: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
-    energy_batches: int | None = None  # validation batches the energy meter sees (None: all)
+    eval_epsilons: Annotated[list[Epsilon], Field(min_length=1, max_length=1000)] = \
+        Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
+    energy_batches: Positive | None = None  # validation batches the energy meter sees (None: all)
 
     @property
     def stage(self) -> int:
@@ -241,74 +297,125 @@ class TrainConfig(_Section):
 
 
 def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is list:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_type_name(a) for a in typing.get_args(tp)))
+    if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
     return {type(None): "null", int: "an integer", float: "a number", str: "a string", bool: "true/false",
             dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def _message(error: dict, where: str) -> str:
-    """One pydantic error as our messages say it: the file, the dotted key, what is accepted."""
-    cls, annotation, parts = TrainConfig, None, []
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message never echoes a whole document."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
+
+
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
+def _strip(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` -> ``X``."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section class inside ``annotation`` (``Section | None`` -> ``Section``), if any."""
+    ann = _strip(annotation)
+    members = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+    for a in map(_strip, members):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _field_names(cls: type[BaseModel]) -> dict[str, Any]:
+    """A section's keys as a file writes them (aliases, e.g. ``int``) -> their field info."""
+    return {(f.alias or name): f for name, f in cls.model_fields.items()}
+
+
+def pydantic_message(error: dict, where: str, root: type[BaseModel]) -> str:
+    """One pydantic error as our messages say it: the file, the dotted key, what is accepted.
+    ``root`` is the model the document was validated against (a training config, a search space)."""
+    cls, annotation, owner, parts = root, None, root, []
     for item in error["loc"]:
-        if isinstance(item, int):
-            parts[-1] += f"[{item}]"
-            annotation = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else annotation
+        if isinstance(item, int):  # a list's item
+            if parts:
+                parts[-1] += f"[{item}]"
+            ann = _strip(annotation)
+            members = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+            lists = [_strip(a) for a in members if typing.get_origin(_strip(a)) is list]
+            annotation = typing.get_args(lists[0])[0] if lists else annotation
+            cls = _model_in(annotation)
             continue
-        parts.append(str(item))
-        fields = getattr(cls, "model_fields", {}) if cls is not None else {}
-        if item not in fields:
-            break
-        annotation = fields[item].annotation
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-        cls = inner[0] if isinstance(inner[0], type) and issubclass(inner[0], BaseModel) else None
-    key, value, kind = ".".join(parts), error.get("input"), error["type"]
+        if cls is not None:  # a section's key
+            owner, fields = cls, _field_names(cls)
+            parts.append(str(item))
+            if item not in fields:
+                break
+            annotation = fields[item].annotation
+            cls = _model_in(annotation)
+        elif typing.get_origin(_strip(annotation)) is dict:  # a mapping's key, e.g. space.<dotted key>
+            parts.append(str(item))
+            annotation = typing.get_args(_strip(annotation))[1]
+            cls = _model_in(annotation)
+        # anything else is pydantic's name for a member of a union ('str', 'constrained-float'): skipped
+    key, value, kind, ctx = ".".join(parts), error.get("input"), error["type"], error.get("ctx") or {}
     if kind == "extra_forbidden":
-        owner = TrainConfig
-        for name in parts[:-1]:
-            ann = owner.model_fields[name].annotation
-            owner = next(a for a in (typing.get_args(ann) or (ann,)) if a is not type(None))
-        return f"{where}: unknown key {key!r}; accepted keys here: {', '.join(owner.model_fields)}"
+        return f"{where}: unknown key {key!r}; accepted keys here: {', '.join(_field_names(owner))}"
+    if kind == "missing":
+        return f"{where}: missing key {key!r}"
     if kind == "literal_error":
-        accepted = ", ".join(typing.get_args(annotation))
-        return f"{where}: {key} is {value!r}; accepted values: {accepted}"
-    if kind in ("model_type", "model_attributes_type"):
-        return f"{where}: {key} must be a mapping of keys, got {value!r}"
-    return f"{where}: {key} must be {_type_name(annotation)}, got {value!r}"
+        accepted = ", ".join(str(a) for a in typing.get_args(_strip(annotation)) if a is not None) \
+            if typing.get_origin(_strip(annotation)) is Literal else ctx.get("expected", "")
+        return f"{where}: {key} is {shown(value)}; accepted values: {accepted}"
+    if kind in _BOUNDS:
+        name, sign = _BOUNDS[kind]
+        return f"{where}: {key} must be {sign} {ctx[name]}, got {shown(value)}"
+    if kind == "finite_number":
+        return f"{where}: {key} must be a finite number, got {shown(value)}"
+    if kind == "too_short":
+        least = ctx.get("min_length", 1)
+        return (f"{where}: {key} must not be empty, got {shown(value)}" if least <= 1 else
+                f"{where}: {key} needs at least {least} entries, got {shown(value)}")
+    if kind == "too_long":
+        return f"{where}: {key} has {ctx.get('actual_length')} items; at most {ctx.get('max_length')} are accepted"
+    if kind == "value_error":
+        return f"{where}: {key + ': ' if key else ''}{ctx.get('error', error.get('msg'))}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{where}: {key} must be a mapping of keys, got {shown(value)}"
+    return f"{where}: {key} must be {_type_name(annotation)}, got {shown(value)}"
 
 
 def _check(cfg: TrainConfig, where: str) -> None:
+    """The checks that involve more than one field or another module."""
+    from ..data.factory import DATASET_CLASSES, canonical_name
     from ..models import get_arch
-    from ..models.halting import check_epsilon
 
     try:
-        get_arch(cfg.model.name)
+        arch = get_arch(cfg.model.name)
     except ValueError as e:
         raise ConfigError(f"{where}: model.name: {e}") from None
-    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "model.timesteps": cfg.model.timesteps}
-    for key, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"{where}: {key} must be >= 1, got {v}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"{where}: optim.lr must be > 0, got {cfg.optim.lr}")
-    if not 0 <= cfg.data.label_smoothing < 1:
-        raise ConfigError(f"{where}: data.label_smoothing must lie in [0, 1), got {cfg.data.label_smoothing}")
-    if cfg.halting is not None:
-        try:
-            check_epsilon(cfg.halting.epsilon)
-        except ValueError as e:
-            raise ConfigError(f"{where}: halting.epsilon: {e}") from None
-        if cfg.halting.delta_p < 0:
-            raise ConfigError(f"{where}: halting.delta_p must be >= 0, got {cfg.halting.delta_p}")
-    for i, e in enumerate(cfg.eval_epsilons):
-        try:
-            check_epsilon(e)
-        except ValueError as err:
-            raise ConfigError(f"{where}: eval_epsilons[{i}]: {err}") from None
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ConfigError(f"{where}: device is {cfg.device!r}; accepted values: auto, cpu, cuda, cuda:N")
+    try:
+        data = canonical_name(cfg.data.name)
+    except ValueError as e:
+        raise ConfigError(f"{where}: data.name: {e}") from None
+    classes = DATASET_CLASSES.get(data)
+    if cfg.model.num_classes is not None and classes is not None and cfg.model.num_classes < classes:
+        raise ConfigError(f"{where}: model.num_classes is {cfg.model.num_classes} but {data} has {classes} "
+                          f"classes; give at least {classes}, or leave it out to use the data set's")
+    if cfg.sml.block is not None and cfg.sml.block >= arch.depth:
+        raise ConfigError(f"{where}: sml.block is {cfg.sml.block}; {cfg.model.name} has blocks 0..{arch.depth - 1}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d{1,3}", cfg.device):
+        raise ConfigError(f"{where}: device is {shown(cfg.device)}; accepted values: auto, cpu, cuda, cuda:N")
 
 
 def config_from_dict(raw: dict, where: str = "<config>") -> TrainConfig:
@@ -320,7 +427,7 @@ def config_from_dict(raw: dict, where: str = "<config>") -> TrainConfig:
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_message(e.errors()[0], where)) from None
+        raise ConfigError(pydantic_message(e.errors()[0], where, TrainConfig)) from None
     _check(cfg, where)
     return cfg
 
@@ -373,9 +480,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
-    raw = load_yaml(path) or {}
+    raw = load_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty (or only comments); a training config needs at least "
+                          f"model: and data: sections, see configs/digits_stage1.yaml")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {shown(raw)}")
     # a halting section written as `halting: {}` means "halting with the defaults"
     raw = merge(raw, parse_overrides(overrides))
     return config_from_dict(raw, str(path))
