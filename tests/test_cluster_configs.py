@@ -455,8 +455,8 @@ def test_local_ray_listens_on_loopback_only(tmp_path, monkeypatch):
     import os
     import tempfile
 
-    import psutil
     import ray
+    import psutil  # noqa: I001 - Ray's own copy (ray/thirdparty_files), on the path once ray is imported
 
     from stas_sweep.sweep.runner import init_ray
 
