@@ -28,14 +28,80 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-class UsageError(ValueError):
-    """Bad input from the user: printed as one line, exit code 2."""
+from .errors import UsageError, UserError  # noqa: E402 - after the OpenMP policy (errors imports nothing heavy)
+
+
+class _flag_errors:
+    """Around a library call made with the command's flags only (create_model(name, img_size,
+    ...)): its argument checks (ValueError) are the user's flags being wrong, so a UsageError."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if isinstance(err, ValueError) and not isinstance(err, UserError):
+            raise UsageError(str(err)) from None
+        return False
+
+
+class _store_errors:
+    """Around calls that read or write an MLflow store the user named: a store that cannot be
+    opened (a corrupt or locked ``mlflow.db``, a server that does not answer) is a
+    :class:`~stas_sweep.tracking.TrackingError` naming it, not a traceback from sqlalchemy."""
+
+    def __init__(self, uri: str | None) -> None:
+        self.uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if err is None or isinstance(err, UserError) or not isinstance(err, Exception):
+            return False
+        from mlflow.exceptions import MlflowException
+
+        try:
+            from sqlalchemy.exc import SQLAlchemyError
+        except ImportError:  # pragma: no cover - MLflow installs it
+            SQLAlchemyError = MlflowException  # noqa: N806
+        if isinstance(err, (MlflowException, SQLAlchemyError, ConnectionError)):
+            from .tracking import TrackingError, default_tracking_uri
+
+            detail = (str(err).strip().splitlines() or [""])[0][:300]
+            raise TrackingError(f"MLflow store {default_tracking_uri(self.uri)} cannot be used "
+                                f"({type(err).__name__}: {detail}); fix or unlock it, or give another "
+                                f"--tracking-uri") from None
+        return False
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse then names the flag and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan, no inf)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
 
 
 def _add_shape_args(p: argparse.ArgumentParser, img_size: int = 32) -> None:
-    p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
-    p.add_argument("--img-size", type=int, default=img_size, help=f"input side in pixels (default {img_size})")
-    p.add_argument("--in-channels", type=int, default=3, help="input channels (default 3; DVS frames: 2)")
+    p.add_argument("--num-classes", type=_positive_int, default=10, help="classifier outputs (default 10)")
+    p.add_argument("--img-size", type=_positive_int, default=img_size, help=f"input side in pixels (default {img_size})")
+    p.add_argument("--in-channels", type=_positive_int, default=3, help="input channels (default 3; DVS frames: 2)")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -45,8 +111,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for name in list_models(args.pattern):
         arch = get_arch(name)
-        model = create_model(name, num_classes=args.num_classes, img_size=args.img_size,
-                             in_channels=args.in_channels)
+        with _flag_errors():
+            model = create_model(name, num_classes=args.num_classes, img_size=args.img_size,
+                                 in_channels=args.in_channels)
         rows.append({
             "name": name, "family": arch.family, "depth": arch.depth, "embed_dim": arch.embed_dim,
             "num_heads": arch.num_heads, "params": sum(p.numel() for p in model.parameters()),
@@ -100,12 +167,14 @@ def cmd_energy(args: argparse.Namespace) -> int:
         from .models.halting import PAPER_ALPHA_BETA
         from .models.registry import get_arch
 
-        alpha, beta = PAPER_ALPHA_BETA[get_arch(args.model).family]
+        with _flag_errors():
+            alpha, beta = PAPER_ALPHA_BETA[get_arch(args.model).family]
         halting = {"alpha": alpha if args.alpha is None else args.alpha, "beta": beta if args.beta is None else args.beta,
                    "epsilon": 0.01 if args.epsilon is None else args.epsilon, "accumulation": args.accumulation}
-    model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
-                         in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,
-                         halting=halting)
+    with _flag_errors():
+        model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
+                             in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,
+                             halting=halting)
     x, source = _input_batch(args)
     # untrained weights: set batch-norm statistics from the batch so the LIF layers fire
     calibrate_batchnorm(model, x)
@@ -143,11 +212,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads}: give a whole number of at least 1")
+    if args.output_dir is not None and not args.output_dir.strip():
+        raise UsageError("--output-dir '': give a folder for the run (default: ./runs/<config name>)")
     threads = set_threads(args.threads)
     cfg = load_config(args.config, args.set)
     out = Path(args.output_dir) if args.output_dir else Path("runs") / Path(args.config).stem
     run = train_run(cfg, out, resume=args.resume, progress=not args.no_progress, tracking_uri=args.tracking_uri,
-                    mlflow=not args.no_mlflow, threads=threads)
+                    mlflow=not args.no_mlflow, threads=threads, source=args.config)
     final = run.history[-1] if run.history else {}
     print(f"done: accuracy {final.get('accuracy', float('nan')):.2f}%, token ratio "
           f"{final.get('token_ratio', float('nan')):.3f}, energy {final.get('energy_mj', float('nan')):.4f} mJ; "
@@ -161,7 +232,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train import config_from_dict, epsilon_table, format_table, halting_maps, model_from_checkpoint
     from .train.trainer import resolve_device
 
-    device = resolve_device(args.device)
+    device = _eval_device(args.device, resolve_device)
+    if args.halting_maps:
+        _check_output_folder(args.halting_maps, "--halting-maps")
     model, state = model_from_checkpoint(args.checkpoint, device)
     cfg = config_from_dict(state.get("config") or {}, f"{args.checkpoint} (its config)")
     _, val, info = build_datasets(
@@ -191,6 +264,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.halting_maps:
         print(f"halting maps: {result['halting_maps'][0]} (+{len(result['halting_maps']) - 1} per-sample files)")
     return 0
+
+
+def _eval_device(name: str, resolve):
+    import torch
+
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise UsageError(f"--device {name!r}: accepted values: auto, cpu, cuda, cuda:N")
+    try:
+        device = resolve(name)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"--device {name!r}: {e}") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _check_output_folder(path: str, flag: str) -> None:
+    """A folder we will write into: it, or the nearest folder above it that exists, must be a
+    writable folder (nothing is created here)."""
+    p = Path(path).absolute()
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a folder; give a folder to write into")
+    q = p
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise UsageError(f"{flag} {path}: {q} is a file, so no folder can be made there")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {q} is not writable")
 
 
 def _parse_epsilons(text: str) -> list[float]:
@@ -225,7 +329,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("dry run: nothing was trained")
         return 0
     try:
-        result = run_tracked(spec, uri, plan, address=args.address, resume=args.resume)
+        with _store_errors(uri):  # a corrupt or locked mlflow.db: one line (before Ray starts, at start_parent)
+            result = run_tracked(spec, uri, plan, address=args.address, resume=args.resume)
     except SweepError as e:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
@@ -245,7 +350,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if uri is None or uri.startswith("sqlite:"):
         print("note: no --tracking-uri: the job logs to a sqlite file on the head node; give the URL of a shared "
               "`mlflow server` to browse the front from here", file=sys.stderr)
-    job_id, status = submit(spec, args.address, tracking_uri=uri, resume=args.resume, wait=not args.no_wait)
+    try:
+        job_id, status = submit(spec, args.address, tracking_uri=uri, resume=args.resume, wait=not args.no_wait)
+    except ConnectionError as e:  # the dashboard did not answer: the --address is wrong or the cluster down
+        raise UsageError(str(e)) from None
     if args.no_wait:
         return 0
     print(f"job {job_id}: {status}")
@@ -299,7 +407,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
     from .sweep.paper_results import DATASETS, SOURCE, paper_rows
 
-    sweep = latest_sweep(args.tracking_uri, args.experiment)
+    with _store_errors(args.tracking_uri):
+        sweep = latest_sweep(args.tracking_uri, args.experiment)
     front = sweep["front"]
     paper = paper_rows(sweep.get("dataset")) if args.paper else []
     if args.json:
@@ -318,18 +427,58 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI as a child process in its own process group; when this command stops
+    (Ctrl-C, SIGTERM, SIGHUP) the whole group (``mlflow ui`` and its uvicorn workers) is stopped too."""
+    import signal
+    import socket
     import subprocess
 
     from .tracking import default_tracking_uri
 
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: give a port number from 1 to 65535 (default 5000)")
     uri = default_tracking_uri(args.tracking_uri)
     if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:")) and "://" in uri:
         print(f"{uri} is a tracking server: open it in a browser instead")
         return 0
+    try:
+        with socket.create_server((args.host, args.port)):
+            pass  # free now: mlflow binds it next
+    except OSError as e:
+        raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e}); "
+                         f"choose another --port") from None
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (filter runs with tags.pareto = 'true'; Ctrl-C stops)")
-    return subprocess.call(cmd)
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (filter runs with tags.pareto = 'true'; "
+          f"Ctrl-C stops)", flush=True)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop() -> None:
+        if proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(wait)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def on_signal(signum, _frame):
+        stop()
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,20 +497,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("energy", help="energy per image, firing rates and token ratio of a model")
     p.add_argument("model", help="a name from `stas-sweep models`")
     _add_shape_args(p)
-    p.add_argument("--timesteps", type=int, default=4)
+    p.add_argument("--timesteps", type=_positive_int, default=4)
     p.add_argument("--stem", choices=["sps", "isps"], default="isps")
     p.add_argument("--halting", action="store_true", help="turn A-SSA halting on")
-    p.add_argument("--epsilon", type=float, help="halting threshold knob in [0, 1) (implies --halting)")
-    p.add_argument("--alpha", type=float, help="halting score slope (default: the paper's for the family, "
+    p.add_argument("--epsilon", type=_finite_float, help="halting threshold knob in [0, 1) (implies --halting)")
+    p.add_argument("--alpha", type=_finite_float, help="halting score slope (default: the paper's for the family, "
                    "-5 for spikformer, 5 otherwise)")
-    p.add_argument("--beta", type=float, help="halting score bias (default: the paper's, 0 for spikformer, -25 otherwise)")
+    p.add_argument("--beta", type=_finite_float, help="halting score bias (default: the paper's, 0 for spikformer, -25 otherwise)")
     p.add_argument("--accumulation", choices=["tb", "b"], default="tb")
-    p.add_argument("--keep-ratio", type=float, help="the token-dropping baseline at this keep ratio in (0, 1]")
-    p.add_argument("--exit-threshold", type=float,
+    p.add_argument("--keep-ratio", type=_finite_float, help="the token-dropping baseline at this keep ratio in (0, 1]")
+    p.add_argument("--exit-threshold", type=_finite_float,
                    help="the timestep-exit baseline at this normalised-entropy threshold in [0, 1]")
     p.add_argument("--input", choices=["digits", "random"], default="digits",
                    help="offline digits validation images (default) or random input")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--convention", choices=["paper", "strict"], default="paper",
                    help="energy convention of the table's per-layer columns and of the JSON 'energy' field: "
@@ -389,8 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--halting-maps", metavar="DIR", help="write PNG halting maps of a few validation images")
     p.add_argument("--similarity", action="store_true", help="print per-block temporal similarity")
     p.add_argument("--data-root", help="override the data set root stored in the checkpoint")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-batches", type=int, help="evaluate on the first N batches only")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--max-batches", type=_positive_int, help="evaluate on the first N batches only")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -425,13 +574,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="start the MLflow UI for the default store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="1-65535 (default 5000)")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=cmd_ui)
     return parser
 
 
+# the longest error message printed; anything past it (a huge echoed value) is cut
+MAX_MESSAGE = 4000
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input: :class:`UserError` and its subclasses (ConfigError and
+    SpaceError, CheckpointError, DataError, DatasetNotFoundError, TrackingError, UsageError ...)."""
+    return (UserError,)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (a :class:`UserError`) prints one message and returns 2;
+    any other exception is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -439,8 +600,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stas-sweep {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"stas-sweep {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
+        text = str(e)
+        if len(text) > MAX_MESSAGE:
+            text = f"{text[:MAX_MESSAGE]}... (message cut at {MAX_MESSAGE} of {len(text)} characters)"
+        print(f"stas-sweep {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

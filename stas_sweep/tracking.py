@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
 
 
@@ -46,31 +48,143 @@ def log_params(client, run_id: str, params: dict) -> None:
         client.log_batch(run_id, params=items[i : i + 100])
 
 
+class _quiet_store:
+    """MLflow's sqlite store logs a full traceback of every database error before raising it;
+    the :class:`Tracker` reports the error itself, in one line, so that log is muted meanwhile."""
+
+    names = ("mlflow.store.db.utils", "mlflow.utils.rest_utils", "mlflow.tracking._tracking_service.client")
+
+    def __enter__(self):
+        import logging
+
+        self.loggers = [logging.getLogger(n) for n in self.names]
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.CRITICAL + 1)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+        return False
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text[:limit]}"
+
+
 class Tracker:
-    """One MLflow run (optionally nested under ``parent_run_id``); a no-op when disabled."""
+    """One MLflow run of a training (optionally nested under ``parent_run_id``); a no-op when
+    disabled. A tracking failure never stops training:
+
+    * the store must answer when the run starts (else :class:`TrackingError`: nothing trained);
+    * afterwards every call that fails is kept, in order, and sent again later: on the next
+      call once a backoff has passed (``retry_after`` seconds, doubling up to ``max_retry_after``),
+      and at :meth:`end`, which tries a few more times. The first failure prints one warning;
+      the return of the store prints one line with the number of delayed calls;
+    * the epochs' metrics are also in ``metrics.jsonl`` / the checkpoint's history, and
+      :meth:`replay` (called on ``--resume``) logs the epochs the run does not hold yet, so
+      even metrics lost with a killed process reach MLflow;
+    * ``run_id`` (a resumed run) that the store does not hold: a new run is started, and
+      :attr:`replaced_run_id` says which one was missing.
+    """
 
     def __init__(self, uri: str | None, experiment: str, run_name: str, *, tags: dict | None = None,
-                 parent_run_id: str | None = None, run_id: str | None = None, enabled: bool = True) -> None:
+                 parent_run_id: str | None = None, run_id: str | None = None, enabled: bool = True,
+                 log=None, retry_after: float = 1.0, max_retry_after: float = 60.0) -> None:
+        import sys
+
         self.enabled = enabled
         self.run_id = run_id
+        self.replaced_run_id: str | None = None
+        self.pending: list[tuple[str, tuple, dict]] = []  # calls not sent yet, oldest first
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.retry_after, self.max_retry_after = retry_after, max_retry_after
+        self._delay, self._next_try, self._failing = retry_after, 0.0, False
+        self.failures = 0  # calls that failed (each retry counts)
         if not enabled:
             return
         import mlflow
 
         self.uri = default_tracking_uri(uri)
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-        if self.run_id is None:
-            tags = dict(tags or {})
-            if parent_run_id:
-                tags["mlflow.parentRunId"] = parent_run_id
-            tags.setdefault("mlflow.runName", run_name)
-            self.run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+        try:
+            with _quiet_store():
+                self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+                exp = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+                if self.run_id is not None and not self._has_run(self.run_id):
+                    self.replaced_run_id, self.run_id = self.run_id, None
+                if self.run_id is None:
+                    tags = dict(tags or {})
+                    if parent_run_id:
+                        tags["mlflow.parentRunId"] = parent_run_id
+                    tags.setdefault("mlflow.runName", run_name)
+                    self.run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+                else:
+                    self.client.update_run(self.run_id, status="RUNNING")  # resumed: running again
+        except Exception as e:  # noqa: BLE001 - whatever the store raises at the start, it is the user's store
+            raise TrackingError(f"MLflow store {self.uri} cannot be used ({_first_line(e)}); fix or unlock it, "
+                                f"give another --tracking-uri, or train with --no-mlflow") from None
 
+    def _has_run(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+
+    # -- sending, with retries ----------------------------------------------------------------
+    def _call(self, op: str, *args, **kwargs) -> bool:
+        """Queue one call behind any pending ones and try to send them; False if any is still pending."""
+        if not self.enabled:
+            return True
+        self.pending.append((op, args, kwargs))
+        return self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Send the pending calls in order (before the backoff has passed only if ``force``)."""
+        if not self.enabled or not self.pending:
+            return True
+        if not force and time.monotonic() < self._next_try:
+            return False
+        delayed = len(self.pending)
+        while self.pending:
+            op, args, kwargs = self.pending[0]
+            target = self if op.startswith("_") else self.client
+            try:
+                with _quiet_store():
+                    getattr(target, op)(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - a tracking failure must not stop training
+                self._failed(e)
+                return False
+            self.pending.pop(0)
+        if self._failing:
+            self.log(f"MLflow store {self.uri} answers again: {delayed} delayed call(s) sent to run {self.run_id}")
+        self._failing, self._delay, self._next_try = False, self.retry_after, 0.0
+        return True
+
+    def _failed(self, e: Exception) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            self.log(f"warning: MLflow store {self.uri} failed ({_first_line(e)}); training goes on, the metrics "
+                     f"are kept (and in metrics.jsonl) and sent when the store answers again")
+        self._failing = True
+        self._next_try = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, self.max_retry_after)
+
+    # -- the run's calls ------------------------------------------------------------------------
     def log_params(self, params: dict) -> None:
         if self.enabled:
-            log_params(self.client, self.run_id, params)
+            from mlflow.entities import Param
+
+            items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+            for i in range(0, len(items), 100):
+                self._call("log_batch", self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         if self.enabled:
@@ -79,20 +193,53 @@ class Tracker:
             ts = int(time.time() * 1000)
             items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            self._call("log_batch", self.run_id, metrics=items)
+
+    def replay(self, history: list[dict]) -> None:
+        """Log the epochs of ``history`` (``metrics.jsonl``: one dict per epoch with ``epoch``)
+        whose metrics the run does not hold (after an outage the process did not outlive, or
+        into a new run that replaces a missing one)."""
+        if self.enabled and history:
+            self._call("_replay", [dict(h) for h in history])
+
+    def _replay(self, history: list[dict]) -> None:
+        from mlflow.entities import Metric
+
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "accuracy")}
+        ts = int(time.time() * 1000)
+        missing = [h for h in history if h.get("epoch") not in logged]
+        for h in missing:
+            items = [Metric(k, float(v), ts, int(h["epoch"])) for k, v in h.items()
+                     if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)]
             self.client.log_batch(self.run_id, metrics=items)
+        if missing:
+            self.log(f"MLflow run {self.run_id}: logged the metrics of epoch(s) "
+                     f"{', '.join(str(h['epoch']) for h in missing)} from metrics.jsonl")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._call("log_artifact", self.run_id, str(path), artifact_path)
 
     def log_table(self, rows: list[dict], name: str) -> None:
         if self.enabled and rows:
-            self.client.log_table(self.run_id, data={k: [r.get(k) for r in rows] for k in rows[0]},
-                                  artifact_file=name)
+            self._call("log_table", self.run_id, data={k: [r.get(k) for r in rows] for k in rows[0]},
+                       artifact_file=name)
 
-    def end(self, status: str = "FINISHED") -> None:
-        if self.enabled:
-            self.client.set_terminated(self.run_id, status=status)
+    def end(self, status: str = "FINISHED", attempts: int = 3) -> bool:
+        """Send everything pending and close the run as ``status``, trying ``attempts`` times
+        (waiting the backoff between); False (and a warning) if the store still fails."""
+        if not self.enabled:
+            return True
+        self.pending.append(("set_terminated", (self.run_id,), {"status": status}))
+        for i in range(attempts):
+            if self.flush(force=True):
+                return True
+            if i + 1 < attempts:
+                time.sleep(max(0.0, self._next_try - time.monotonic()))
+        self.log(f"warning: MLflow store {self.uri} still fails; {len(self.pending)} call(s) not sent and run "
+                 f"{self.run_id} not closed. The metrics are in metrics.jsonl: `stas-sweep train ... --resume` "
+                 f"with this store sends them and closes the run")
+        return False
 
 
 # -- sweeps: one parent run per sweep, one nested child run per trial ---------------------------
@@ -350,7 +497,7 @@ class SweepTracker:
 
 # -- reading a sweep back ---------------------------------------------------------------------
 
-class TrackingError(ValueError):
+class TrackingError(UserError, ValueError):
     """Nothing to read where the user pointed (message names the store and what exists)."""
 
 

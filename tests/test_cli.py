@@ -97,7 +97,21 @@ def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port):
                 time.sleep(0.5)
         else:
             raise AssertionError("the UI did not answer")
+        # stopping the command (SIGTERM to stas-sweep alone, as a service manager does) stops the server
+        proc.terminate()
+        out = proc.communicate(timeout=60)[0]
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                time.sleep(0.5)
+            except OSError:
+                break
+        else:
+            raise AssertionError("the MLflow server outlived `stas-sweep ui`")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        out = proc.communicate(timeout=30)[0]
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stas-sweep's own group; the server has its own session
+        except ProcessLookupError:
+            pass
     assert f"sqlite:///{tmp_path.resolve()}/mlflow.db" in out and f"http://127.0.0.1:{port}" in out

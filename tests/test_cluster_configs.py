@@ -23,6 +23,7 @@ RAYJOB = CLUSTER / "kuberay-rayjob.yaml"
 RAYCLUSTER = CLUSTER / "kuberay-raycluster.yaml"
 SHARED_PVC = CLUSTER / "kuberay-shared-pvc.yaml"
 MLFLOW = CLUSTER / "mlflow-server.yaml"
+NETPOL = CLUSTER / "kuberay-networkpolicy.yaml"
 README = CLUSTER / "README.md"
 
 RAY_VERSION = "2.60.0"
@@ -49,7 +50,7 @@ def _by_kind(kind: str) -> list[tuple[Path, dict]]:
 
 
 def test_expected_files_exist():
-    for p in (LAUNCHER, RAYJOB, RAYCLUSTER, SHARED_PVC, MLFLOW, README):
+    for p in (LAUNCHER, RAYJOB, RAYCLUSTER, SHARED_PVC, MLFLOW, NETPOL, README):
         assert p.is_file(), f"missing {p.relative_to(ROOT)}"
 
 
@@ -290,6 +291,70 @@ def test_mlflow_server_is_cluster_internal():
 
 
 # --------------------------------------------------------------------------------------------------
+# who may reach Ray and MLflow: token auth, NetworkPolicies
+
+
+def _ray_pod_templates(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+
+
+def test_kuberay_clusters_use_token_auth_and_label_their_pods(rayjob, raycluster):
+    for spec, where in ((raycluster["spec"], "RayCluster"), (rayjob["spec"]["rayClusterSpec"], "RayJob")):
+        assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: Ray token auth must be on"
+        for template in _ray_pod_templates(spec):
+            assert template.get("metadata", {}).get("labels", {}).get("stas-sweep/role") == "ray", (
+                f"{where}: every Ray pod needs the label the NetworkPolicy selects")
+        assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+
+
+def _policies() -> dict[str, dict]:
+    docs = [d for d in _docs(NETPOL) if d.get("kind") == "NetworkPolicy"]
+    assert all(d["apiVersion"] == "networking.k8s.io/v1" for d in docs)
+    return {d["metadata"]["name"]: d["spec"] for d in docs}
+
+
+def _ports(rule: dict) -> set:
+    return {p["port"] for p in rule.get("ports", [])} or {"any"}
+
+
+def test_networkpolicies_restrict_ray_and_mlflow(rayjob):
+    policies = _policies()
+    ray = next(p for p in policies.values() if p["podSelector"]["matchLabels"] == {"stas-sweep/role": "ray"})
+    mlflow_sel = next(d for d in _docs(MLFLOW) if d.get("kind") == "Deployment")["spec"]["selector"]["matchLabels"]
+    mlflow = next(p for p in policies.values() if p["podSelector"]["matchLabels"] == mlflow_sel)
+    for policy in (ray, mlflow):
+        assert "Ingress" in policy["policyTypes"]
+        for rule in policy["ingress"]:
+            assert rule.get("from"), "an ingress rule without `from` admits everyone"
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer and peer.get("podSelector", {}).get("matchLabels"), peer
+    # Ray: any port between Ray pods; from anything else only the dashboard / Jobs API
+    for rule in ray["ingress"]:
+        peers = [p["podSelector"]["matchLabels"] for p in rule["from"]]
+        if peers == [{"stas-sweep/role": "ray"}] and "namespaceSelector" not in rule["from"][0]:
+            continue
+        assert _ports(rule) == {8265}, rule
+    submitters = [p["podSelector"]["matchLabels"] for r in ray["ingress"] for p in r["from"]]
+    assert {"batch.kubernetes.io/job-name": rayjob["metadata"]["name"]} in submitters
+    assert {"app.kubernetes.io/name": "kuberay-operator"} in submitters
+    # MLflow: port 5000 from the Ray pods only
+    assert [(_ports(r), [p["podSelector"]["matchLabels"] for p in r["from"]]) for r in mlflow["ingress"]] == [
+        ({5000}, [{"stas-sweep/role": "ray"}])]
+
+
+def test_launcher_says_what_protects_it(launcher):
+    """aws-gpu.yaml does not turn token auth on: it says so explicitly, binds the dashboard and
+    MLflow to 127.0.0.1, and the README says why and what protects them."""
+    starts = " ".join(launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"])
+    assert "RAY_AUTH_MODE=" in starts
+    assert "--dashboard-host=127.0.0.1" in starts
+    assert "--host 127.0.0.1 --port 5000" in starts
+    text = README.read_text()
+    assert "token auth is not turned on; the network protects it" in text
+    assert "kuberay-networkpolicy.yaml" in text and "authOptions" in text
+
+
+# --------------------------------------------------------------------------------------------------
 # secrets
 
 
@@ -366,3 +431,53 @@ def test_readme_refers_only_to_existing_cluster_files():
     text = README.read_text()
     for name in set(re.findall(r"cluster/([\w.-]+\.ya?ml)", text)):
         assert (CLUSTER / name).is_file(), f"README mentions cluster/{name}, which does not exist"
+
+
+# --------------------------------------------------------------------------------------------------
+# the local Ray that `stas-sweep run` starts
+
+
+def _listeners(pids: set[int]) -> list[str]:
+    """``ip:port`` of every TCP socket the processes ``pids`` listen on (``ss -ltnp``)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ss") is None:
+        pytest.skip("no `ss` on this machine")
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines()
+            if any(f"pid={pid}," in line for pid in pids)]
+
+
+def test_local_ray_listens_on_loopback_only(tmp_path, monkeypatch):
+    """init_ray's local Ray: GCS, raylet, agents, the driver's and a worker's servers all listen
+    on 127.0.0.1 (Ray 2.60 on Linux otherwise listens on every interface)."""
+    import os
+    import tempfile
+
+    import ray
+    import psutil  # noqa: I001 - Ray's own copy (ray/thirdparty_files), on the path once ray is imported
+
+    from stas_sweep.sweep.runner import init_ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("STAS_SWEEP_RAY_TMPDIR", tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short socket paths
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    if ray.is_initialized():
+        pytest.skip("Ray is already running in this process")
+    init_ray(None, None)
+    try:
+        @ray.remote(num_cpus=0)
+        def worker_pid() -> int:
+            return os.getpid()
+
+        pids = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid(), ray.get(worker_pid.remote())}
+        listening = _listeners(pids)
+        assert len(listening) >= 4, listening  # gcs, raylet (2), driver, worker, agents
+        assert all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in listening), listening
+        assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+    finally:
+        ray.shutdown()

@@ -179,3 +179,130 @@ def test_training_config_rejects_a_key_given_twice(tmp_path, capsys, tiny_config
         load_config(path)
     assert main(["train", str(path), "--no-mlflow", "--output-dir", str(tmp_path / "out")]) == 2
     assert str(path) in capsys.readouterr().err
+
+
+def test_tracking_outage_mid_run_loses_no_metrics(tmp_path, tiny_config, capfd):
+    """The sqlite store is locked by another connection (an exclusive transaction) at the end
+    of epoch 1, so that epoch's metrics cannot be logged (MLflow waits 20 s, then fails); it is
+    unlocked at the end of epoch 2: training finishes, one warning and no traceback is printed,
+    and after the outage every epoch's metrics are in MLflow and the run is FINISHED."""
+    import sqlite3
+
+    import mlflow
+
+    from stas_sweep.train.run import train_run
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    cfg = config_from_dict(dict(tiny_config, epochs=2, tracking={"experiment": "outage"}))
+    lock: dict = {}
+
+    def outage(epoch, _metrics, _trainer):  # runs before the epoch's metrics are logged
+        if epoch == 1:
+            lock["con"] = sqlite3.connect(db, isolation_level=None)
+            lock["con"].execute("BEGIN EXCLUSIVE")
+        elif epoch == 2:
+            lock["con"].execute("COMMIT")
+            lock["con"].close()
+
+    lines: list[str] = []
+    run = train_run(cfg, tmp_path / "run", progress=False, tracking_uri=uri, callbacks=[outage], log=lines.append)
+    assert len(run.history) == 2
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert err.count("warning: MLflow store") == 1 and "database is locked" in err
+    assert "answers again: 2 delayed call(s) sent" in err  # epoch 1 (kept), then epoch 2
+    client = mlflow.MlflowClient(uri)
+    (r,) = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+    assert r.info.status == "FINISHED"
+    for key in ("accuracy", "energy_mj", "train_loss"):
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) == [1, 2], key
+    assert [m.value for m in sorted(client.get_metric_history(r.info.run_id, "accuracy"), key=lambda m: m.step)] \
+        == [h["accuracy"] for h in run.history]
+    assert any(a.path == "curves.png" for a in client.list_artifacts(r.info.run_id))
+
+
+def test_resume_into_a_store_without_the_run_starts_a_new_one(tmp_path, tiny_config, capsys):
+    """A run interrupted after epoch 1 (store A) resumed with another tracking URI (store B):
+    it says so, and B's new run holds every epoch (the first from metrics.jsonl)."""
+    import mlflow
+
+    from stas_sweep.train.run import train_run
+
+    cfg = config_from_dict(dict(tiny_config, epochs=2, tracking={"experiment": "moved"}))
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+
+    def interrupt(epoch, _metrics, _trainer):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "run", progress=False, tracking_uri=a, callbacks=[interrupt])
+    lines: list[str] = []
+    train_run(cfg, tmp_path / "run", resume=True, progress=False, tracking_uri=b, log=lines.append)
+    assert any("has no run" in line and "new run" in line for line in lines), lines
+    client = mlflow.MlflowClient(b)
+    (r,) = client.search_runs([client.get_experiment_by_name("moved").experiment_id])
+    assert r.info.status == "FINISHED" and r.data.params["model.name"] == "spikingformer-2-32"
+    assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "accuracy")) == [1, 2]
+    (old,) = mlflow.MlflowClient(a).search_runs([mlflow.MlflowClient(a).get_experiment_by_name("moved").experiment_id])
+    assert old.info.status == "KILLED"  # not left RUNNING
+    assert len(mlflow.MlflowClient(a).get_metric_history(old.info.run_id, "accuracy")) == 0  # logged after the callback
+
+
+def test_disk_full_at_checkpoint_says_which_epoch_is_safe(tmp_path, tiny_config, write_yaml, capsys, monkeypatch):
+    """The checkpoint write of epoch 2 fails with ENOSPC: exit 2, one line naming the safe
+    epoch, last.pt still epoch 1 and loadable, and --resume then finishes the run."""
+    import errno
+
+    import stas_sweep.train.checkpoint as checkpoint
+
+    real_save, calls = checkpoint.torch.save, []
+
+    def full_disk(obj, f, *args, **kwargs):
+        calls.append(obj.get("epoch"))
+        if obj.get("epoch") == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    cfg = write_yaml(tmp_path / "c.yaml", dict(tiny_config, epochs=2))
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--output-dir", str(out), "--no-progress", "--no-mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "No space left on device" in err
+    assert f"{out / 'checkpoints' / 'last.pt'} holds epoch 1 intact" in err and "--resume" in err
+    assert [p.name for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")] == []  # no partial file
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert main(["train", str(cfg), "--output-dir", str(out), "--no-progress", "--no-mlflow", "--resume"]) == 0
+    assert checkpoint.load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_checkpoint_integrity_and_permissions(trained_stage1, tmp_path):
+    """Each checkpoint records a SHA-256 of its contents: one flipped bit in a weight is refused.
+    best.pt and last.pt have the same (umask) permissions."""
+    import os
+
+    from stas_sweep.train.checkpoint import load_checkpoint, save_checkpoint, state_digest
+
+    root, _ = trained_stage1
+    ckpts = root / "run" / "checkpoints"
+    assert os.stat(ckpts / "last.pt").st_mode == os.stat(ckpts / "best.pt").st_mode
+    state = load_checkpoint(ckpts / "last.pt")
+    assert state["sha256"] == state_digest(state)
+    # flip the lowest bit of one weight, in the file's bytes (the zip stores tensors uncompressed)
+    w = next(iter(state["model"].values())).reshape(-1)[0].clone()
+    raw = bytearray((ckpts / "last.pt").read_bytes())
+    needle = w.numpy().tobytes()
+    at = raw.find(needle)
+    assert at > 0
+    raw[at] ^= 0x01
+    (tmp_path / "flipped.pt").write_bytes(bytes(raw))
+    assert torch.load(tmp_path / "flipped.pt", weights_only=True)["format"] == state["format"]  # torch reads it
+    with pytest.raises(CheckpointError, match="changed after it was written"):
+        load_checkpoint(tmp_path / "flipped.pt")
+    # a checkpoint written before the digest existed (format stas-sweep/1) still loads
+    old = {k: v for k, v in state.items() if k != "sha256"}
+    torch.save({**old, "format": "stas-sweep/1"}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["epoch"] == state["epoch"]
+    path = save_checkpoint({k: v for k, v in old.items() if k != "format"}, tmp_path / "again.pt")
+    assert load_checkpoint(path)["sha256"] == state["sha256"]

@@ -1,13 +1,20 @@
-"""The one error a missing (or unusable) data set raises."""
+"""The errors a data set raises: missing (or unusable as laid out), or a file in it that cannot be read."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DatasetNotFoundError"]
+from ..errors import UserError
+
+__all__ = ["DataError", "DatasetNotFoundError"]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DataError(UserError, ValueError):
+    """A data set, or one file of it, that cannot be used (a corrupt image or event file, a bad
+    data-set name or recipe key); the message names the file or key."""
+
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A data set is not where it was looked for, or is there but cannot be used as is.
 
     Raised by :func:`stas_sweep.data.build_datasets` *before* any library (torchvision,

@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 
 from torch.utils.data import Dataset
 
-from .errors import DatasetNotFoundError
+from .errors import DataError, DatasetNotFoundError
 from .recipes import TensorAugment
 
 __all__ = ["EVENT_DATASETS", "check_events", "build_events", "per_class_split", "TransformedSubset"]
@@ -241,7 +241,7 @@ def build_events(name: str, root: str | Path, timesteps: int, img_size: int, rec
                  download: bool = False) -> tuple[Dataset, Dataset]:
     """(train, val) frame data sets of ``name`` after :func:`check_events`."""
     if not isinstance(timesteps, int) or timesteps <= 0:
-        raise ValueError(f"timesteps must be a positive int, got {timesteps!r}")
+        raise DataError(f"timesteps must be a positive int, got {timesteps!r}")
     root = check_events(name, root, timesteps, download)
     if download:
         root.mkdir(parents=True, exist_ok=True)  # spikingjelly writes its marker into root
@@ -249,13 +249,63 @@ def build_events(name: str, root: str | Path, timesteps: int, img_size: int, rec
     eval_tf = TensorAugment(img_size, augment=False)
     sj = _spikingjelly_class(name)
     kw = dict(data_type="frame", frames_number=timesteps, split_by="number")
-    if name == "cifar10-dvs":
-        base = sj(str(root), **kw)
-        train_idx, val_idx = per_class_split(base.targets, 0.9, EVENT_DATASETS[name]["num_classes"])
-        return TransformedSubset(base, train_idx, train_tf), TransformedSubset(base, val_idx, eval_tf)
-    train = _numeric_labels(sj(str(root), train=True, transform=train_tf, **kw))
-    val = _numeric_labels(sj(str(root), train=False, transform=eval_tf, **kw))
-    return train, val
+    with _frames_built_or_removed(name, root, timesteps):
+        if name == "cifar10-dvs":
+            base = sj(str(root), **kw)
+            train_idx, val_idx = per_class_split(base.targets, 0.9, EVENT_DATASETS[name]["num_classes"])
+            return TransformedSubset(base, train_idx, train_tf), TransformedSubset(base, val_idx, eval_tf)
+        train = _numeric_labels(sj(str(root), train=True, transform=train_tf, **kw))
+        val = _numeric_labels(sj(str(root), train=False, transform=eval_tf, **kw))
+        return train, val
+
+
+def _unreadable_events(events_np: Path) -> list[tuple[Path, str]]:
+    """The ``.npz`` files under ``events_np`` that numpy cannot read as arrays ``t, x, y, p``."""
+    import numpy as np
+
+    bad = []
+    for f in sorted(events_np.rglob("*.npz")):
+        try:
+            with np.load(f) as z:
+                missing = {"t", "x", "y", "p"} - set(z.files)
+                for k in z.files:
+                    z[k]  # reads (and decompresses) every array
+            if missing:
+                bad.append((f, f"no array(s) {', '.join(sorted(missing))}"))
+        except Exception as e:  # noqa: BLE001 - any failure to read is what we report
+            bad.append((f, f"{type(e).__name__}: {e}"))
+    return bad
+
+
+class _frames_built_or_removed:
+    """Around spikingjelly's frame integration: if it fails, remove the partial frames folder
+    and its ``.building`` marker (spikingjelly leaves both, and every later call then refuses
+    to start), and when the cause is an unreadable ``.npz`` raise :class:`DataError` naming it."""
+
+    def __init__(self, name: str, root: Path, timesteps: int) -> None:
+        self.name, self.root = name, Path(root)
+        self.frames = self.root / frames_dir_name(timesteps)
+        self.marker = self.frames.with_name(self.frames.name + ".building")
+        self.existed = self.frames.exists()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if err is None or self.existed or not isinstance(err, Exception):
+            return False
+        import shutil
+
+        if self.frames.exists():
+            shutil.rmtree(self.frames, ignore_errors=True)
+        self.marker.unlink(missing_ok=True)
+        bad = _unreadable_events(self.root / "events_np")
+        if bad:
+            f, why = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise DataError(f"{self.name}: event file {f} cannot be read ({why}){more}; replace or delete it "
+                            f"and retry (the partial {self.frames.name} folder was removed)") from None
+        return False
 
 
 def _numeric_labels(ds):

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from torch.utils.data import Dataset
 
 from .recipes import resolve_recipe
+from .errors import DataError
 
 __all__ = ["DataInfo", "DATASET_NAMES", "DEFAULT_IMG_SIZE", "DATA_ROOT_ENV", "default_root", "build_datasets"]
 
@@ -59,7 +60,7 @@ def canonical_name(name: str) -> str:
     """``'CIFAR10_DVS'`` -> ``'cifar10-dvs'``; ValueError listing the valid names otherwise."""
     key = str(name).strip().lower().replace("_", "-")
     if key not in DATASET_NAMES:
-        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+        raise DataError(f"unknown data set {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     return key
 
 
@@ -119,7 +120,7 @@ def build_datasets(name: str, root: str | os.PathLike | None = None, *, img_size
     recipe_ = resolve_recipe(name, recipe)
     size = int(img_size) if img_size is not None else DEFAULT_IMG_SIZE[name]
     if size <= 0:
-        raise ValueError(f"img_size must be positive, got {img_size!r}")
+        raise DataError(f"img_size must be positive, got {img_size!r}")
     root_ = Path(root) if root is not None else default_root(name)
 
     if name == "digits":

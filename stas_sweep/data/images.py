@@ -31,7 +31,7 @@ from pathlib import Path
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .errors import DatasetNotFoundError
+from .errors import DataError, DatasetNotFoundError
 
 __all__ = ["LocalCIFAR10", "LocalCIFAR100", "cifar_root", "check_cifar", "check_imagenet", "build_cifar",
            "build_imagenet"]
@@ -181,4 +181,16 @@ def build_imagenet(root: str | Path, train_tf, eval_tf) -> tuple[ImageFolder, Im
     """(train, val) ``ImageFolder`` data sets; call :func:`check_imagenet` first (not repeated here:
     it walks every class folder)."""
     root = Path(root).expanduser().absolute()
-    return ImageFolder(str(root / "train"), transform=train_tf), ImageFolder(str(root / "val"), transform=eval_tf)
+    return (ImageFolder(str(root / "train"), transform=train_tf, loader=load_image),
+            ImageFolder(str(root / "val"), transform=eval_tf, loader=load_image))
+
+
+def load_image(path: str):
+    """torchvision's default image loader, with an unreadable or corrupt file named in a
+    :class:`DataError` instead of a PIL traceback from inside the training loop."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError (OSError), truncated files
+        raise DataError(f"image {path} cannot be read ({type(e).__name__}: {e}); replace or delete it") from None

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .errors import DataError
+
 __all__ = ["epoch_seed", "EpochShuffleSampler", "EpochDataLoader", "build_loaders", "build_mixup", "FrameMixup"]
 
 
@@ -35,7 +37,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed for ``(seed, epoch)`` (numpy ``SeedSequence``; distinct pairs do not collide
     the way ``seed + epoch`` would)."""
     if seed < 0 or epoch < 0:
-        raise ValueError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
+        raise DataError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
@@ -119,7 +121,7 @@ class EpochDataLoader(DataLoader):
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter(loader)`` produce epoch ``epoch``."""
         if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+            raise DataError(f"epoch must be >= 0, got {epoch}")
         self.next_epoch = int(epoch)
 
     def __iter__(self):
@@ -147,9 +149,9 @@ def build_loaders(train_ds: Dataset, val_ds: Dataset, batch_size: int, workers: 
         start_epoch: the epoch the first ``iter(train_loader)`` produces (for resuming).
     """
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise DataError(f"batch_size must be positive, got {batch_size}")
     if drop_last and len(train_ds) < batch_size:
-        raise ValueError(f"the training set has {len(train_ds)} samples, fewer than batch_size={batch_size}: "
+        raise DataError(f"the training set has {len(train_ds)} samples, fewer than batch_size={batch_size}: "
                          "with drop_last=True no batch would be produced")
     common = dict(num_workers=workers, pin_memory=pin_memory)
     train = EpochDataLoader(train_ds, seed=seed, shuffle=True, batch_size=batch_size, drop_last=drop_last, **common)
@@ -200,7 +202,7 @@ def build_mixup(mixup_alpha: float, cutmix_alpha: float, label_smoothing: float,
     ImageNet mixup 0.8 / cutmix 1.0. Its random draws use numpy's global RNG.
     """
     if mixup_alpha < 0 or cutmix_alpha < 0:
-        raise ValueError(f"mixup/cutmix alphas must be >= 0, got {mixup_alpha}, {cutmix_alpha}")
+        raise DataError(f"mixup/cutmix alphas must be >= 0, got {mixup_alpha}, {cutmix_alpha}")
     if (mixup_alpha == 0 and cutmix_alpha == 0 and cutmix_minmax is None) or prob <= 0:
         return None
     return _frame_mixup_class()(

@@ -35,6 +35,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
+from .errors import DataError
+
 __all__ = [
     "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD",
     "DEFAULT_RECIPES", "resolve_recipe", "image_transforms", "TensorAugment",
@@ -73,14 +75,49 @@ def resolve_recipe(name: str, overrides: Mapping[str, Any] | None) -> dict[str, 
     recipe = dict(DEFAULT_RECIPES[name])
     unknown = sorted(set(overrides or {}) - set(recipe))
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"unknown recipe key(s) {unknown} for data set {name!r}; accepted keys: {', '.join(sorted(recipe))}"
         )
+    for key, value in (overrides or {}).items():
+        _check_recipe_value(name, key, value, recipe[key])
     recipe.update(overrides or {})
     for key in ("scale", "ratio", "mean", "std"):
         if key in recipe and recipe[key] is not None:
             recipe[key] = tuple(float(v) for v in recipe[key])
     return recipe
+
+
+# recipe keys that are probabilities or fractions of the image: [0, 1]
+_UNIT_KEYS = ("hflip", "reprob", "translate", "color_jitter")
+
+
+def _check_recipe_value(name: str, key: str, value: Any, default: Any) -> None:
+    """An override has the kind of the default (a number, a text or null, a list of numbers);
+    probabilities and fractions lie in [0, 1]. A :class:`DataError` naming ``data.recipe.<key>``."""
+    import math
+
+    from ..errors import short
+
+    def fail(expected: str):
+        raise DataError(f"data.recipe.{key} is {short(value, 80)} for data set {name!r}; expected {expected} "
+                        f"(default {default!r})")
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if not number(value):
+            fail("a finite number")
+        if key in _UNIT_KEYS and not 0 <= value <= 1:
+            fail("a number in [0, 1]")
+        if key == "crop_pct" and not 0 < value <= 1:
+            fail("a number in (0, 1]")
+    elif isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default) or not all(number(v) for v in value):
+            fail(f"a list of {len(default)} finite numbers")
+    elif isinstance(default, str) or default is None:
+        if value is not None and not isinstance(value, str):
+            fail("a text or null")
 
 
 def image_transforms(recipe: Mapping[str, Any], img_size: int, augment: bool):

@@ -67,7 +67,29 @@ def init_ray(address: str | None, spec: SweepSpec) -> None:
             raise SweepError(f"cannot reach a Ray cluster at {address!r}: {e}") from None
         return
     temp = os.environ.get("STAS_SWEEP_RAY_TMPDIR")
-    ray.init(include_dashboard=False, _temp_dir=temp, **kwargs)
+    loopback = _loopback_only()
+    ray.init(include_dashboard=False, _temp_dir=temp, **({"_node_ip_address": "127.0.0.1"} if loopback else {}),
+             **kwargs)
+
+
+def _loopback_only() -> bool:
+    """Make the local Ray this process starts listen on 127.0.0.1 only (GCS, raylet, workers,
+    agents); True unless the user set ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` to reach it from
+    other machines.
+
+    Ray 2.60 on Linux rewrites ``_node_ip_address="127.0.0.1"`` to the host's routable address
+    (``services.resolve_ip_for_localhost``) and its gRPC servers then listen on every interface;
+    measured with ``ss -ltnp``: GCS, raylet, driver and worker on ``*:port``, an agent on
+    ``0.0.0.0``. Its single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on
+    Windows and macOS) keeps 127.0.0.1, and every listener is then ``127.0.0.1``. The variable is
+    read when ``ray`` is imported (``ray_constants.ENABLE_RAY_CLUSTER``), so it is set both for
+    the processes Ray starts and on the already imported constant."""
+    from ray._private import ray_constants
+
+    os.environ.setdefault(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
+    cluster = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR].strip().lower() in ("1", "true")
+    ray_constants.ENABLE_RAY_CLUSTER = cluster
+    return not cluster
 
 
 def check_resources(spec: SweepSpec, strict: bool = True, log=print) -> None:

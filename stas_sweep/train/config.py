@@ -20,22 +20,85 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from ..errors import UserError, short
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
 
 
+# Aliases may add at most this many nodes to a document: anchors for a few repeated sections
+# stay well below it, a "billion laughs" document (each alias doubling or tenfolding the one
+# before) is refused before anything is built from it.
+MAX_ALIAS_EXPANSION = 10_000
+
+
+class _AliasBombError(yaml.YAMLError):
+    pass
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """(nodes in the document, nodes once every alias is expanded), counted on the composed
+    graph without building it (an alias is the same node object reached twice)."""
+    size: dict[int, int] = {}
+    entered: set[int] = set()  # on the current path: reaching one again is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if done:
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            entered.discard(id(node))
+            continue
+        if id(node) in size:
+            continue
+        entered.add(id(node))
+        stack.append((node, True))
+        for c in children:
+            if id(c) in entered:
+                raise _AliasBombError(f"the alias on line {c.start_mark.line + 1} refers to a node that contains "
+                                      f"it; recursive documents are not accepted")
+            if id(c) not in size:
+                stack.append((c, False))
+    return len(size), size[id(root)]
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that rejects a key written twice in one mapping."""
+    """yaml.SafeLoader that rejects a key written twice in one mapping, an unhashable key, and a
+    document whose aliases expand it by more than :data:`MAX_ALIAS_EXPANSION` nodes."""
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        distinct, expanded = _expanded_size(node)
+        if expanded - distinct > MAX_ALIAS_EXPANSION:
+            raise _AliasBombError(
+                f"its aliases (*name) expand {distinct} nodes into {expanded:.3g}, more than the "
+                f"{MAX_ALIAS_EXPANSION} extra nodes accepted; write the repeated values out or use fewer aliases")
+        return self.construct_document(node)
 
 
 def _construct_mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base`: merged keys may be overridden, SafeLoader resolves them below
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        try:
+            twice = key in seen
+        except TypeError:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is given twice", key_node.start_mark)
+                None, None, "a key must be a plain value (a string or number), not a "
+                + ("list" if isinstance(key_node, yaml.SequenceNode) else "mapping"),
+                key_node.start_mark) from None
+        if twice:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {short(key, 60)} is given twice", key_node.start_mark)
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
@@ -43,14 +106,48 @@ def _construct_mapping(loader, node, deep=False):
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line, column), without the snippet."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark or e.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        context = f"{e.context}: " if e.context else ""
+        return f"{context}{e.problem}{where}"
+    return " ".join(str(e).split())
+
+
+def _override_value(item: str, text: str) -> Any:
+    """The value of ``--set KEY=TEXT``, read by the same loader as the files (a YAML error is a
+    :class:`ConfigError` naming the override)."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {short(item, 80)}: the value is not valid YAML: {yaml_problem(e)}") from None
+
+
 def load_yaml(path: str | Path) -> Any:
-    """The one reader of our YAML files (training configs, search spaces): safe, and a key
-    given twice in one mapping is an error (:class:`ConfigError` naming the file and the line)."""
+    """The one reader of our YAML files (training configs, search spaces): safe; a key given
+    twice in one mapping, an unhashable key, a recursive alias or an alias expansion beyond
+    :data:`MAX_ALIAS_EXPANSION` nodes is an error (:class:`ConfigError` naming the file and the line)."""
     path = Path(path)
     try:
-        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        text = path.read_text()
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except _AliasBombError as e:
+        raise ConfigError(f"{path}: refused: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: refused: the document is nested too deeply") from None
 
 
 # Bounds on what a file can make the program allocate or loop over (generous for real runs).
@@ -350,7 +447,7 @@ def parse_overrides(items: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set halting.delta_p=0.01")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _override_value(item, text)
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
