@@ -74,6 +74,16 @@ class _store_errors:
         return False
 
 
+def _tracking_uri(text: str) -> str:
+    """argparse type: an MLflow URI with a known scheme and no shell or quote characters."""
+    from .train.config import check_uri
+
+    try:
+        return check_uri(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (argparse then names the flag and exits 2)."""
     try:
@@ -524,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pt")
     p.add_argument("--output-dir", help="default: ./runs/<config name>")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--tracking-uri", type=_tracking_uri, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the "
@@ -545,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a search-space file and print its resolved plan")
     p.add_argument("file")
-    p.add_argument("--tracking-uri")
+    p.add_argument("--tracking-uri", type=_tracking_uri)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("run", help="run a sweep from a search-space file (the main command)")
@@ -553,20 +563,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
     p.add_argument("--address", help="attach to a Ray cluster (auto, ray://host:10001); default: a local Ray")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--tracking-uri", type=_tracking_uri, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="submit a sweep to a Ray cluster as a job (streams its logs)")
     p.add_argument("file", help="search-space file")
     p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
-    p.add_argument("--tracking-uri", help="MLflow server every node can reach, e.g. http://HEAD:5000")
+    p.add_argument("--tracking-uri", type=_tracking_uri, help="MLflow server every node can reach, e.g. http://HEAD:5000")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep of the same file")
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("pareto", help="print the Pareto front of the latest sweep from MLflow")
     p.add_argument("--experiment", help="MLflow experiment (default: the latest sweep of any)")
-    p.add_argument("--tracking-uri")
+    p.add_argument("--tracking-uri", type=_tracking_uri)
     p.add_argument("--json", action="store_true", help="a JSON list of points ({front, paper} with --paper)")
     p.add_argument("--paper", action="store_true",
                    help="also list the paper's own figures (Tables 2-3) for the sweep's data set, marked as not measured")
@@ -575,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI for the default store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=5000, help="1-65535 (default 5000)")
-    p.add_argument("--tracking-uri")
+    p.add_argument("--tracking-uri", type=_tracking_uri)
     p.set_defaults(func=cmd_ui)
     return parser
 

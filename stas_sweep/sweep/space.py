@@ -47,9 +47,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
+from ..errors import short
 from ..train.config import (
     MAX_EPOCHS, MAX_SEED, ConfigError, Epsilon, ExperimentName, Positive, TrackingURI, TrainConfig, _Section,
-    check_name, check_uri, config_from_dict, load_yaml, merge, pydantic_message, set_dotted, shown,
+    check_name, check_uri, config_from_dict, load_yaml, merge, pydantic_message, set_dotted,
 )
 from .front import OBJECTIVE_METRICS
 
@@ -322,7 +323,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if raw is None:
         raise _err(path, "the file is empty (or only comments); see search_spaces/digits.yaml for one that works")
     if not isinstance(raw, dict):
-        raise _err(path, f"the top level must be a mapping of keys, got {shown(raw)}")
+        raise _err(path, f"the top level must be a mapping of keys, got {short(raw)}")
     try:
         doc = SpaceFile.model_validate(raw)
     except ValidationError as e:
@@ -364,7 +365,7 @@ def load_spec(path: str | Path) -> SweepSpec:
             try:
                 trial_config(base, {key: v}, base.epochs)
             except ConfigError as e:
-                raise _err(path, f"space.{key}: value {shown(v)} does not make a valid training config "
+                raise _err(path, f"space.{key}: value {short(v)} does not make a valid training config "
                                  f"({str(e).removeprefix('<trial>: ')})") from None
         params.append(Param(key, dist.kind, dist.args))
 
@@ -382,7 +383,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     objectives = list(doc.objectives.items())
     for metric, _ in objectives:
         if metric not in OBJECTIVE_METRICS:
-            raise _err(path, f"objectives: unknown metric {shown(metric)}; accepted: {', '.join(OBJECTIVE_METRICS)}")
+            raise _err(path, f"objectives: unknown metric {short(metric)}; accepted: {', '.join(OBJECTIVE_METRICS)}")
     defaults = {"accuracy": 0.0, "token_ratio": 1.0}
     for k, v in doc.reference.items():
         if k not in doc.objectives:
@@ -404,9 +405,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         where = f"search.points_to_evaluate[{i}]"
         for k, v in point.items():
             if k not in searched:
-                raise _err(path, f"{where}: {shown(k)} is not in space; searched keys: {', '.join(sorted(searched))}")
+                raise _err(path, f"{where}: {short(k)} is not in space; searched keys: {', '.join(sorted(searched))}")
             if not searched[k].contains(v):
-                raise _err(path, f"{where}.{k}: {shown(v)} is not a value of space.{k} ({Param(k, searched[k].kind, searched[k].args).describe()})")
+                raise _err(path, f"{where}.{k}: {short(v)} is not a value of space.{k} ({Param(k, searched[k].kind, searched[k].args).describe()})")
         missing = [k for k in free if k not in point]
         if missing:
             raise _err(path, f"{where} misses {', '.join(missing)}: a given point names every searched key "
@@ -423,7 +424,7 @@ def load_spec(path: str | Path) -> SweepSpec:
                                  f"type: asha to stop on one metric")
     smetric = sched.metric or objectives[0][0]
     if smetric not in OBJECTIVE_METRICS:
-        raise _err(path, f"scheduler.metric is {shown(smetric)}; accepted: {', '.join(OBJECTIVE_METRICS)}")
+        raise _err(path, f"scheduler.metric is {short(smetric)}; accepted: {', '.join(OBJECTIVE_METRICS)}")
     smode = sched.mode or doc.objectives.get(smetric, "max")
     if sched.grace_period > max_epochs:
         raise _err(path, f"scheduler.grace_period ({sched.grace_period}) must be <= scheduler.max_epochs ({max_epochs})")

@@ -240,15 +240,15 @@ def check_uri(uri: str, *, schemes: tuple[str, ...] = URI_SCHEMES) -> str:
     """A tracking or storage URI: a known scheme (or a plain path) and no characters a shell or a
     filter string would read (quotes, ``;``, whitespace, ...). Raises ValueError saying what is accepted."""
     if not isinstance(uri, str) or not uri or len(uri) > 2048:
-        raise ValueError(f"must be a non-empty string of at most 2048 characters, got {shown(uri)}")
+        raise ValueError(f"must be a non-empty string of at most 2048 characters, got {short(uri)}")
     bad = sorted({c for c in uri if c in _UNSAFE or not c.isprintable()})
     if bad:
-        raise ValueError(f"{shown(uri)} holds {', '.join(map(repr, bad))}; a URI may not contain whitespace, "
+        raise ValueError(f"{short(uri)} holds {', '.join(map(repr, bad))}; a URI may not contain whitespace, "
                          f"quotes or shell characters (percent-encode them)")
     if "://" in uri:
         scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
         if scheme not in schemes:
-            raise ValueError(f"{shown(uri)}: unknown scheme {scheme!r}; accepted: {', '.join(schemes)}, or a path")
+            raise ValueError(f"{short(uri)}: unknown scheme {scheme!r}; accepted: {', '.join(schemes)}, or a path")
     return uri
 
 
@@ -257,7 +257,7 @@ def check_name(name: str, what: str = "") -> str:
     spaces inside), starting with a letter or digit, at most 100 characters (so never ``..``)."""
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,99}", name) or name.endswith(" "):
         raise ValueError(f"{what + ' ' if what else ''}must be 1-100 letters, digits, '.', '_', '-' or inner spaces, "
-                         f"starting with a letter or digit, got {shown(name)}")
+                         f"starting with a letter or digit, got {short(name)}")
     return name
 
 
@@ -316,12 +316,6 @@ def _type_name(tp: Any) -> str:
         return "a mapping"
     return {type(None): "null", int: "an integer", float: "a number", str: "a string", bool: "true/false",
             dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: an error message never echoes a whole document."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
 
 
 _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
@@ -384,23 +378,23 @@ def pydantic_message(error: dict, where: str, root: type[BaseModel]) -> str:
     if kind == "literal_error":
         accepted = ", ".join(str(a) for a in typing.get_args(_strip(annotation)) if a is not None) \
             if typing.get_origin(_strip(annotation)) is Literal else ctx.get("expected", "")
-        return f"{where}: {key} is {shown(value)}; accepted values: {accepted}"
+        return f"{where}: {key} is {short(value)}; accepted values: {accepted}"
     if kind in _BOUNDS:
         name, sign = _BOUNDS[kind]
-        return f"{where}: {key} must be {sign} {ctx[name]}, got {shown(value)}"
+        return f"{where}: {key} must be {sign} {ctx[name]}, got {short(value)}"
     if kind == "finite_number":
-        return f"{where}: {key} must be a finite number, got {shown(value)}"
+        return f"{where}: {key} must be a finite number, got {short(value)}"
     if kind == "too_short":
         least = ctx.get("min_length", 1)
-        return (f"{where}: {key} must not be empty, got {shown(value)}" if least <= 1 else
-                f"{where}: {key} needs at least {least} entries, got {shown(value)}")
+        return (f"{where}: {key} must not be empty, got {short(value)}" if least <= 1 else
+                f"{where}: {key} needs at least {least} entries, got {short(value)}")
     if kind == "too_long":
         return f"{where}: {key} has {ctx.get('actual_length')} items; at most {ctx.get('max_length')} are accepted"
     if kind == "value_error":
         return f"{where}: {key + ': ' if key else ''}{ctx.get('error', error.get('msg'))}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"{where}: {key} must be a mapping of keys, got {shown(value)}"
-    return f"{where}: {key} must be {_type_name(annotation)}, got {shown(value)}"
+        return f"{where}: {key} must be a mapping of keys, got {short(value)}"
+    return f"{where}: {key} must be {_type_name(annotation)}, got {short(value)}"
 
 
 def _check(cfg: TrainConfig, where: str) -> None:
@@ -423,7 +417,7 @@ def _check(cfg: TrainConfig, where: str) -> None:
     if cfg.sml.block is not None and cfg.sml.block >= arch.depth:
         raise ConfigError(f"{where}: sml.block is {cfg.sml.block}; {cfg.model.name} has blocks 0..{arch.depth - 1}")
     if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d{1,3}", cfg.device):
-        raise ConfigError(f"{where}: device is {shown(cfg.device)}; accepted values: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"{where}: device is {short(cfg.device)}; accepted values: auto, cpu, cuda, cuda:N")
 
 
 def config_from_dict(raw: dict, where: str = "<config>") -> TrainConfig:
@@ -493,7 +487,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         raise ConfigError(f"{path}: the file is empty (or only comments); a training config needs at least "
                           f"model: and data: sections, see configs/digits_stage1.yaml")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {shown(raw)}")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {short(raw)}")
     # a halting section written as `halting: {}` means "halting with the defaults"
     raw = merge(raw, parse_overrides(overrides))
     return config_from_dict(raw, str(path))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..data import build_datasets, build_loaders, build_mixup, epoch_seed
 from ..models import create_model
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
@@ -39,8 +40,9 @@ from .sml import SML
 Callback = Callable[[int, dict, "Trainer"], None]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops (a sweep marks the trial failed)."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """The loss became NaN or infinite; the run stops (a sweep marks the trial failed). Usually
+    the config's doing (a learning rate too high), so the CLI says it in one line."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -214,7 +216,9 @@ class Trainer:
                     loss = loss + self.sml.weight * self.sml.loss(criterion, target)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"loss is {float(loss)} at epoch {epoch + 1}, batch {i + 1} "
-                                         f"(task {float(task)}, ponder {float(out.ponder_loss)})")
+                                         f"(task {float(task)}, ponder {float(out.ponder_loss)}); lower optim.lr "
+                                         f"(now {self.cfg.optim.lr:g}) or set optim.grad_clip; the last checkpoint "
+                                         f"is the previous epoch's")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.optim.grad_clip:
