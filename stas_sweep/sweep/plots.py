@@ -1,15 +1,18 @@
 """Plots of a sweep's Pareto front and of its hypervolume over time.
 
 PNGs are drawn with matplotlib's Agg canvas directly (no pyplot, no display, no global backend
-switch); the HTML is a self-contained plotly page with plotly.js inlined, so it opens offline
-(e.g. as an MLflow artifact). matplotlib and plotly are imported inside the functions, so
-importing this module is cheap.
+switch). The HTML is a small self-written page: an inline SVG scatter with one hover tooltip
+per point (the SVG ``<title>``) and a table of the front, no script and nothing to download,
+so it stays a few kB per hundred points and shows at once in MLflow's artifact viewer
+(plotly with plotly.js inlined weighed 4.6 MB and showed blank there for about 25 s).
+matplotlib is imported inside the functions, so importing this module is cheap.
 
 Which points are on the front is decided over *all* ``objectives`` (see
 :func:`stas_sweep.sweep.pareto.non_dominated`); ``x`` and ``y`` only choose the two metrics
 drawn. The step line joins the front points that are also non-dominated in the drawn (x, y)
 plane, which is the whole front when the objectives are exactly x and y; it is drawn only when
-both x and y are objectives (their directions fix the staircase).
+both x and y are objectives (their directions fix the staircase). Accuracy is in percent
+(SPEC 2.6) and its axis says so.
 """
 
 from __future__ import annotations
@@ -75,6 +78,22 @@ def _step_xy(xs, ys, where):
     return out_x, out_y
 
 
+def _axis_label(name: str, objs: Sequence[Objective]) -> str:
+    """``"accuracy (%, max)"``, ``"energy_mj (min)"``: the objective label, percent for accuracy."""
+    label = _label(name, objs)
+    if name == "accuracy":
+        return label.replace("accuracy (", "accuracy (%, ") if "(" in label else "accuracy (%)"
+    return label
+
+
+def _overlaps(xy, idx) -> dict[int, int]:
+    """How many of the points ``idx`` share each point's exact (x, y): {index: count} for counts > 1."""
+    seen: dict[tuple, list[int]] = {}
+    for i in idx:
+        seen.setdefault(xy[i], []).append(i)
+    return {i: len(group) for group in seen.values() if len(group) > 1 for i in group}
+
+
 def plot_front_png(
     points: Sequence[Mapping[str, float]],
     objectives: Sequence[ObjectiveLike],
@@ -85,15 +104,18 @@ def plot_front_png(
 ) -> Path:
     """Scatter of ``points`` in the (x, y) plane with the Pareto front highlighted.
 
-    All drawable points (finite x and y) are grey; front points are red and joined by a step
-    line (the attainment boundary). Axis labels carry the direction of objectives, e.g.
-    ``"energy_mj (min)"``. Parent folders are created.
+    Other points are hollow grey rings and front points half-transparent red discs, so points
+    at the same place stay visible (e.g. two epsilons that halt nothing); a place holding
+    several points is labelled ``xN``. Front points are joined by a step line (the attainment
+    boundary). Axis labels carry the direction of objectives and the unit of accuracy, e.g.
+    ``"accuracy (%, max)"``. Parent folders are created.
 
     Returns:
         ``Path(path)``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
 
     objs, front, xy, drawable, stair = _prepare(points, objectives, x, y)
     out = _ensure_parent(path)
@@ -104,17 +126,26 @@ def plot_front_png(
     others = [i for i in drawable if not front[i]]
     on = [i for i in drawable if front[i]]
     if others:
-        ax.scatter([xy[i][0] for i in others], [xy[i][1] for i in others], s=18, c=_GREY,
-                   alpha=0.7, label=f"other points ({len(others)})", zorder=2)
+        ax.scatter([xy[i][0] for i in others], [xy[i][1] for i in others], s=42, facecolors="none",
+                   edgecolors=_GREY, linewidths=1.2, label=f"other points ({len(others)})", zorder=2)
     if stair is not None:
-        ax.step(stair[0], stair[1], where=stair[2], color=_FRONT, linewidth=1.5, zorder=3)
+        ax.step(stair[0], stair[1], where=stair[2], color=_FRONT, linewidth=1.5, alpha=0.8, zorder=3)
     if on:
-        ax.scatter([xy[i][0] for i in on], [xy[i][1] for i in on], s=36, c=_FRONT,
-                   edgecolors="black", linewidths=0.5, label=f"Pareto front ({len(on)})", zorder=4)
-    ax.set_xlabel(_label(x, objs))
-    ax.set_ylabel(_label(y, objs))
+        ax.scatter([xy[i][0] for i in on], [xy[i][1] for i in on], s=30, c=_FRONT, alpha=0.55,
+                   edgecolors="black", linewidths=0.6, label=f"Pareto front ({len(on)})", zorder=4)
+    labelled = set()
+    for i, n in _overlaps(xy, drawable).items():
+        if xy[i] not in labelled:
+            labelled.add(xy[i])
+            ax.annotate(f"x{n}", xy[i], xytext=(5, 4), textcoords="offset points", fontsize=7, zorder=5)
+    for axis, name in ((ax.xaxis, x), (ax.yaxis, y)):
+        if name == "accuracy":
+            axis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
+    ax.set_xlabel(_axis_label(x, objs))
+    ax.set_ylabel(_axis_label(y, objs))
     ax.set_title(title if title is not None else f"Pareto front: {y} vs {x}")
     ax.grid(True, alpha=0.3)
+    ax.margins(0.08)
     if others or on:
         ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
@@ -123,6 +154,7 @@ def plot_front_png(
 
 
 def _hover_text(p: Mapping, keys: Sequence[str], extra: Sequence[str]) -> str:
+    """``key: value`` lines (``keys`` first, then ``extra``), HTML-escaped, one per line."""
     lines = []
     seen = set()
     for k in list(keys) + list(extra):
@@ -133,7 +165,18 @@ def _hover_text(p: Mapping, keys: Sequence[str], extra: Sequence[str]) -> str:
         if isinstance(v, float):
             v = f"{v:.6g}"
         lines.append(f"{html.escape(str(k))}: {html.escape(str(v))}")
-    return "<br>".join(lines)
+    return "\n".join(lines)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values covering [lo, hi]."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
 def plot_front_html(
@@ -145,79 +188,125 @@ def plot_front_html(
     hover_keys: Sequence[str] | None = None,
     title: str | None = None,
 ) -> Path:
-    """Interactive, self-contained plotly HTML of ``points`` with the front highlighted.
+    """A small self-contained HTML page: an SVG scatter of ``points`` with the front highlighted,
+    and a table of the front points.
 
-    Hovering a point shows the ``hover_keys`` it has (default, ``None``: its trial id, epsilon
-    and every searched parameter it carries, e.g. ``halting.alpha``; see
-    :func:`stas_sweep.sweep.front.hover_keys`) followed by the objective values. plotly.js
-    is embedded in the file (several MB), so it opens without network access. Parent folders
-    are created.
+    Hovering a point shows (as its SVG tooltip) the ``hover_keys`` it has (default, ``None``:
+    its trial id, epsilon and every searched parameter it carries, e.g. ``halting.alpha``;
+    see :func:`stas_sweep.sweep.front.hover_keys`) followed by the objective values. No script,
+    no external file: about 0.4 kB per point, so it opens at once in MLflow's artifact
+    viewer. Parent folders are created.
 
     Returns:
         ``Path(path)``.
     """
-    import plotly.graph_objects as go
-
     objs, front, xy, drawable, stair = _prepare(points, objectives, x, y)
     out = _ensure_parent(path)
     obj_names = [o.name for o in objs]
+    title = title if title is not None else f"Pareto front: {y} vs {x}"
 
     def keys_for(p):
         return default_hover_keys(p) if hover_keys is None else list(hover_keys)
 
-    fig = go.Figure()
-    for on_front, name, color, size in ((False, "other points", _GREY, 7), (True, "Pareto front", _FRONT, 10)):
-        idx = [i for i in drawable if bool(front[i]) == on_front]
-        if not idx:
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=[xy[i][0] for i in idx],
-                y=[xy[i][1] for i in idx],
-                mode="markers",
-                name=f"{name} ({len(idx)})",
-                marker=dict(color=color, size=size, line=dict(width=0.5, color="black") if on_front else None),
-                hovertext=[_hover_text(points[i], keys_for(points[i]), obj_names + [x, y]) for i in idx],
-                hoverinfo="text",
-            )
-        )
+    W, H, L, R, T, B = 720, 480, 80, 20, 20, 56  # canvas and margins (px)
+    xs = [xy[i][0] for i in drawable]
+    ys = [xy[i][1] for i in drawable]
+    x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
+    padx = (x1 - x0) * 0.06 or abs(x0) * 0.06 or 0.5
+    pady = (y1 - y0) * 0.06 or abs(y0) * 0.06 or 0.5
+    x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
+
+    def sx(v):
+        return L + (v - x0) / (x1 - x0) * (W - L - R)
+
+    def sy(v):
+        return H - B - (v - y0) / (y1 - y0) * (H - T - B)
+
+    def fmt(v, name):
+        return f"{v:.4g}%" if name == "accuracy" else f"{v:.4g}"
+
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="white" stroke="#444"/>']
+    for v in _ticks(x0, x1):
+        svg.append(f'<line x1="{sx(v):.1f}" y1="{T}" x2="{sx(v):.1f}" y2="{H - B}" stroke="#e4e4e4"/>'
+                   f'<text x="{sx(v):.1f}" y="{H - B + 16}" text-anchor="middle">{fmt(v, x)}</text>')
+    for v in _ticks(y0, y1):
+        svg.append(f'<line x1="{L}" y1="{sy(v):.1f}" x2="{W - R}" y2="{sy(v):.1f}" stroke="#e4e4e4"/>'
+                   f'<text x="{L - 6}" y="{sy(v) + 4:.1f}" text-anchor="end">{fmt(v, y)}</text>')
+    svg.append(f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">'
+               f'{html.escape(_axis_label(x, objs))}</text>')
+    svg.append(f'<text transform="translate(16 {(T + H - B) / 2}) rotate(-90)" text-anchor="middle">'
+               f'{html.escape(_axis_label(y, objs))}</text>')
     if stair is not None:
-        sx, sy = _step_xy(*stair)
-        fig.add_trace(
-            go.Scatter(x=sx, y=sy, mode="lines", name="front (step)", hoverinfo="skip",
-                       line=dict(color=_FRONT, width=1.5), showlegend=False)
-        )
-    fig.update_layout(
-        title=dict(text=title if title is not None else f"Pareto front: {y} vs {x}"),
-        xaxis=dict(title=dict(text=_label(x, objs))),
-        yaxis=dict(title=dict(text=_label(y, objs))),
-        template="plotly_white",
-        hovermode="closest",
-    )
-    fig.write_html(str(out), include_plotlyjs=True, full_html=True)
+        vx, vy = _step_xy(*stair)
+        pts_attr = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(vx, vy))
+        svg.append(f'<polyline points="{pts_attr}" fill="none" stroke="{_FRONT}" stroke-width="1.5"/>')
+    for on_front in (False, True):  # front points drawn last, on top
+        for i in drawable:
+            if bool(front[i]) != on_front:
+                continue
+            tip = _hover_text(points[i], keys_for(points[i]), obj_names + [x, y])
+            style = (f'r="6" fill="{_FRONT}" fill-opacity="0.55" stroke="black" stroke-width="0.7"' if on_front
+                     else f'r="6" fill="none" stroke="{_GREY}" stroke-width="1.5"')
+            svg.append(f'<circle cx="{sx(xy[i][0]):.1f}" cy="{sy(xy[i][1]):.1f}" {style}><title>{tip}</title></circle>')
+    svg.append("</svg>")
+
+    on = [points[i] for i in range(len(points)) if front[i]]
+    cols = ["trial_id", "epsilon", *obj_names, *[k for k in (x, y) if k not in obj_names]]
+    cols += [k for k in sorted({k for p in on for k in default_hover_keys(p)}) if k not in cols]
+    n_other = sum(1 for i in drawable if not front[i])
+
+    def cell(v):
+        return html.escape(f"{v:.6g}" if isinstance(v, float) else str(v))
+
+    rows = "".join("<tr>" + "".join(f"<td>{cell(p.get(c, ''))}</td>" for c in cols) + "</tr>" for p in on)
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:16px}} table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} circle:hover{{stroke:#000;stroke-width:2}}</style>
+</head><body>
+<h3>{html.escape(title)}</h3>
+<p><span style="color:{_FRONT}">&#9679;</span> Pareto front ({len(on)}) &nbsp;
+<span style="color:{_GREY}">&#9675;</span> other points ({n_other}). Hover a point for its trial, epsilon and
+searched parameters.</p>
+{"".join(svg)}
+<h4>Front points</h4>
+<table><tr>{"".join(f"<th>{html.escape(c)}</th>" for c in cols)}</tr>{rows}</table>
+</body></html>
+"""
+    out.write_text(page, encoding="utf-8")
     return out
 
 
-def plot_hypervolume_png(history: Sequence[float], path, title: str | None = None) -> Path:
-    """Hypervolume after each finished point (``history[t]`` at x = t + 1), as a step line.
+def plot_hypervolume_png(history: Sequence[float], path, title: str | None = None,
+                         steps: Sequence[int] | None = None) -> Path:
+    """Hypervolume against the number of finished trials, as a step line with integer ticks.
+
+    ``steps[t]`` is the number of finished trials when ``history[t]`` was logged (default:
+    ``t + 1``).
 
     Returns:
         ``Path(path)``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     out = _ensure_parent(path)
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     hv = [float(v) for v in history]
+    xs = [int(s) for s in steps] if steps is not None else list(range(1, len(hv) + 1))
     if hv:
-        ax.step(range(1, len(hv) + 1), hv, where="post", color="#1f77b4", linewidth=1.5)
-        ax.plot(range(1, len(hv) + 1), hv, "o", color="#1f77b4", markersize=3)
-    ax.set_xlabel("finished points")
+        ax.step(xs, hv, where="post", color="#1f77b4", linewidth=1.5)
+        ax.plot(xs, hv, "o", color="#1f77b4", markersize=4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("finished trials")
     ax.set_ylabel("hypervolume")
-    ax.set_title(title if title is not None else "Hypervolume over time")
+    ax.set_title(title if title is not None else "Hypervolume over finished trials")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, format="png")
