@@ -121,15 +121,17 @@ def browse_url(base: str, experiment_id: str, filter_string: str = FILTER) -> st
 
 
 def browse_steps(experiment: str) -> str:
-    """The UI steps that show a sweep's front (the parent run's description, the README's)."""
-    return (f"In the MLflow UI (stas-sweep ui) open experiment {experiment!r} in the Machine learning view "
-            f"(the URL stas-sweep ui prints opens it there, filtered; or the sidebar switch). "
-            f"In the search box enter  {FILTER}  and press Enter: one row per Pareto-front point "
-            f"(trial, epsilon), nested under this sweep run; expand the sweep row if it is collapsed. "
-            f"Click the chart icon (Chart view) next to the table icon, then '+ Add chart' -> 'Scatter chart', "
-            f"X axis energy_mj, Y axis accuracy: the points are the front that stas-sweep pareto prints. "
-            f"Clear the filter to see every candidate point (tags.stas.role = 'point') and the trial runs "
-            f"with their per-epoch curves.")
+    """The UI steps that show a sweep's front (the parent run's description; the README's)."""
+    return (f"To see the front in the MLflow UI: 1. run stas-sweep ui and open the link it prints (experiment "
+            f"{experiment!r} in the Model training view, runs filtered by {FILTER}; by hand: the 'Model training' "
+            f"switch at the top left, the experiment, then {FILTER} in the search box and Enter). "
+            f"2. Click the [+] before this sweep's run name: its rows are the front's points, one run per "
+            f"(trial, epsilon). For numbers: Columns, type accuracy and tick it, then energy_mj. "
+            f"3. Click the chart icon (the second of the three view buttons left of the search box), 'Add chart', "
+            f"'Scatter chart', X axis energy_mj, Y axis accuracy, 'Add chart'. The chart 'energy_mj vs. accuracy' "
+            f"comes last under Model metrics; its expand icon enlarges it. These are the points stas-sweep pareto "
+            f"prints. Clearing the filter shows every candidate point (tags.`stas.role` = 'point') and the "
+            f"trial runs with their per-epoch curves.")
 
 
 def code_version() -> str:

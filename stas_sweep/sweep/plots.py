@@ -226,7 +226,7 @@ def plot_front_html(
     def fmt(v, name):
         return f"{v:.4g}%" if name == "accuracy" else f"{v:.4g}"
 
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" style="max-width:{W}px" viewBox="0 0 {W} {H}" '
            f'font-family="sans-serif" font-size="12">',
            f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="white" stroke="#444"/>']
     for v in _ticks(x0, x1):
