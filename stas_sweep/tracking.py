@@ -436,6 +436,9 @@ class SweepTracker:
             if self.ended.get(t["trial_id"]) != (t["full_budget"] if error is None else None, error):
                 self._tag_end(t["trial_id"], t["params"], full_budget=t["full_budget"], error=error)
         self.finished = len(result.trials)
+        # after a resume, the trials and points of this driver were logged by the tracker Tune
+        # restored with its callback, not by this one: read them back before writing the front
+        self._load_state()
         self.write_front(result, final=True)
         self.client.set_tag(self.parent_id, "front_size", str(len(result.front)))
         self.client.set_terminated(self.parent_id, "FINISHED")
