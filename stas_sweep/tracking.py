@@ -359,13 +359,14 @@ class SweepTracker:
         pareto = "true" if on_front else "false"
         if key in self.point_runs:
             return self.point_runs[key]
-        run = self.client.create_run(self._experiment_id(), run_name=f"{point['trial_id']} eps={float(point['epsilon']):g}",
-                                     tags={"mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key,
+        run = self.client.create_run(self._experiment_id(),
+                                     run_name=f"{point['trial_id']} eps={float(point['epsilon']):g}", tags={"mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key,
                                            SWEEP_TAG: self.sweep, "trial_id": str(point["trial_id"]),
                                            "method": getattr(self, "method", "stas"), "pareto": pareto})
         run_id = run.info.run_id
         ts = int(time.time() * 1000)
-        params = [Param(k, str(point[k])[:6000]) for k in param_keys([point])] + [Param("epsilon", str(point["epsilon"]))]
+        params = [Param(k, str(point[k])[:6000]) for k in param_keys([point])]
+        params.append(Param("epsilon", str(point["epsilon"])))
         metrics = [Metric(k, float(point[k]), ts, 0) for k in POINT_METRIC_NAMES
                    if isinstance(point.get(k), (int, float)) and not isinstance(point.get(k), bool)]
         self.client.log_batch(run_id, metrics=metrics, params=params,
@@ -483,8 +484,9 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
         raise TrackingError(f"no sweep found in {where}; run one with: stas-sweep run search_spaces/digits.yaml")
 
     def describe(run) -> dict:
-        return {"run_id": run.info.run_id, "name": run.data.tags.get(SWEEP_TAG), "experiment_id": run.info.experiment_id,
-                "experiment": names.get(run.info.experiment_id), "status": run.info.status}
+        return {"run_id": run.info.run_id, "name": run.data.tags.get(SWEEP_TAG),
+                "experiment_id": run.info.experiment_id, "experiment": names.get(run.info.experiment_id),
+                "status": run.info.status}
 
     skipped = []
     for run in runs:
@@ -494,7 +496,8 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
             except Exception:  # noqa: BLE001 - a front_size without its table: treat as empty
                 front = []
             if front:
-                objectives = json.loads(run.data.tags.get(OBJECTIVES_TAG, '[["accuracy", "max"], ["energy_mj", "min"]]'))
+                default = '[["accuracy", "max"], ["energy_mj", "min"]]'
+                objectives = json.loads(run.data.tags.get(OBJECTIVES_TAG, default))
                 return {**describe(run), "objectives": [tuple(o) for o in objectives], "front": front,
                         "skipped": skipped}
         skipped.append(describe(run))
