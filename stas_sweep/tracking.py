@@ -359,8 +359,9 @@ class SweepTracker:
         pareto = "true" if on_front else "false"
         if key in self.point_runs:
             return self.point_runs[key]
-        run = self.client.create_run(self._experiment_id(),
-                                     run_name=f"{point['trial_id']} eps={float(point['epsilon']):g}", tags={"mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key,
+        # named like its key (<trial>@<epsilon>): short enough for the UI's run-name column
+        run = self.client.create_run(self._experiment_id(), run_name=key,
+                                     tags={"mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key,
                                            SWEEP_TAG: self.sweep, "trial_id": str(point["trial_id"]),
                                            "method": getattr(self, "method", "stas"), "pareto": pareto})
         run_id = run.info.run_id

@@ -115,7 +115,7 @@ def plot_front_png(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     objs, front, xy, drawable, stair = _prepare(points, objectives, x, y)
     out = _ensure_parent(path)
@@ -139,6 +139,7 @@ def plot_front_png(
             labelled.add(xy[i])
             ax.annotate(f"x{n}", xy[i], xytext=(5, 4), textcoords="offset points", fontsize=7, zorder=5)
     for axis, name in ((ax.xaxis, x), (ax.yaxis, y)):
+        axis.set_major_locator(MaxNLocator(nbins=6))  # long labels such as 0.003725 mJ must not collide
         if name == "accuracy":
             axis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
     ax.set_xlabel(_axis_label(x, objs))
