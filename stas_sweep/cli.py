@@ -355,7 +355,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         from .tracking import browse_url, latest_sweep
 
         sweep = latest_sweep(uri)
-        print(f"the front of sweep {sweep['name']} (experiment {sweep['experiment']!r}), in the Machine learning "
+        print(f"the front of sweep {sweep['name']} (experiment {sweep['experiment']!r}), in the Model training "
               f"view, filtered to tags.pareto = 'true':\n  {browse_url(base, sweep['experiment_id'])}", flush=True)
     except ValueError:  # no sweep with points in this store yet
         pass
