@@ -115,13 +115,16 @@ def _add_shape_args(p: argparse.ArgumentParser, img_size: int = 32) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
     from .models import create_model, get_arch, list_models
     from .models.stems import num_tokens
 
     rows = []
     for name in list_models(args.pattern):
         arch = get_arch(name)
-        with _flag_errors():
+        # on the meta device: shapes only, no weights allocated or initialised (36 models in ~1.5 s)
+        with _flag_errors(), torch.device("meta"):
             model = create_model(name, num_classes=args.num_classes, img_size=args.img_size,
                                  in_channels=args.in_channels)
         rows.append({
@@ -157,6 +160,19 @@ def _input_batch(args: argparse.Namespace):
     return x.expand(-1, args.in_channels, -1, -1).contiguous(), f"{len(x)} digits validation images"
 
 
+def _progress(command: str, quiet: bool = False):
+    """A progress line printer for long commands: ``"<command>: <message> (12.3 s)"`` on stderr,
+    so --json output on stdout stays clean; silent with ``quiet``."""
+    import time
+
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"{command}: {message} ({time.monotonic() - start:.1f} s)", file=sys.stderr, flush=True)
+    return say
+
+
 def cmd_energy(args: argparse.Namespace) -> int:
     import torch
 
@@ -181,17 +197,25 @@ def cmd_energy(args: argparse.Namespace) -> int:
             alpha, beta = PAPER_ALPHA_BETA[get_arch(args.model).family]
         halting = {"alpha": alpha if args.alpha is None else args.alpha, "beta": beta if args.beta is None else args.beta,
                    "epsilon": 0.01 if args.epsilon is None else args.epsilon, "accumulation": args.accumulation}
+    say = _progress("energy", args.quiet)
+    say(f"building {args.model}")
     with _flag_errors():
         model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
                              in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,
                              halting=halting)
     x, source = _input_batch(args)
+    say(f"calibrating batch norm on {source}")
     # untrained weights: set batch-norm statistics from the batch so the LIF layers fire
     calibrate_batchnorm(model, x)
+    say("measuring energy (both conventions, one pass)")
     report = measure_energy(model, x)  # both conventions in one pass
+    if args.timesteps > 1:
+        say("temporal similarity of block inputs")
     similarity = temporal_similarity(model, x) if args.timesteps > 1 else []
+    say("token ratio")
     with torch.no_grad():
         out = model.eval()(x)
+    say("done")
     result = {
         "model": args.model, "stem": args.stem, "timesteps": args.timesteps, "input": source,
         "method": model.method, "epsilon": None if halting is None else halting.get("epsilon"),
@@ -242,9 +266,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train import config_from_dict, epsilon_table, format_table, halting_maps, model_from_checkpoint
     from .train.trainer import resolve_device
 
+    say = _progress("eval", args.quiet)
     device = _eval_device(args.device, resolve_device)
     if args.halting_maps:
         _check_output_folder(args.halting_maps, "--halting-maps")
+    say(f"loading {args.checkpoint} on {device}")
     model, state = model_from_checkpoint(args.checkpoint, device)
     cfg = config_from_dict(state.get("config") or {}, f"{args.checkpoint} (its config)")
     _, val, info = build_datasets(
@@ -253,16 +279,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     _, loader = build_loaders(val, val, args.batch_size, cfg.data.workers, drop_last=False)
     epsilons = _parse_epsilons(args.epsilons) if args.epsilons else cfg.eval_epsilons
-    rows = epsilon_table(model, loader, epsilons, device, max_batches=args.max_batches)
+    say(f"{len(val)} validation images of {info.name}")
+    rows = epsilon_table(model, loader, epsilons, device, max_batches=args.max_batches, progress=say)
     result: dict = {"rows": rows}
     if args.similarity:
+        say("temporal similarity of block inputs")
         x = next(iter(loader))[0].to(device)
         result["temporal_similarity"] = temporal_similarity(model, x)
     if args.halting_maps:
         eps = epsilons[0] if model.method == "stas" else None  # the baselines at their trained knob
+        say(f"writing halting maps to {args.halting_maps}")
         paths = halting_maps(model, loader, args.halting_maps, epsilon=eps, device=device,
-                             mean=info.mean, std=info.std)
+                             mean=info.mean, std=info.std, progress=say)
         result["halting_maps"] = [str(p) for p in paths]
+    say("done")
     if args.json:
         print(json.dumps(rows if not (args.similarity or args.halting_maps) else result, indent=2))
         return 0
@@ -321,8 +351,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .tracking import default_tracking_uri
 
     spec = load_spec(args.file)
+    from .sweep.runner import local_resource_warnings
+
     print(f"{args.file}: ok")
     print(describe(spec, default_tracking_uri(args.tracking_uri or spec.tracking_uri)))
+    for warning in local_resource_warnings(spec):
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -380,7 +414,8 @@ def _print_sweep_summary(result, spec, uri: str) -> None:
     print(_front_table(result.front, spec.objectives, [p.key for p in spec.params]))
     print(f"\nbrowse it: stas-sweep ui{'' if uri.startswith('sqlite:///' + str(Path.cwd())) else ' --tracking-uri ' + uri}"
           f"  -> experiment {spec.experiment!r}, filter  tags.pareto = 'true' , Chart view, scatter of "
-          f"energy_mj against accuracy; the sweep's parent run holds pareto_front.png / .html")
+          f"energy_mj against accuracy (one run per front point); the sweep's parent run holds "
+          f"pareto_front.png / .html")
 
 
 def _front_table(front: list[dict], objectives, params: list[str]) -> str:
@@ -421,10 +456,16 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         sweep = latest_sweep(args.tracking_uri, args.experiment)
     front = sweep["front"]
     paper = paper_rows(sweep.get("dataset")) if args.paper else []
+    # which sweep this is goes to stderr with --json, so stdout stays one JSON list
+    say = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    for s in sweep["skipped"]:
+        say(f"skipping sweep {s['name']} (experiment {s['experiment']!r}, run {s['run_id']}, {s['status']}): "
+            f"no front points")
+    say(f"sweep {sweep['name']} (experiment {sweep['experiment']!r}, run {sweep['run_id']}, {sweep['status']}): "
+        f"{len(front)} points on the front")
     if args.json:
         print(json.dumps({"front": front, "paper": paper} if args.paper else front, indent=2))
         return 0
-    print(f"sweep {sweep['name']} (run {sweep['run_id']}, {sweep['status']}): {len(front)} points on the front")
     print(_front_table(front, sweep["objectives"], param_keys(front)))
     if args.paper:
         if not paper:
@@ -459,8 +500,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
                          f"choose another --port") from None
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (filter runs with tags.pareto = 'true'; "
-          f"Ctrl-C stops)", flush=True)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {uri} on {base}  (Ctrl-C stops)", flush=True)
+    try:
+        from .tracking import browse_url, latest_sweep
+
+        sweep = latest_sweep(uri)
+        print(f"the front of sweep {sweep['name']} (experiment {sweep['experiment']!r}), in the Model training "
+              f"view, filtered to tags.pareto = 'true':\n  {browse_url(base, sweep['experiment_id'])}", flush=True)
+    except ValueError:  # no sweep with points in this store yet (TrackingError), or a store that cannot be read
+        pass
     proc = subprocess.Popen(cmd, start_new_session=True)
 
     def stop() -> None:
@@ -527,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper (STAS eqs. 11-12, energy_mj; default) or strict (non-binary inputs at MAC, "
                         "energy_strict_mj); both totals are always printed")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_energy)
 
     p = sub.add_parser("train", help="train one model from a YAML config (stage 1 or 2)")
@@ -551,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--max-batches", type=_positive_int, help="evaluate on the first N batches only")
     p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("validate", help="check a search-space file and print its resolved plan")

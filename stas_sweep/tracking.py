@@ -242,9 +242,43 @@ class Tracker:
         return False
 
 
-# -- sweeps: one parent run per sweep, one nested child run per trial ---------------------------
+# -- sweeps: one parent run per sweep, nested runs per trial and per candidate point -------------
 
 SWEEP_TAG, ROLE_TAG, PATH_TAG, OBJECTIVES_TAG = "stas.sweep", "stas.role", "stas.path", "stas.objectives"
+POINT_TAG = "stas.point"  # "<trial_id>@<epsilon>": finds a point's run again after a resume
+# MLflow 3 sorts experiments into GenAI and model-training ones by this experiment tag (its UI's
+# "set experiment kind" writes it); the 3.17 UI itself opens the view of its global workflow
+# switch, which the URL parameter ``workflowType=machine_learning`` sets (see ``browse_url``)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+POINT_METRIC_NAMES = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio", "energy_reduction")
+FILTER = "tags.pareto = 'true'"
+
+
+def browse_url(base: str, experiment_id: str, filter_string: str = FILTER) -> str:
+    """The MLflow UI's run list of an experiment in the model-training view, filtered.
+
+    ``base``: the UI's address (``http://127.0.0.1:5000``). The 3.17 UI reads ``workflowType``
+    (``machine_learning`` or ``genai``, else the last choice of its sidebar switch, GenAI at
+    first) and ``searchFilter`` from the query part of the page's ``#/`` route.
+    """
+    from urllib.parse import quote
+
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&searchFilter={quote(filter_string, safe='')}")
+
+
+def browse_steps(experiment: str) -> str:
+    """The UI steps that show a sweep's front (the parent run's description; the README's)."""
+    return (f"To see the front in the MLflow UI: 1. run stas-sweep ui and open the link it prints (experiment "
+            f"{experiment!r} in the Model training view, runs filtered by {FILTER}; by hand: the 'Model training' "
+            f"switch at the top left, the experiment, then {FILTER} in the search box and Enter). "
+            f"2. Click the [+] before this sweep's run name: its rows are the front's points, one run per "
+            f"(trial, epsilon). For numbers: Columns, type accuracy and tick it, then energy_mj. "
+            f"3. Click the chart icon (the second of the three view buttons left of the search box), 'Add chart', "
+            f"'Scatter chart', X axis energy_mj, Y axis accuracy, 'Add chart'. The chart 'energy_mj vs. accuracy' "
+            f"comes last under Model metrics; its expand icon enlarges it. These are the points stas-sweep pareto "
+            f"prints. Clearing the filter shows every candidate point (tags.`stas.role` = 'point') and the "
+            f"trial runs with their per-epoch curves.")
 
 
 def code_version() -> str:
@@ -272,10 +306,18 @@ class SweepTracker:
       (``pareto_front.json``), a PNG and an interactive HTML scatter; ``hypervolume`` per
       finished trial and ``hypervolume.png``; ``candidates.json`` (every (trial, knob) point); for a
       CIFAR or ImageNet sweep the paper's Tables 2-3 rows drawn as markers on the front plots;
-    * child run per trial, nested by ``mlflow.parentRunId`` and found again by tag ``trial_id``
-      (so a resumed sweep never logs a trial twice): sampled params, per-epoch metrics, its
-      ``epsilon_table.json``, tags ``method`` (its halting method), ``full_budget``, ``stopped_by``, ``pareto`` and, for a failed
-      trial, ``error``.
+    * child run per trial (tag ``stas.role=trial``), nested by ``mlflow.parentRunId`` and found
+      again by tag ``trial_id`` (so a resumed sweep never logs a trial twice): sampled params,
+      per-epoch metrics (the curves), its ``epsilon_table.json``, tags ``method`` (its halting
+      method), ``full_budget``, ``stopped_by``, ``pareto_points`` (how many of its points are on
+      the front) and, for a failed trial, ``error``;
+    * child run per candidate point, one (trial, knob) evaluation of a full-budget trial
+      (tag ``stas.role=point``, found again by ``stas.point`` = ``<trial>@<knob>``, so a
+      resumed sweep never logs a point twice): params = the trial's searched values and
+      the knob; metrics ``accuracy``, ``energy_mj``, ``energy_strict_mj``, ``token_ratio``,
+      ``energy_reduction``; tags ``pareto`` (``true`` exactly on the front, retagged as the
+      front changes), ``trial_id``, ``method``. Filtering ``tags.pareto = 'true'`` lists the
+      front and a scatter of two of these metrics draws it.
 
     The points and the front come from :mod:`stas_sweep.sweep.front` (anything with ``points``,
     ``front`` and ``hypervolume``). Picklable (Ray Tune stores its callbacks with the
@@ -290,6 +332,8 @@ class SweepTracker:
         self.objectives = [tuple(o) for o in objectives]
         self.parent_id: str | None = None
         self.runs: dict[str, str] = {}       # trial id -> child run id
+        self.point_runs: dict[str, str] = {}  # point key (trial@epsilon) -> point run id
+        self.point_pareto: dict[str, str] = {}  # point key -> its pareto tag as logged
         self.ended: dict[str, tuple] = {}    # trial id -> the end tags this driver wrote (full_budget, error)
         self.finished = 0
         self._client = None
@@ -318,7 +362,11 @@ class SweepTracker:
 
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
-        return exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        if exp is None:
+            return self.client.create_experiment(self.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return exp.experiment_id
 
     # -- parent -------------------------------------------------------------------------------
     def start_parent(self, spec, plan: str) -> str:
@@ -339,9 +387,10 @@ class SweepTracker:
         run = self.client.create_run(exp_id, run_name=f"sweep-{self.sweep}", tags={
             ROLE_TAG: "sweep", SWEEP_TAG: self.sweep, PATH_TAG: self.path, "code_version": code_version(),
             OBJECTIVES_TAG: json.dumps(self.objectives),
-            "mlflow.note.content": f"STAS sweep {self.sweep}. Filter children with tags.pareto = 'true' and chart "
-                                   f"energy_mj (the paper's convention; energy_strict_mj beside it) against "
-                                   f"accuracy.",
+            "mlflow.note.content": f"STAS sweep {self.sweep}: one nested run per trial (per-epoch curves) and "
+                                   f"one per candidate point (trial, epsilon).\n\n" + browse_steps(self.experiment)
+                                   + "\n\nenergy_mj is the paper's convention; energy_strict_mj is logged beside it."
+                                   " Artifacts: pareto_front.png / .html / .json, hypervolume.png, candidates.json.",
         })
         self.parent_id = run.info.run_id
         self._synced = True
@@ -358,12 +407,15 @@ class SweepTracker:
         return self.parent_id
 
     def _load_state(self) -> None:
-        """After a resume: the child runs by trial id."""
-        for run in self.client.search_runs([self._experiment_id()],
+        """After a resume: the trial runs by trial id, the point runs by point key."""
+        for run in self.client.search_runs([self._experiment_id()], max_results=50000,
                                            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'"):
-            tid = run.data.tags.get("trial_id")
-            if tid:
-                self.runs[tid] = run.info.run_id
+            tags = run.data.tags
+            if tags.get(ROLE_TAG) == "point":
+                self.point_runs[tags[POINT_TAG]] = run.info.run_id
+                self.point_pareto[tags[POINT_TAG]] = tags.get("pareto", "")
+            elif tags.get("trial_id"):
+                self.runs[tags["trial_id"]] = run.info.run_id
 
     def saved_points(self) -> list[dict]:
         """The candidate points logged so far (``candidates.json``): where a resumed sweep goes on."""
@@ -393,15 +445,16 @@ class SweepTracker:
         self._sync()
         if trial_id in self.runs:
             return self.runs[trial_id]
-        found = self.client.search_runs(
+        found = [r for r in self.client.search_runs(
             [self._experiment_id()],
             filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' AND tags.trial_id = '{trial_id}'")
+            if r.data.tags.get(ROLE_TAG) != "point"]
         if found:
             self.runs[trial_id] = found[0].info.run_id
             return self.runs[trial_id]
         run = self.client.create_run(self._experiment_id(), run_name=f"trial-{trial_id}", tags={
-            "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep,
-            "pareto": "false", "full_budget": "false", "method": params.get("halting.method", getattr(self, "base_method", "stas")),
+            "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep, ROLE_TAG: "trial",
+            "full_budget": "false", "method": params.get("halting.method", getattr(self, "base_method", "stas")),
         })
         self.runs[trial_id] = run.info.run_id
         log_params(self.client, run.info.run_id, params)
@@ -443,16 +496,74 @@ class SweepTracker:
         run_id = self._tag_end(trial_id, params, error=reason)
         self.client.set_terminated(run_id, "FAILED")
 
-    # -- the front ----------------------------------------------------------------------------
+    # -- the points and the front -------------------------------------------------------------
+    @staticmethod
+    def point_key(point: dict) -> str:
+        """``<trial>@<epsilon>`` for A-SSA, ``<trial>@<knob>=<value>`` for a baseline's knob."""
+        from .models.halting import KNOBS
+
+        knob = KNOBS.get(point.get("method") or "stas", "epsilon")
+        value = point.get(knob)
+        text = "-" if value is None else f"{float(value):g}"
+        return f"{point['trial_id']}@{text}" if knob == "epsilon" else f"{point['trial_id']}@{knob}={text}"
+
+    def _point_run(self, point: dict, on_front: bool) -> str:
+        """The run of one candidate point, created (finished, with its metrics) on first sight."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        from .sweep.front import param_keys
+
+        key = self.point_key(point)
+        pareto = "true" if on_front else "false"
+        if key in self.point_runs:
+            return self.point_runs[key]
+        # named like its key (<trial>@<epsilon>): short enough for the UI's run-name column
+        run = self.client.create_run(self._experiment_id(), run_name=key,
+                                     tags={"mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key,
+                                           SWEEP_TAG: self.sweep, "trial_id": str(point["trial_id"]),
+                                           "method": str(point.get("method") or getattr(self, "base_method", "stas")),
+                                           "pareto": pareto})
+        run_id = run.info.run_id
+        ts = int(time.time() * 1000)
+        params = [Param(k, str(point[k])[:6000]) for k in param_keys([point])]
+        from .models.halting import KNOBS
+
+        knobs = [k for k in dict.fromkeys(KNOBS.values()) if point.get(k) is not None] or ["epsilon"]
+        params += [Param(k, str(point.get(k))) for k in knobs if k not in {p.key for p in params}]
+        metrics = [Metric(k, float(point[k]), ts, 0) for k in POINT_METRIC_NAMES
+                   if isinstance(point.get(k), (int, float)) and not isinstance(point.get(k), bool)]
+        self.client.log_batch(run_id, metrics=metrics, params=params,
+                              tags=[RunTag(k, str(point.get(k))) for k in knobs])
+        self.client.set_terminated(run_id, "FINISHED")
+        self.point_runs[key] = run_id
+        self.point_pareto[key] = pareto
+        return run_id
+
+    def write_points(self, points: list[dict], front: list[dict]) -> None:
+        """One run per candidate point (created once), ``pareto`` retagged where the front changed;
+        each trial run's ``pareto_points``: how many of its points are on the front."""
+        self._sync()
+        on = {self.point_key(p) for p in front}
+        per_trial: dict[str, int] = {}
+        for p in points:
+            key = self.point_key(p)
+            run_id = self._point_run(p, key in on)
+            want = "true" if key in on else "false"
+            if self.point_pareto.get(key) != want:
+                self.client.set_tag(run_id, "pareto", want)
+                self.point_pareto[key] = want
+            per_trial[str(p["trial_id"])] = per_trial.get(str(p["trial_id"]), 0) + (key in on)
+        for tid, n in per_trial.items():
+            if tid in self.runs:
+                self.client.set_tag(self.runs[tid], "pareto_points", str(n))
+
     def write_front(self, front, final: bool) -> None:
-        """Log a computed front (``front.points``, ``.front``, ``.hypervolume``): retag the
-        children, log the hypervolume, the tables and the plots (the HTML only when ``final``)."""
+        """Log a computed front (``front.points``, ``.front``, ``.hypervolume``): the point runs and
+        their ``pareto`` tags, the hypervolume, the tables and the plots (the HTML only when ``final``)."""
         from .sweep.plots import plot_front_html, plot_front_png, plot_hypervolume_png
 
         points, on, hv = front.points, front.front, front.hypervolume
-        on_front = {p["trial_id"] for p in on}
-        for tid, run_id in self.runs.items():
-            self.client.set_tag(run_id, "pareto", "true" if tid in on_front else "false")
+        self.write_points(points, on)
         self.client.log_metric(self.parent_id, "hypervolume", hv, step=self.finished)
         self.client.log_metric(self.parent_id, "front_size", len(on), step=self.finished)
         self._log_json(self.parent_id, points, "candidates.json")
@@ -471,11 +582,15 @@ class SweepTracker:
                     title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
                 if final:
                     self.client.log_artifact(self.parent_id, str(plot_front_html(
-                        points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=paper)))
+                        points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=paper,
+                        title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
             history = self.client.get_metric_history(self.parent_id, "hypervolume")
             if history:
-                values = [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
-                self.client.log_artifact(self.parent_id, str(plot_hypervolume_png(values, Path(d) / "hypervolume.png")))
+                last: dict[int, float] = {}  # finished trials -> the latest value logged at that count
+                for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
+                    last[m.step] = m.value
+                self.client.log_artifact(self.parent_id, str(plot_hypervolume_png(
+                    list(last.values()), Path(d) / "hypervolume.png", steps=list(last))))
 
     def finish(self, result) -> None:
         """The sweep's results (``trials``, ``points``, ``front``, ``hypervolume``): the end tags
@@ -486,6 +601,9 @@ class SweepTracker:
             if self.ended.get(t["trial_id"]) != (t["full_budget"] if error is None else None, error):
                 self._tag_end(t["trial_id"], t["params"], full_budget=t["full_budget"], error=error)
         self.finished = len(result.trials)
+        # after a resume, the trials and points of this driver were logged by the tracker Tune
+        # restored with its callback, not by this one: read them back before writing the front
+        self._load_state()
         self.write_front(result, final=True)
         self.client.set_tag(self.parent_id, "front_size", str(len(result.front)))
         self.client.set_terminated(self.parent_id, "FINISHED")
@@ -502,8 +620,15 @@ class TrackingError(UserError, ValueError):
 
 
 def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
-    """The latest sweep's parent run in the store: ``{"run_id", "name", "status", "objectives",
-    "front", "dataset"}`` (``front``: ``pareto_front.json``, empty before a trial finished)."""
+    """The latest sweep in the store (or in ``experiment``) that has front points.
+
+    Returns ``{"run_id", "name", "experiment", "status", "objectives", "front", "dataset",
+    "skipped"}``: ``front`` is its ``pareto_front.json``; ``dataset`` the base config's data
+    set; ``skipped`` the newer sweeps passed over because they have no points yet (failed
+    before a trial finished, or still running), each ``{"run_id", "name", "experiment",
+    "status"}``. Raises :class:`TrackingError` when no sweep has points (naming the latest one
+    and its status).
+    """
     import mlflow
 
     uri = default_tracking_uri(uri)
@@ -513,20 +638,35 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
         if exp is None:
             names = [e.name for e in client.search_experiments()]
             raise TrackingError(f"no experiment {experiment!r} in {uri}; experiments: {', '.join(names) or 'none'}")
-        ids = [exp.experiment_id]
+        exps = [exp]
     else:
-        ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, filter_string=f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"],
-                              max_results=1) if ids else []
+        exps = client.search_experiments()
+    names = {e.experiment_id: e.name for e in exps}
+    runs = client.search_runs(list(names), filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1000) if names else []
+    where = f"{uri}" + (f" experiment {experiment!r}" if experiment else "")
     if not runs:
-        raise TrackingError(f"no sweep found in {uri}" + (f" experiment {experiment!r}" if experiment else "")
-                            + "; run one with: stas-sweep run search_spaces/digits.yaml")
-    parent = runs[0]
-    try:
-        front = json.loads(Path(client.download_artifacts(parent.info.run_id, "pareto_front.json")).read_text())
-    except Exception:  # noqa: BLE001 - the sweep has not finished a trial yet
-        front = []
-    objectives = json.loads(parent.data.tags.get(OBJECTIVES_TAG, '[["accuracy", "max"], ["energy_mj", "min"]]'))
-    return {"run_id": parent.info.run_id, "name": parent.data.tags.get(SWEEP_TAG), "status": parent.info.status,
-            "objectives": [tuple(o) for o in objectives], "front": front,
-            "dataset": parent.data.params.get("base.data.name")}
+        raise TrackingError(f"no sweep found in {where}; run one with: stas-sweep run search_spaces/digits.yaml")
+
+    def describe(run) -> dict:
+        return {"run_id": run.info.run_id, "name": run.data.tags.get(SWEEP_TAG),
+                "experiment_id": run.info.experiment_id, "experiment": names.get(run.info.experiment_id),
+                "status": run.info.status}
+
+    skipped = []
+    for run in runs:
+        if run.data.metrics.get("front_size", 0) > 0:  # logged with every front the sweep wrote
+            try:
+                front = json.loads(Path(client.download_artifacts(run.info.run_id, "pareto_front.json")).read_text())
+            except Exception:  # noqa: BLE001 - a front_size without its table: treat as empty
+                front = []
+            if front:
+                default = '[["accuracy", "max"], ["energy_mj", "min"]]'
+                objectives = json.loads(run.data.tags.get(OBJECTIVES_TAG, default))
+                return {**describe(run), "objectives": [tuple(o) for o in objectives], "front": front,
+                        "dataset": run.data.params.get("base.data.name"), "skipped": skipped}
+        skipped.append(describe(run))
+    latest = skipped[0]
+    raise TrackingError(f"no sweep in {where} has front points yet; the latest, {latest['name']!r} "
+                        f"(experiment {latest['experiment']!r}, run {latest['run_id']}), is {latest['status']}"
+                        + (f" and {len(skipped) - 1} older ones have none either" if len(skipped) > 1 else ""))

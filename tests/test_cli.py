@@ -1,6 +1,7 @@
 """The command line: models and energy."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,99 @@ def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port):
         except ProcessLookupError:
             pass
     assert f"sqlite:///{tmp_path.resolve()}/mlflow.db" in out and f"http://127.0.0.1:{port}" in out
+
+
+def test_models_counts_without_building_weights(capsys):
+    """Parameter counts come from the meta device: every model at once, the largest included."""
+    import time
+
+    start = time.perf_counter()
+    assert main(["models", "--json"]) == 0
+    elapsed = time.perf_counter() - start
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert abs(rows["spikformer-4-384"]["params"] / 1e6 - 9.32) < 0.0932
+    assert len(rows) >= 30 and all(r["params"] > 0 for r in rows.values())
+    assert elapsed < 20, elapsed  # 37 s when every model was built with weights; ~1.5 s on meta
+
+
+def test_energy_prints_progress_on_stderr_only(capsys):
+    args = ["energy", "spikformer-1-16", "--img-size", "16", "--input", "random", "--batch", "2", "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # stdout stays one JSON object
+    assert "energy: measuring energy" in captured.err and "energy: done" in captured.err
+    assert main(args + ["--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_validate_warns_when_resources_exceed_this_machine(tmp_path, sweep_file, capsys):
+    from stas_sweep.sweep.runner import local_resources
+
+    have = local_resources()
+    space = sweep_file(tmp_path, resources={"cpu": have["cpu"] + 64, "gpu": have["gpu"] + 2})
+    assert main(["validate", str(space)]) == 0  # a warning, not an error: the file may be for a cluster
+    err = capsys.readouterr().err
+    assert f"resources.cpu = {have['cpu'] + 64}" in err and f"resources.gpu = {have['gpu'] + 2}" in err
+    assert main(["validate", str(sweep_file(tmp_path, resources={"cpu": 1}))]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def _front(points, objectives, reference):
+    from stas_sweep.sweep.front import front_of
+
+    return front_of(points, objectives, reference)
+
+
+def test_pareto_skips_a_failed_empty_sweep_and_point_runs_follow_the_front(tmp_path, sweep_file, capsys):
+    """Real MLflow (sqlite), no Ray: a sweep with points, then a newer one that failed before any
+    trial finished. `pareto` shows the first and says it skipped the second; point runs are
+    logged once (also by a tracker reopening the sweep, as on resume) and retagged as the
+    front moves."""
+    import mlflow
+
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, SweepTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_spec(sweep_file(tmp_path / "a", name="good"))
+    obj, ref = spec.objectives, spec.reference
+    row = {"energy_strict_mj": 1.0, "token_ratio": 0.5, "energy_reduction": 10.0}
+    p1 = [{"trial_id": "t1", "epsilon": 0.0, "accuracy": 90.0, "energy_mj": 0.8, **row, "halting.beta": -6.0},
+          {"trial_id": "t1", "epsilon": 0.2, "accuracy": 85.0, "energy_mj": 0.5, **row, "halting.beta": -6.0}]
+    tracker = SweepTracker(uri, spec.experiment, spec.name, "/x/good", obj)
+    tracker.start_parent(spec, "plan")
+    tracker.write_front(_front(p1, obj, ref), final=False)
+
+    # reopened (a resume): the point runs are found again; a new better point moves the front
+    again = SweepTracker(uri, spec.experiment, spec.name, "/x/good", obj)
+    again.start_parent(spec, "plan")
+    p2 = p1 + [{"trial_id": "t2", "epsilon": 0.0, "accuracy": 95.0, "energy_mj": 0.4, **row, "halting.beta": -5.0}]
+    front = _front(p2, obj, ref)
+    again.write_front(front, final=True)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(spec.experiment)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    points = client.search_runs([exp.experiment_id], "tags.`stas.role` = 'point'")
+    assert sorted(r.data.tags["stas.point"] for r in points) == ["t1@0", "t1@0.2", "t2@0"]
+    on = client.search_runs([exp.experiment_id], "tags.pareto = 'true'")
+    assert [r.data.tags["stas.point"] for r in on] == ["t2@0"]
+    assert [(p["trial_id"], p["epsilon"]) for p in front.front] == [("t2", 0.0)]
+    assert on[0].data.metrics["accuracy"] == 95.0 and on[0].data.params["epsilon"] == "0.0"
+    assert on[0].data.params["halting.beta"] == "-5.0" and on[0].data.tags["method"] == "stas"
+    assert on[0].data.tags["mlflow.parentRunId"] == again.parent_id
+    assert client.get_run(again.parent_id).data.tags["mlflow.note.content"].count("tags.pareto = 'true'") >= 1
+    html = client.download_artifacts(again.parent_id, "pareto_front.html")
+    assert Path(html).stat().st_size < 500_000
+
+    bad = load_spec(sweep_file(tmp_path / "b", name="broken", mlflow={"experiment": "other"}))
+    failed = SweepTracker(uri, bad.experiment, bad.name, "/x/broken", bad.objectives)
+    failed.start_parent(bad, "plan")
+    failed.fail()
+
+    assert main(["pareto", "--json", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr()
+    assert [(p["trial_id"], p["epsilon"]) for p in json.loads(out.out)] == [("t2", 0.0)]
+    assert "skipping sweep broken" in out.err and "FAILED" in out.err and "sweep good" in out.err
+    assert main(["pareto", "--experiment", "other", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "has front points yet" in err and "'broken'" in err and "FAILED" in err

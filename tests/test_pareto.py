@@ -346,20 +346,48 @@ def test_plot_front_png_handles_empty_and_non_objective_axes(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_front_html_is_self_contained_with_trial_ids(tmp_path):
+def test_plot_front_html_is_small_and_self_contained_with_trial_ids(tmp_path):
     from stas_sweep.sweep.plots import plot_front_html
 
     pts = _sweep_points()
     out = plot_front_html(pts, ACC_ENERGY, tmp_path / "front.html")
     text = out.read_text(encoding="utf-8")
     assert "<html" in text[:1000].lower() and "</html>" in text[-1000:].lower()
-    assert "<script src=" not in text  # plotly.js is inlined, nothing loaded from a CDN
-    assert len(text) > 1_000_000
+    assert "<script" not in text and "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in text  # nothing fetched: it renders offline, at once
     for p in pts[:-1]:  # the NaN point is not drawn
         assert p["trial_id"] in text
-    assert "energy_mj (min)" in text and "accuracy (max)" in text
+    assert "energy_mj (min)" in text and "accuracy (%, max)" in text
     assert "epsilon: " in text and "alpha: " in text
     assert "Pareto front (" in text
+    assert text.count("<circle") == len(pts) - 1
+
+
+def test_plot_front_html_stays_under_500_kb_for_a_large_sweep(tmp_path):
+    """The artifact viewer shows it within seconds: 200 trials x 5 epsilons stay far below 500 kB."""
+    from stas_sweep.sweep.plots import plot_front_html
+
+    rng = np.random.default_rng(1)
+    pts = [{"trial_id": f"{i // 5:05d}_{'abcdef'[i % 5]}", "epsilon": [0.0, 0.05, 0.1, 0.2, 0.4][i % 5],
+            "accuracy": float(rng.uniform(50, 95)), "energy_mj": float(rng.uniform(0.1, 2.0)),
+            "energy_strict_mj": float(rng.uniform(0.5, 6.0)), "token_ratio": float(rng.random()),
+            "energy_reduction": float(rng.uniform(0, 60)), "halting.alpha": float(rng.uniform(1, 9)),
+            "halting.beta": float(rng.uniform(-30, -1)), "halting.delta_p": float(rng.uniform(1e-3, 1e-1)),
+            "optim.lr": float(rng.uniform(1e-4, 1e-2))} for i in range(1000)]
+    size = plot_front_html(pts, ACC_ENERGY, tmp_path / "front.html").stat().st_size
+    assert size < 500_000, size
+
+
+def test_plot_front_png_draws_overlapping_points(tmp_path):
+    """Two epsilons that halt nothing give the same (energy, accuracy): both stay visible (hollow
+    and half-transparent markers) and the place is labelled with its count."""
+    from stas_sweep.sweep.plots import _overlaps, plot_front_png
+
+    pts = [{"trial_id": "a", "epsilon": e, "accuracy": 90.0, "energy_mj": 1.0} for e in (0.0, 0.1)]
+    pts.append({"trial_id": "b", "epsilon": 0.0, "accuracy": 80.0, "energy_mj": 0.5})
+    xy = [(p["energy_mj"], p["accuracy"]) for p in pts]
+    assert _overlaps(xy, range(3)) == {0: 2, 1: 2}
+    assert plot_front_png(pts, ACC_ENERGY, tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_step_vertices():
@@ -377,6 +405,8 @@ def test_plot_hypervolume_png(tmp_path):
     out = plot_hypervolume_png(hist, tmp_path / "hv.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    out = plot_hypervolume_png(hist[:3], tmp_path / "hv_steps.png", steps=[1, 2, 4])  # trials finished
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_hypervolume_png([], tmp_path / "hv0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

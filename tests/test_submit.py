@@ -63,11 +63,13 @@ def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflo
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "SUCCEEDED" in proc.stdout and "on the front" in proc.stdout  # the job's own output was streamed
-    _, parents, children = mlflow_runs(mlflow_url, "tiny-sweep")
+    _, parents, runs = mlflow_runs(mlflow_url, "tiny-sweep")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 2
-    assert {c.data.tags["pareto"] for c in children} <= {"true", "false"}
-    assert any(c.data.tags["pareto"] == "true" for c in children)
+    trials = [c for c in runs if c.data.tags.get("stas.role") == "trial"]
+    points = [c for c in runs if c.data.tags.get("stas.role") == "point"]  # one per (trial, epsilon)
+    assert len(trials) == 2 and len(points) == 2 * 3
+    assert {c.data.tags["pareto"] for c in points} <= {"true", "false"}
+    assert any(c.data.tags["pareto"] == "true" for c in points)
 
 
 def test_submit_to_an_unreachable_address_fails_clearly(tmp_path, sweep_file, free_port):

@@ -20,10 +20,12 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     assert "stage 1: training once for this sweep" in proc.stdout  # the real path, through a Ray task
     assert "on the front" in proc.stdout and "tags.pareto = 'true'" in proc.stdout
 
-    client, parents, children = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
+    client, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
+    children = [c for c in runs if c.data.tags.get("stas.role") == "trial"]
+    point_runs = [c for c in runs if c.data.tags.get("stas.role") == "point"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    assert len(children) == 4
+    assert len(children) == 4 and len(runs) == len(children) + len(point_runs)
     assert len({c.data.tags["trial_id"] for c in children}) == 4
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
 
@@ -52,9 +54,19 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     assert [p["trial_id"] for p, f in zip(points, non_dominated(points, objectives)) if f] == [p["trial_id"] for p in brute]
     on_front = {p["trial_id"] for p in brute}
     for c in children:
-        assert c.data.tags["pareto"] == ("true" if c.data.tags["trial_id"] in on_front else "false")
+        assert "pareto" not in c.data.tags  # filtering tags.pareto = 'true' lists point runs only
+        assert int(c.data.tags.get("pareto_points", 0)) == sum(p["trial_id"] == c.data.tags["trial_id"] for p in brute)
         if c.data.tags.get("full_budget") == "false" and c.info.status != "FAILED":
-            assert c.data.tags["stopped_by"] == "moasha" and c.data.tags["pareto"] == "false"
+            assert c.data.tags["stopped_by"] == "moasha" and c.data.tags["trial_id"] not in on_front
+    # one finished, nested run per candidate point, with the trial's searched values and epsilon
+    assert sorted((c.data.tags["trial_id"], float(c.data.params["epsilon"])) for c in point_runs) == \
+        sorted((p["trial_id"], p["epsilon"]) for p in points)
+    assert all(c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+               and c.data.tags["method"] == "stas" and {"halting.beta", "optim.lr"} <= set(c.data.params)
+               and {"accuracy", "energy_mj", "energy_strict_mj", "token_ratio"} <= set(c.data.metrics)
+               for c in point_runs)
+    exp = client.get_experiment_by_name("tiny-sweep")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training kind
 
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto_front.json", "pareto_front.png", "pareto_front.html", "hypervolume.png", "space.yaml",
@@ -67,6 +79,17 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     printed = json.loads(out.stdout)
     assert sorted((p["trial_id"], p["epsilon"]) for p in printed) == sorted((p["trial_id"], p["epsilon"]) for p in front)
     assert all({"accuracy", "energy_mj", "energy_strict_mj", "halting.beta", "optim.lr"} <= set(p) for p in printed)
+    assert "sweep tiny" in out.stderr  # says which sweep it shows; stdout stays JSON
+
+    # what the UI lists for the README's filter (its run search goes through the same API):
+    # exactly the front `pareto --json` prints, with the same metric values
+    shown = client.search_runs([exp.experiment_id], filter_string="tags.pareto = 'true'", max_results=1000)
+    metrics = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")
+    assert sorted((r.data.tags["trial_id"], float(r.data.params["epsilon"]), *(r.data.metrics[m] for m in metrics))
+                  for r in shown) == sorted((p["trial_id"], p["epsilon"], *(p[m] for m in metrics)) for p in printed)
+    assert len(shown) == len(printed) >= 1
+    html = Path(client.download_artifacts(parent.info.run_id, "pareto_front.html"))
+    assert html.stat().st_size < 500_000 and "<script" not in html.read_text()
 
     # a second run of the same file refuses to overwrite it
     again = cli(["run", str(folder / "space.yaml")], env, folder)
@@ -94,15 +117,22 @@ def test_sweep_resumes_after_ctrl_c_without_duplicates(sweep_env, sweep_file, cl
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-3000:]
     assert "--resume" in out
-    _, parents, children = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
+    _, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
+    children = [c for c in runs if c.data.tags.get("stas.role") == "trial"]
     assert parents[0].info.status == "KILLED"
     finished_before = {c.data.tags["trial_id"] for c in children if c.data.tags.get("full_budget") == "true"}
     assert 1 <= len(finished_before) < 5  # trials take seconds: five leave room for Ctrl-C to land mid-sweep
 
     resumed = cli(["run", str(space), "--resume"], env, folder)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    client, parents, children = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
+    client, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
+    children = [c for c in runs if c.data.tags.get("stas.role") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # one run per (trial, epsilon) point: none logged twice across the resume
+    keys = [c.data.tags["stas.point"] for c in runs if c.data.tags.get("stas.role") == "point"]
+    assert len(keys) == 3 * 3 and len(set(keys)) == len(keys)
+    front = client.search_runs([parents[0].info.experiment_id], filter_string="tags.pareto = 'true'")
+    assert front and all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in front)
     ids = [c.data.tags["trial_id"] for c in children]
     assert len(ids) == 5 and len(set(ids)) == 5
     for c in children:

@@ -1,21 +1,24 @@
 """Plots of a sweep's Pareto front and of its hypervolume over time.
 
 PNGs are drawn with matplotlib's Agg canvas directly (no pyplot, no display, no global backend
-switch); the HTML is a self-contained plotly page with plotly.js inlined, so it opens offline
-(e.g. as an MLflow artifact). matplotlib and plotly are imported inside the functions, so
-importing this module is cheap.
+switch). The HTML is a small self-written page: an inline SVG scatter with one hover tooltip
+per point (the SVG ``<title>``) and a table of the front, no script and nothing to download,
+so it stays a few kB per hundred points and shows at once in MLflow's artifact viewer
+(plotly with plotly.js inlined weighed 4.6 MB and showed blank there for about 25 s).
+matplotlib is imported inside the functions, so importing this module is cheap.
 
 Which points are on the front is decided over *all* ``objectives`` (see
 :func:`stas_sweep.sweep.pareto.non_dominated`); ``x`` and ``y`` only choose the two metrics
 drawn. The step line joins the front points that are also non-dominated in the drawn (x, y)
 plane, which is the whole front when the objectives are exactly x and y; it is drawn only when
-both x and y are objectives (their directions fix the staircase).
+both x and y are objectives (their directions fix the staircase). Accuracy is in percent
+(SPEC 2.6) and its axis says so.
 
 Two optional layers, each drawn by its own small function: when the points carry more than one
 ``method`` (a baselines sweep) they are coloured by method (front points ringed in black and
-larger) instead of grey/red (:func:`_methods_png`, :func:`_methods_html`); ``paper`` rows
+larger) instead of grey/red (:func:`_methods_png`, :func:`_methods_svg`); ``paper`` rows
 (:mod:`stas_sweep.sweep.paper_results`) are drawn as labelled star markers, named as the
-paper's figures, not measured ones (:func:`_paper_png`, :func:`_paper_html`).
+paper's figures, not measured ones (:func:`_paper_png`, :func:`_paper_svg`).
 """
 
 from __future__ import annotations
@@ -121,6 +124,22 @@ def _step_xy(xs, ys, where):
     return out_x, out_y
 
 
+def _axis_label(name: str, objs: Sequence[Objective]) -> str:
+    """``"accuracy (%, max)"``, ``"energy_mj (min)"``: the objective label, percent for accuracy."""
+    label = _label(name, objs)
+    if name == "accuracy":
+        return label.replace("accuracy (", "accuracy (%, ") if "(" in label else "accuracy (%)"
+    return label
+
+
+def _overlaps(xy, idx) -> dict[int, int]:
+    """How many of the points ``idx`` share each point's exact (x, y): {index: count} for counts > 1."""
+    seen: dict[tuple, list[int]] = {}
+    for i in idx:
+        seen.setdefault(xy[i], []).append(i)
+    return {i: len(group) for group in seen.values() if len(group) > 1 for i in group}
+
+
 def plot_front_png(
     points: Sequence[Mapping[str, float]],
     objectives: Sequence[ObjectiveLike],
@@ -132,16 +151,19 @@ def plot_front_png(
 ) -> Path:
     """Scatter of ``points`` in the (x, y) plane with the Pareto front highlighted.
 
-    All drawable points (finite x and y) are grey; front points are red and joined by a step
-    line (the attainment boundary); points of several methods are coloured by method instead.
-    ``paper``: the paper's rows, drawn as labelled stars. Axis labels carry the direction of
-    objectives, e.g. ``"energy_mj (min)"``. Parent folders are created.
+    Other points are hollow grey rings and front points half-transparent red discs, so points
+    at the same place stay visible (e.g. two epsilons that halt nothing); a place holding
+    several points is labelled ``xN``; points of several methods are coloured by method
+    instead. Front points are joined by a step line (the attainment boundary). ``paper``: the
+    paper's rows, drawn as labelled stars. Axis labels carry the direction of objectives and
+    the unit of accuracy, e.g. ``"accuracy (%, max)"``. Parent folders are created.
 
     Returns:
         ``Path(path)``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     objs, front, xy, drawable, stair = _prepare(points, objectives, x, y)
     out = _ensure_parent(path)
@@ -155,18 +177,28 @@ def plot_front_png(
     if methods:
         _methods_png(ax, points, front, xy, drawable, methods)
     elif others:
-        ax.scatter([xy[i][0] for i in others], [xy[i][1] for i in others], s=18, c=_GREY,
-                   alpha=0.7, label=f"other points ({len(others)})", zorder=2)
+        ax.scatter([xy[i][0] for i in others], [xy[i][1] for i in others], s=42, facecolors="none",
+                   edgecolors=_GREY, linewidths=1.2, label=f"other points ({len(others)})", zorder=2)
     if stair is not None:
-        ax.step(stair[0], stair[1], where=stair[2], color=_FRONT, linewidth=1.5, zorder=3)
+        ax.step(stair[0], stair[1], where=stair[2], color=_FRONT, linewidth=1.5, alpha=0.8, zorder=3)
     if on and not methods:
-        ax.scatter([xy[i][0] for i in on], [xy[i][1] for i in on], s=36, c=_FRONT,
-                   edgecolors="black", linewidths=0.5, label=f"Pareto front ({len(on)})", zorder=4)
+        ax.scatter([xy[i][0] for i in on], [xy[i][1] for i in on], s=30, c=_FRONT, alpha=0.55,
+                   edgecolors="black", linewidths=0.6, label=f"Pareto front ({len(on)})", zorder=4)
+    labelled = set()
+    for i, n in _overlaps(xy, drawable).items():
+        if xy[i] not in labelled:
+            labelled.add(xy[i])
+            ax.annotate(f"x{n}", xy[i], xytext=(5, 4), textcoords="offset points", fontsize=7, zorder=5)
     _paper_png(ax, paper, x, y)
-    ax.set_xlabel(_label(x, objs))
-    ax.set_ylabel(_label(y, objs))
+    for axis, name in ((ax.xaxis, x), (ax.yaxis, y)):
+        axis.set_major_locator(MaxNLocator(nbins=6))  # long labels such as 0.003725 mJ must not collide
+        if name == "accuracy":
+            axis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
+    ax.set_xlabel(_axis_label(x, objs))
+    ax.set_ylabel(_axis_label(y, objs))
     ax.set_title(title if title is not None else f"Pareto front: {y} vs {x}")
     ax.grid(True, alpha=0.3)
+    ax.margins(0.08)
     if others or on or _drawable_paper(paper, x, y):
         ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
@@ -175,6 +207,7 @@ def plot_front_png(
 
 
 def _hover_text(p: Mapping, keys: Sequence[str], extra: Sequence[str]) -> str:
+    """``key: value`` lines (``keys`` first, then ``extra``), HTML-escaped, one per line."""
     lines = []
     seen = set()
     for k in list(keys) + list(extra):
@@ -185,7 +218,18 @@ def _hover_text(p: Mapping, keys: Sequence[str], extra: Sequence[str]) -> str:
         if isinstance(v, float):
             v = f"{v:.6g}"
         lines.append(f"{html.escape(str(k))}: {html.escape(str(v))}")
-    return "<br>".join(lines)
+    return "\n".join(lines)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values covering [lo, hi]."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
 def plot_front_html(
@@ -198,107 +242,159 @@ def plot_front_html(
     title: str | None = None,
     paper: Sequence[Mapping] | None = None,
 ) -> Path:
-    """Interactive, self-contained plotly HTML of ``points`` with the front highlighted
-    (coloured by method when they carry several; ``paper``: the paper's rows as stars).
+    """A small self-contained HTML page: an SVG scatter of ``points`` with the front highlighted
+    (coloured by method when they carry several; ``paper``: the paper's rows as labelled stars),
+    and a table of the front points.
 
-    Hovering a point shows the ``hover_keys`` it has (default, ``None``: its trial id, epsilon
-    and every searched parameter it carries, e.g. ``halting.alpha``; see
-    :func:`stas_sweep.sweep.front.hover_keys`) followed by the objective values. plotly.js
-    is embedded in the file (several MB), so it opens without network access. Parent folders
-    are created.
+    Hovering a point shows (as its SVG tooltip) the ``hover_keys`` it has (default, ``None``:
+    its trial id, epsilon and every searched parameter it carries, e.g. ``halting.alpha``;
+    see :func:`stas_sweep.sweep.front.hover_keys`) followed by the objective values. No script,
+    no external file: about 0.26 kB per point (255 kB for 1000), so it opens at once in MLflow's artifact
+    viewer. Parent folders are created.
 
     Returns:
         ``Path(path)``.
     """
-    import plotly.graph_objects as go
-
     objs, front, xy, drawable, stair = _prepare(points, objectives, x, y)
     out = _ensure_parent(path)
     obj_names = [o.name for o in objs]
+    title = title if title is not None else f"Pareto front: {y} vs {x}"
 
     def keys_for(p):
         return default_hover_keys(p) if hover_keys is None else list(hover_keys)
 
-    fig = go.Figure()
+    W, H, L, R, T, B = 720, 480, 80, 20, 20, 56  # canvas and margins (px)
+    paper_rows = _drawable_paper(paper, x, y)
     methods = _methods(points)
-    groups = ([(m, on_front) for m in methods for on_front in (False, True)] if methods
-              else [(None, False), (None, True)])
-    for method, on_front in groups:
-        idx = [i for i in drawable if bool(front[i]) == on_front and (method is None or points[i].get("method") == method)]
-        if not idx:
-            continue
-        if method is None:
-            name, color, size = ("Pareto front", _FRONT, 10) if on_front else ("other points", _GREY, 7)
-        else:
-            name = f"{method}{', on the front' if on_front else ''}"
-            color, size = METHOD_COLOURS.get(method, _GREY), 10 if on_front else 7
-        fig.add_trace(
-            go.Scatter(
-                x=[xy[i][0] for i in idx],
-                y=[xy[i][1] for i in idx],
-                mode="markers",
-                name=f"{name} ({len(idx)})",
-                marker=dict(color=color, size=size, line=dict(width=0.5, color="black") if on_front else None),
-                hovertext=[_hover_text(points[i], keys_for(points[i]), obj_names + [x, y]) for i in idx],
-                hoverinfo="text",
-            )
-        )
-    _paper_html(fig, paper, x, y)
+    xs = [xy[i][0] for i in drawable] + [a for a, _, _ in paper_rows]
+    ys = [xy[i][1] for i in drawable] + [b for _, b, _ in paper_rows]
+    x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
+    padx = (x1 - x0) * 0.06 or abs(x0) * 0.06 or 0.5
+    pady = (y1 - y0) * 0.06 or abs(y0) * 0.06 or 0.5
+    x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
+
+    def sx(v):
+        return L + (v - x0) / (x1 - x0) * (W - L - R)
+
+    def sy(v):
+        return H - B - (v - y0) / (y1 - y0) * (H - T - B)
+
+    def fmt(v, name):
+        return f"{v:.4g}%" if name == "accuracy" else f"{v:.4g}"
+
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" style="max-width:{W}px" viewBox="0 0 {W} {H}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="white" stroke="#444"/>']
+    for v in _ticks(x0, x1):
+        svg.append(f'<line x1="{sx(v):.1f}" y1="{T}" x2="{sx(v):.1f}" y2="{H - B}" stroke="#e4e4e4"/>'
+                   f'<text x="{sx(v):.1f}" y="{H - B + 16}" text-anchor="middle">{fmt(v, x)}</text>')
+    for v in _ticks(y0, y1):
+        svg.append(f'<line x1="{L}" y1="{sy(v):.1f}" x2="{W - R}" y2="{sy(v):.1f}" stroke="#e4e4e4"/>'
+                   f'<text x="{L - 6}" y="{sy(v) + 4:.1f}" text-anchor="end">{fmt(v, y)}</text>')
+    svg.append(f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">'
+               f'{html.escape(_axis_label(x, objs))}</text>')
+    svg.append(f'<text transform="translate(16 {(T + H - B) / 2}) rotate(-90)" text-anchor="middle">'
+               f'{html.escape(_axis_label(y, objs))}</text>')
     if stair is not None:
-        sx, sy = _step_xy(*stair)
-        fig.add_trace(
-            go.Scatter(x=sx, y=sy, mode="lines", name="front (step)", hoverinfo="skip",
-                       line=dict(color=_FRONT, width=1.5), showlegend=False)
-        )
-    fig.update_layout(
-        title=dict(text=title if title is not None else f"Pareto front: {y} vs {x}"),
-        xaxis=dict(title=dict(text=_label(x, objs))),
-        yaxis=dict(title=dict(text=_label(y, objs))),
-        template="plotly_white",
-        hovermode="closest",
-    )
-    fig.write_html(str(out), include_plotlyjs=True, full_html=True)
+        vx, vy = _step_xy(*stair)
+        pts_attr = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(vx, vy))
+        svg.append(f'<polyline points="{pts_attr}" fill="none" stroke="{_FRONT}" stroke-width="1.5"/>')
+    for on_front in (False, True):  # front points drawn last, on top
+        for i in drawable:
+            if bool(front[i]) != on_front:
+                continue
+            tip = _hover_text(points[i], keys_for(points[i]), obj_names + [x, y])
+            if methods:  # one colour per method, front points larger and ringed in black
+                colour = METHOD_COLOURS.get(points[i].get("method"), _GREY)
+                style = (f'r="7" fill="{colour}" stroke="black" stroke-width="1.2"' if on_front
+                         else f'r="5" fill="{colour}" fill-opacity="0.6" stroke="none"')
+            else:
+                style = (f'r="6" fill="{_FRONT}" fill-opacity="0.55" stroke="black" stroke-width="0.7"' if on_front
+                         else f'r="6" fill="none" stroke="{_GREY}" stroke-width="1.5"')
+            svg.append(f'<circle cx="{sx(xy[i][0]):.1f}" cy="{sy(xy[i][1]):.1f}" {style}><title>{tip}</title></circle>')
+    svg += _paper_svg(paper_rows, sx, sy)
+    svg.append("</svg>")
+
+    on = [points[i] for i in range(len(points)) if front[i]]
+    cols = ["trial_id", "epsilon", *obj_names, *[k for k in (x, y) if k not in obj_names]]
+    cols += [k for k in sorted({k for p in on for k in default_hover_keys(p)}) if k not in cols]
+    n_other = sum(1 for i in drawable if not front[i])
+
+    def cell(v):
+        return html.escape(f"{v:.6g}" if isinstance(v, float) else str(v))
+
+    if methods and "method" not in cols:
+        cols.insert(1, "method")
+    rows = "".join("<tr>" + "".join(f"<td>{cell(p.get(c, ''))}</td>" for c in cols) + "</tr>" for p in on)
+    if methods:
+        legend = " &nbsp; ".join(
+            f'<span style="color:{METHOD_COLOURS.get(m, _GREY)}">&#9679;</span> {html.escape(m)} '
+            f'({sum(1 for i in drawable if points[i].get("method") == m)})' for m in methods)
+        legend += f" &nbsp; (ringed: the Pareto front, {len(on)})."
+    else:
+        legend = (f'<span style="color:{_FRONT}">&#9679;</span> Pareto front ({len(on)}) &nbsp; '
+                  f'<span style="color:{_GREY}">&#9675;</span> other points ({n_other}).')
+    if paper_rows:
+        legend += f' &nbsp; <span style="color:{_PAPER}">&#9733;</span> {html.escape(PAPER_LEGEND)}.'
+
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:16px}} table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} circle:hover{{stroke:#000;stroke-width:2}}</style>
+</head><body>
+<h3>{html.escape(title)}</h3>
+<p>{legend} Hover a point for its trial, epsilon and searched parameters.</p>
+{"".join(svg)}
+<h4>Front points</h4>
+<table><tr>{"".join(f"<th>{html.escape(c)}</th>" for c in cols)}</tr>{rows}</table>
+</body></html>
+"""
+    out.write_text(page, encoding="utf-8")
     return out
 
 
-def _paper_html(fig, paper, x, y) -> None:
-    """The paper's rows as one trace of labelled stars, its hover naming the source."""
-    import plotly.graph_objects as go
-
+def _paper_svg(rows, sx, sy) -> list[str]:
+    """The paper's rows (from :func:`_drawable_paper`) as labelled stars; the tooltip names the source."""
     from .paper_results import marker_label
 
-    rows = _drawable_paper(paper, x, y)
-    if not rows:
-        return
-    fig.add_trace(go.Scatter(
-        x=[a for a, _, _ in rows], y=[b for _, b, _ in rows], mode="markers+text", name=PAPER_LEGEND,
-        text=[marker_label(r) for _, _, r in rows], textposition="top right", textfont=dict(size=9),
-        marker=dict(symbol="star", size=13, color=_PAPER, line=dict(width=0.5, color="black")),
-        hovertext=[_hover_text(r, ["method", "model", "table", "note", "source", "measured"], [x, y]) for _, _, r in rows],
-        hoverinfo="text",
-    ))
+    out = []
+    for a, b, r in rows:
+        tip = _hover_text(r, ["method", "model", "table", "note", "source", "measured"], [])
+        out.append(f'<text x="{sx(a):.1f}" y="{sy(b) + 6:.1f}" text-anchor="middle" font-size="18" fill="{_PAPER}" '
+                   f'stroke="black" stroke-width="0.4">&#9733;<title>{tip}</title></text>'
+                   f'<text x="{sx(a) + 8:.1f}" y="{sy(b) - 6:.1f}" font-size="9" fill="#7f3f00">'
+                   f'{html.escape(marker_label(r))}</text>')
+    return out
 
 
-def plot_hypervolume_png(history: Sequence[float], path, title: str | None = None) -> Path:
-    """Hypervolume after each finished point (``history[t]`` at x = t + 1), as a step line.
+def plot_hypervolume_png(history: Sequence[float], path, title: str | None = None,
+                         steps: Sequence[int] | None = None) -> Path:
+    """Hypervolume against the number of finished trials, as a step line with integer ticks.
+
+    ``steps[t]`` is the number of finished trials when ``history[t]`` was logged (default:
+    ``t + 1``).
 
     Returns:
         ``Path(path)``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     out = _ensure_parent(path)
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     hv = [float(v) for v in history]
+    xs = [int(s) for s in steps] if steps is not None else list(range(1, len(hv) + 1))
     if hv:
-        ax.step(range(1, len(hv) + 1), hv, where="post", color="#1f77b4", linewidth=1.5)
-        ax.plot(range(1, len(hv) + 1), hv, "o", color="#1f77b4", markersize=3)
-    ax.set_xlabel("finished points")
+        ax.step(xs, hv, where="post", color="#1f77b4", linewidth=1.5)
+        ax.plot(xs, hv, "o", color="#1f77b4", markersize=4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("finished trials")
     ax.set_ylabel("hypervolume")
-    ax.set_title(title if title is not None else "Hypervolume over time")
+    ax.set_title(title if title is not None else "Hypervolume over finished trials")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, format="png")

@@ -111,6 +111,32 @@ def check_resources(spec: SweepSpec, strict: bool = True, log=print) -> None:
             "pending until an autoscaler adds such nodes")
 
 
+def local_resources() -> dict:
+    """What this machine offers a trial: ``{"cpu": cores this process may use, "gpu": CUDA devices}``."""
+    cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import torch
+
+        gpu = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable torch/CUDA: no GPUs here
+        gpu = 0
+    return {"cpu": cpu, "gpu": gpu}
+
+
+def local_resource_warnings(spec: SweepSpec, have: dict | None = None) -> list[str]:
+    """Warnings (not errors: the file may be meant for a cluster) for per-trial ``resources``
+    this machine cannot give one trial."""
+    have = local_resources() if have is None else have
+    out = []
+    for key, unit in (("cpu", "CPU cores"), ("gpu", "GPUs")):
+        want = spec.resources.get(key) or 0
+        if want and want > have[key]:
+            out.append(f"warning: {spec.path}: resources.{key} = {want:g} per trial, but this machine has "
+                       f"{have[key]} {unit}: a local run cannot place a trial (fine for a cluster: "
+                       f"stas-sweep run --address / submit)")
+    return out
+
+
 def check_storage(spec: SweepSpec, log=print) -> None:
     """Several nodes need shared storage: Ray stopped syncing trial folders to the head in 2.7."""
     import ray
@@ -243,6 +269,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
             ),
         )
+    # Ray's trial table shows the first four metrics of a report besides its own columns: the
+    # objectives come first in every report (front.REPORT_KEYS), so the table shows them
     grid = tuner.fit()
     if len(grid) < spec.num_samples or grid.num_terminated + grid.num_errors < len(grid):
         # Tune catches SIGINT itself, saves the experiment and returns early

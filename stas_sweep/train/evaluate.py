@@ -13,7 +13,9 @@ that do not apply being None.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -25,18 +27,32 @@ from ..models.vit import SpikingViT
 DEFAULT_GRIDS = {"token_drop": [1.0, 0.75, 0.5, 0.25], "timestep_exit": [0.0, 0.1, 0.3, 0.6]}
 
 
+Progress = Callable[[str], None]
+
+
+def _batches(loader, max_batches: int | None) -> str:
+    try:
+        n = len(loader)
+    except TypeError:
+        return "?"
+    return str(n if max_batches is None else min(n, max_batches))
+
+
 @torch.no_grad()
 def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, epsilon: float | None = None,
              knob: float | None = None, energy: bool = True, energy_batches: int | None = None,
-             max_batches: int | None = None) -> dict:
+             max_batches: int | None = None, progress: Progress | None = None, every_s: float = 10.0) -> dict:
     """Top-1 accuracy (%), mean token ratio and energy (mJ/image, ``energy_mj`` in the paper's
     convention and ``energy_strict_mj``) over ``loader``.
 
     The energy meter sees the first ``energy_batches`` batches (all when None); accuracy and
     token ratio use every batch (or the first ``max_batches``). ``epsilon`` (A-SSA) or ``knob``
-    (any method's knob) applies to this evaluation only.
+    (any method's knob) applies to this evaluation only. ``progress``, when given, is called
+    with a line such as ``"batch 12/40"`` at most every ``every_s`` seconds.
     """
     model.eval()
+    total = _batches(loader, max_batches) if progress else ""
+    last = time.monotonic()
     correct = seen = 0
     ratio_sum = 0.0
     meter = EnergyMeter(model) if energy else None
@@ -52,6 +68,9 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
         correct += int((out.logits.argmax(-1) == y).sum())
         seen += len(y)
         ratio_sum += float(out.token_ratio) * len(y)
+        if progress is not None and time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            progress(f"batch {i + 1}/{total}")
     if seen == 0:
         raise ValueError("evaluation loader produced no samples")
     result = {"accuracy": 100.0 * correct / seen, "token_ratio": ratio_sum / seen, "images": seen}
@@ -64,30 +83,39 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
 
 def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torch.device | str = "cpu", *,
                   energy_batches: int | None = None, max_batches: int | None = None,
-                  grids: dict[str, list[float]] | None = None) -> list[dict]:
+                  grids: dict[str, list[float]] | None = None, progress: Progress | None = None) -> list[dict]:
     """One row per value of the model's knob: ``method, epsilon, keep_ratio, exit_threshold,
     accuracy, token_ratio, energy_mj, energy_strict_mj, energy_reduction``.
 
     An A-SSA model is evaluated at ``epsilons``; a baseline at ``grids[method]`` (default
     :data:`DEFAULT_GRIDS`). ``energy_reduction`` is ``100 * (1 - E / E_static)`` on ``energy_mj``,
     where ``E_static`` is the same weights evaluated with halting switched off. A static model
-    gives one row with ``method = static`` and every knob None.
+    gives one row with ``method = static`` and every knob None. ``progress``, when given, hears
+    of every pass and of its batches (e.g. ``"pass 2/5 (epsilon 0.1): batch 12/40"``).
     """
-    kw = dict(energy_batches=energy_batches, max_batches=max_batches)
     halting = model.halting
+    method = halting.method if halting is not None else "static"
+    grid = [] if halting is None else epsilons if method == "stas" else {**DEFAULT_GRIDS, **(grids or {})}[method]
+    passes = 1 + len(grid)
+
+    def kw(n: int, what: str) -> dict:
+        if progress is None:
+            return dict(energy_batches=energy_batches, max_batches=max_batches)
+        progress(f"pass {n}/{passes} ({what}) ...")
+        return dict(energy_batches=energy_batches, max_batches=max_batches,
+                    progress=lambda m: progress(f"pass {n}/{passes} ({what}): {m}"))
+
     model.set_halting(None)
     try:
-        static = evaluate(model, loader, device, **kw)
+        static = evaluate(model, loader, device, **kw(1, "halting off"))
     finally:
         model.set_halting(halting)
     knobs = dict.fromkeys(KNOBS.values())
     if halting is None:
         return [{"method": "static", **knobs, **static, "energy_reduction": 0.0}]
-    method = halting.method
-    grid = epsilons if method == "stas" else {**DEFAULT_GRIDS, **(grids or {})}[method]
     rows = []
-    for value in grid:
-        r = evaluate(model, loader, device, knob=value, **kw)
+    for n, value in enumerate(grid, start=2):
+        r = evaluate(model, loader, device, knob=value, **kw(n, f"{KNOBS[method]} {value:g}"))
         r["energy_reduction"] = 100.0 * (1.0 - r["energy_mj"] / static["energy_mj"]) if static["energy_mj"] else 0.0
         rows.append({"method": method, **knobs, KNOBS[method]: float(value), **r})
     return rows
@@ -119,13 +147,14 @@ def format_table(rows: list[dict]) -> str:
 @torch.no_grad()
 def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int = 8,
                  epsilon: float | None = None, device: torch.device | str = "cpu",
-                 mean: tuple = (0.0,), std: tuple = (1.0,)) -> list[Path]:
+                 mean: tuple = (0.0,), std: tuple = (1.0,), progress: Progress | None = None) -> list[Path]:
     """PNG heat maps of where the model spends its blocks.
 
     Per sample, ``halting_map_<i>.png``: the image, the blocks run per token summed over
     timesteps (0..T*L, paper Fig. 7) and, per timestep, the block at which each token halted
     (N[k,t], 1..L, paper Fig. 5b). ``halting_maps.png`` puts every sample's image and summed
-    map side by side. Returns the paths (grid first).
+    map side by side. Returns the paths (grid first). ``progress``, when given, hears of each
+    file as it is written.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -181,6 +210,8 @@ def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int
         path = out_dir / f"halting_map_{i}.png"
         fig.savefig(path, dpi=100, bbox_inches="tight")
         paths.append(path)
+        if progress is not None:
+            progress(f"halting map {i + 1}/{len(images)}: {path}")
     fig = Figure(figsize=(2 * len(images), 4.2))
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, len(images), squeeze=False)
@@ -191,4 +222,6 @@ def halting_maps(model: SpikingViT, loader, out_dir: str | Path, *, samples: int
     fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02)
     grid = out_dir / "halting_maps.png"
     fig.savefig(grid, dpi=100, bbox_inches="tight")
+    if progress is not None:
+        progress(f"halting maps: {grid}")
     return [grid, *paths]
