@@ -197,7 +197,8 @@ def digits(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"),
-               RAY_USAGE_STATS_ENABLED="0", OMP_WAIT_POLICY="PASSIVE")
+               RAY_USAGE_STATS_ENABLED="0", OMP_WAIT_POLICY="PASSIVE",
+               RAY_health_check_failure_threshold="60", RAY_health_check_timeout_ms="30000")  # busy shared cores
     files = {(k, s): digits_file(work, k, s, source) for s in range(args.seeds) for k in SCHEDULERS}
     print(f"work folder {work}; stage 1 ...", flush=True)
     print(f"stage 1 trained once (or reused) in {train_shared_stage1(files['fifo', 0]):.0f} s", flush=True)

@@ -288,7 +288,7 @@ except SweepInterrupted:
     sys.exit(130)
 print("RESULT " + json.dumps([{k: t[k] for k in ("trial_id", "epochs", "status")} for t in result.trials]))
 '''
-SWEEP_EPOCHS, SLEEP = 4, 0.4
+SWEEP_EPOCHS, SLEEP = 4, 0.3
 
 
 def _epoch_log(folder: Path) -> dict:
@@ -304,15 +304,27 @@ def _snapshot(exp: Path) -> tuple[dict, dict]:
     """The sweep's last experiment checkpoint: ({trial id: (status, last iteration)}, MOASHA's state)."""
     import pickle
 
-    state = json.loads(max(exp.glob("experiment_state-*.json"), key=os.path.getmtime).read_text())
+    # the newest session's files (by the time in their names: a resume rewrites the older ones too)
+    state = json.loads(max(exp.glob("experiment_state-*.json")).read_text())
     trials = {}
     for trial_json, meta in state["trial_data"]:
         t = json.loads(trial_json)
+        meta = json.loads(meta) if isinstance(meta, str) else meta
         trials[t["trial_id"]] = (t["status"], (meta.get("last_result") or {}).get("training_iteration", 0))
-    with open(max(exp.glob("callback-states-*.pkl"), key=os.path.getmtime), "rb") as f:
+    with open(max(exp.glob("callback-states-*.pkl")), "rb") as f:
         callbacks = pickle.load(f)
     moasha = next(s["moasha"] for s in callbacks.values() if s and "moasha" in s)
     return trials, moasha
+
+
+def _driver_results(exp: Path) -> dict:
+    """trial id -> the last epoch the driver processed (Tune's result.json, flushed per result)."""
+    out = {}
+    for f in exp.glob("*/result.json"):
+        rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+        if rows:
+            out[rows[-1]["trial_id"]] = rows[-1]["training_iteration"]
+    return out
 
 
 def _kill_ray_under(folder: str) -> None:
@@ -349,19 +361,23 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
     def start(*extra):
         ray_dirs.append(tempfile.mkdtemp(prefix="r", dir="/tmp"))   # Ray's socket paths must stay short
         env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
-                   STAS_SWEEP_RAY_TMPDIR=ray_dirs[-1], OMP_WAIT_POLICY="PASSIVE")
+                   STAS_SWEEP_RAY_TMPDIR=ray_dirs[-1], OMP_WAIT_POLICY="PASSIVE",
+                   # busy shared cores: a late raylet heartbeat must not have the node declared dead
+                   RAY_health_check_failure_threshold="60", RAY_health_check_timeout_ms="30000")
         return subprocess.Popen([sys.executable, str(driver), str(space), str(log), *extra], env=env, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
-    def wait_until(proc, ready, timeout=60):
+    def wait_until(proc, ready, timeout=240):    # Ray alone may take a minute to start on busy shared cores
         t0 = time.monotonic()
         while not ready(_epoch_log(log)):
             assert proc.poll() is None, f"the driver ended early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}"
             assert time.monotonic() - t0 < timeout, "the sweep made no progress"
             time.sleep(0.1)
 
-    def check_resumed(before, kill_time):
-        """What ran after the kill continues the checkpoint taken before it."""
+    def check_resumed(before, processed, kill_time):
+        """What ran after the kill continues the checkpoint taken before it: a trial the driver saw
+        finish runs nothing more, an unfinished one goes on after its checkpointed epoch, and only
+        the epochs in flight at the kill (started, not yet reported) ran twice."""
         trials, _ = before
         runs = _epoch_log(log)
         lost = 0
@@ -369,7 +385,7 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
             after = [e for e, t, *_ in rows if t > kill_time]
             ran_before = [e for e, t, *_ in rows if t <= kill_time]
             status, done = trials.get(tid, ("PENDING", 0))
-            if status == "TERMINATED" or (ran_before and ran_before[-1] == SWEEP_EPOCHS):
+            if status == "TERMINATED" or processed.get(tid) == SWEEP_EPOCHS:
                 assert not after, f"finished trial {tid} ran again: epochs {after}"
             elif after:
                 assert after[0] == done + 1, f"trial {tid} restarted at epoch {after[0]}, checkpoint at {done}"
@@ -381,28 +397,26 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
         proc = start()
         wait_until(proc, lambda r: sum(any(e >= 2 for e, *_ in rows) for rows in r.values()) >= 2)
         os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 130, out[-3000:]
-        first = _snapshot(exp)
+        first, processed1 = _snapshot(exp), _driver_results(exp)
         kill1 = time.time()
         assert first[1]["rungs"][1], "no rung record before the interruption"
         # 2. resume, then SIGKILL the driver and its Ray once two more trials have started
         proc = start("--resume")
         started = len(_epoch_log(log))
         wait_until(proc, lambda r: len(r) >= started + 2)
-        time.sleep(SLEEP)
-        second = _snapshot(exp)            # the checkpoint a resume will read
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         kill2 = time.time()
         _kill_ray_under(ray_dirs[-1])
-        check_resumed(first, kill1)
-        second = _snapshot(exp)
+        check_resumed(first, processed1, kill1)
+        second, processed2 = _snapshot(exp), _driver_results(exp)
         # 3. resume to the end
         proc = start("--resume")
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
-        check_resumed(second, kill2)
+        check_resumed(second, processed2, kill2)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -427,8 +441,9 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
     for tid, t in trials.items():
         epochs = [e for e, *_ in runs[tid]]
         assert sorted(set(epochs)) == list(range(1, t["epochs"] + 1)), (tid, epochs)
-        assert len(epochs) - len(set(epochs)) <= 1, (tid, epochs)
+        assert len(epochs) - len(set(epochs)) <= 2, (tid, epochs)
         stopped = t["status"] == "stopped_by_moasha"
         assert stopped == (tid in final["stopped"]) and stopped == (t["epochs"] < SWEEP_EPOCHS)
     assert final["num_stopped"] >= 2
-    assert sum(len(r) for r in runs.values()) - sum(t["epochs"] for t in trials.values()) <= 2
+    # beyond Ray's count, only the epochs in flight at the two kills ran (2 trials at a time)
+    assert sum(len(r) for r in runs.values()) - sum(t["epochs"] for t in trials.values()) <= 4

@@ -218,7 +218,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
                                         max_concurrent_trials=spec.max_concurrent_trials),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage_dir(), callbacks=callbacks, verbose=verbose,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # num_to_keep=1: Tune then saves the experiment state after every trial checkpoint
+                # (every epoch), so a SIGKILLed driver resumes with no finished epoch to run again
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
             ),
         )
