@@ -1,6 +1,8 @@
 """MO-ASHA: the ranking maths on hand-made points, the scheduler's rung rule, and small Ray Tune
 runs on synthetic curves (no torch): ASHA on accuracy stops the low-energy trials, MOASHA keeps
-the non-dominated ones; a Ctrl-C'd run resumes with its rung records."""
+the non-dominated ones; a Ctrl-C'd run resumes with its rung records; a sweep driver (the runner,
+in a subprocess, on synthetic trials) interrupted by SIGINT and by SIGKILL resumes with its rung
+records and runs no finished trial again."""
 
 from __future__ import annotations
 

@@ -41,7 +41,11 @@ iff its position in :func:`rank_order` of all :math:`n` is among the first
 Resume: Ray Tune 2.60 checkpoints the searcher and the callbacks with the experiment state,
 but not the scheduler (``TuneController.save_to_dir``). :class:`MOASHAStateCallback` carries the
 scheduler's rung records in the callbacks' state, so a sweep resumed after Ctrl-C or SIGKILL
-continues with the rung records of its last experiment checkpoint.
+continues with the rung records of its last experiment checkpoint. The runner keeps one Tune
+checkpoint per trial, which makes Tune save the experiment state after every reported epoch: the
+trial states and the rung records of that save are the same instant, and a trial the driver saw
+finish is never run again (only an epoch in flight at the kill is). Tested with a real driver
+killed twice (``tests/test_moasha.py``).
 """
 
 from __future__ import annotations
