@@ -275,7 +275,8 @@ def test_moasha_resumes_with_its_rung_records_after_ctrl_c(ray_local):
 # -- a real sweep driver killed and resumed (runner API, synthetic trials, a subprocess) -----------
 DRIVER = '''
 import json, sys
-from stas_sweep.sweep.runner import SweepInterrupted, run_sweep
+import ray
+from stas_sweep.sweep.runner import SweepInterrupted, init_ray, run_sweep
 from stas_sweep.sweep.space import load_spec
 from stas_sweep.sweep.synthetic import sweep_trainable
 
@@ -284,8 +285,17 @@ LOG = sys.argv[2]
 def trial(config, *, epochs, epsilons):
     sweep_trainable(config, epochs=epochs, epsilons=epsilons, sleep=SLEEP, epoch_log=LOG)
 
+spec = load_spec(sys.argv[1])
+for attempt in range(3):  # on busy shared cores Ray's node may miss its 30 s start; nothing ran yet
+    try:
+        init_ray(None, spec)
+        break
+    except Exception as e:
+        if "timed out during startup" not in str(e) or attempt == 2:
+            raise
+        ray.shutdown()
 try:
-    result = run_sweep(load_spec(sys.argv[1]), resume="--resume" in sys.argv, trainable=trial, verbose=0)
+    result = run_sweep(spec, resume="--resume" in sys.argv, trainable=trial, verbose=0)
 except SweepInterrupted:
     sys.exit(130)
 print("RESULT " + json.dumps([{k: t[k] for k in ("trial_id", "epochs", "status")} for t in result.trials]))
@@ -358,7 +368,7 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
     log = tmp_path / "epochs"
     log.mkdir()
     exp = tmp_path / "results" / "tiny"
-    ray_dirs = []
+    ray_dirs, proc = [], None
 
     def start(*extra):
         ray_dirs.append(tempfile.mkdtemp(prefix="r", dir="/tmp"))   # Ray's socket paths must stay short
@@ -420,7 +430,7 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
         assert proc.returncode == 0, out[-3000:]
         check_resumed(second, processed2, kill2)
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         for d in ray_dirs:
