@@ -1,6 +1,8 @@
 """MO-ASHA: the ranking maths on hand-made points, the scheduler's rung rule, and small Ray Tune
 runs on synthetic curves (no torch): ASHA on accuracy stops the low-energy trials, MOASHA keeps
-the non-dominated ones; a Ctrl-C'd run resumes with its rung records."""
+the non-dominated ones; a Ctrl-C'd run resumes with its rung records; a sweep driver (the runner,
+in a subprocess, on synthetic trials) interrupted by SIGINT and by SIGKILL resumes with its rung
+records and runs no finished trial again."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stas_sweep.sweep.moasha import (MOASHA, MOASHAStateCallback, crowding_distance, front_ranks, loss_matrix,
-                                     promote, rank_order)
+from stas_sweep.sweep.moasha import (MOASHA, MOASHAStateCallback, crowding_distance, epsilon_net_order, front_ranks,
+                                     loss_matrix, promote, rank_order)
 from stas_sweep.sweep.pareto import non_dominated
 
 OBJ = [("accuracy", "max"), ("energy_mj", "min")]
@@ -88,6 +90,38 @@ def test_promote_top_fraction_newcomer_wins_exact_ties():
     # 3 of 6 kept: the whole first front, the mid-front newcomer included
     F = np.array([[1.0, 1.0], [0.0, 2.0], [2.0, 0.0], [5.0, 5.0], [6.0, 6.0], [7.0, 7.0]])
     assert promote(F, 2)
+
+
+def test_epsilon_net_tie_break_spreads_the_front():
+    # one front; rows 1 and 2 sit close together near row 0's end. Scaled by the ranges (4, 4) the
+    # net takes row 0 (best first objective), row 4 (farthest), then row 2 (0.28 from row 0) before
+    # row 3 (0.255 from row 4); crowding distance ranks row 3 (1.675) above row 2 (1.425)
+    F = np.array([[0, 4], [0.1, 3.0], [0.2, 2.9], [3, 0.2], [4, 0]], float)
+    assert epsilon_net_order(F).tolist() == [0, 4, 2, 3, 1]
+    assert rank_order(F, "epsilon_net") == [0, 4, 2, 3, 1]
+    assert rank_order(F) == rank_order(F, "crowding") == [0, 4, 3, 2, 1]
+    # scaling: the same front in other units gives the same order
+    assert rank_order(F * [100.0, 0.001], "epsilon_net") == [0, 4, 2, 3, 1]
+    # fronts first, NaN last, exact ties in input order
+    G = np.array([[NAN, 0], [2, 2], [1, 1], [1, 1], [0, 5], [5, 0]], float)
+    assert rank_order(G, "epsilon_net") == [4, 5, 2, 3, 1, 0]
+    assert epsilon_net_order(np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]])).tolist() == [0, 1, 2]
+    assert epsilon_net_order(np.zeros((0, 2))).tolist() == []
+    # 2 of 4 promoted: the newcomer (row 0) is among the first two of the net only if it is the
+    # front's best on the first objective (or the farthest from it)
+    assert promote(np.array([[0.0, 4.0], [1.0, 1.0], [4.0, 0.0], [0.5, 3.0]]), 2, tie_break="epsilon_net")
+    assert not promote(np.array([[0.5, 3.0], [0.0, 4.0], [4.0, 0.0], [1.0, 1.0]]), 2, tie_break="epsilon_net")
+    # in the scheduler: of two non-dominated trials at a rung the net keeps the more accurate one
+    # (crowding gives both inf, so the newcomer b would continue); c is kept behind a and b
+    s = MOASHA(OBJ, max_t=4, grace_period=1, reduction_factor=2, tie_break="epsilon_net")
+    assert [_feed(s, t, 1, a, e) for t, a, e in [("a", 0.9, 1.0), ("b", 0.5, 0.2), ("c", 0.8, 0.9)]] == \
+        ["CONTINUE", "STOP", "STOP"]
+    c = MOASHA(OBJ, max_t=4, grace_period=1, reduction_factor=2)
+    assert [_feed(c, t, 1, a, e) for t, a, e in [("a", 0.9, 1.0), ("b", 0.5, 0.2)]] == ["CONTINUE", "CONTINUE"]
+    with pytest.raises(ValueError, match="tie_break"):
+        MOASHA(OBJ, max_t=4, tie_break="hypervolume")
+    with pytest.raises(ValueError, match="tie_break"):
+        rank_order(F, "random")
 
 
 # -- the scheduler's rung rule without Ray running -------------------------------------------------
@@ -236,3 +270,192 @@ def test_moasha_resumes_with_its_rung_records_after_ctrl_c(ray_local):
     t0 = next(r for r in grid if r.config["i"] == 0)
     lines = [json.loads(ln) for ln in Path(t0.path, "result.json").read_text().splitlines() if ln.strip()]
     assert [ln["training_iteration"] for ln in lines] == list(range(1, EPOCHS + 1))
+
+
+# -- a real sweep driver killed and resumed (runner API, synthetic trials, a subprocess) -----------
+DRIVER = '''
+import json, sys
+import ray
+from stas_sweep.sweep.runner import SweepInterrupted, init_ray, run_sweep
+from stas_sweep.sweep.space import load_spec
+from stas_sweep.sweep.synthetic import sweep_trainable
+
+LOG = sys.argv[2]
+
+def trial(config, *, epochs, epsilons):
+    sweep_trainable(config, epochs=epochs, epsilons=epsilons, sleep=SLEEP, epoch_log=LOG)
+
+spec = load_spec(sys.argv[1])
+for attempt in range(3):  # on busy shared cores Ray's node may miss its 30 s start; nothing ran yet
+    try:
+        init_ray(None, spec)
+        break
+    except Exception as e:
+        if "timed out during startup" not in str(e) or attempt == 2:
+            raise
+        ray.shutdown()
+try:
+    result = run_sweep(spec, resume="--resume" in sys.argv, trainable=trial, verbose=0)
+except SweepInterrupted:
+    sys.exit(130)
+print("RESULT " + json.dumps([{k: t[k] for k in ("trial_id", "epochs", "status")} for t in result.trials]))
+'''
+SWEEP_EPOCHS, SLEEP = 4, 0.3
+
+
+def _epoch_log(folder: Path) -> dict:
+    """trial id -> [(epoch, time, accuracy, energy)] of every epoch run, in order."""
+    out = {}
+    for f in folder.glob("*.jsonl"):
+        rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+        out[f.stem] = [(r["epoch"], r["time"], r["accuracy"], r["energy_mj"]) for r in rows]
+    return out
+
+
+def _snapshot(exp: Path) -> tuple[dict, dict]:
+    """The sweep's last experiment checkpoint: ({trial id: (status, last iteration)}, MOASHA's state)."""
+    import pickle
+
+    # the newest session's files (by the time in their names: a resume rewrites the older ones too)
+    state = json.loads(max(exp.glob("experiment_state-*.json")).read_text())
+    trials = {}
+    for trial_json, meta in state["trial_data"]:
+        t = json.loads(trial_json)
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        trials[t["trial_id"]] = (t["status"], (meta.get("last_result") or {}).get("training_iteration", 0))
+    with open(max(exp.glob("callback-states-*.pkl")), "rb") as f:
+        callbacks = pickle.load(f)
+    moasha = next(s["moasha"] for s in callbacks.values() if s and "moasha" in s)
+    return trials, moasha
+
+
+def _driver_results(exp: Path) -> dict:
+    """trial id -> the last epoch the driver processed (Tune's result.json, flushed per result)."""
+    out = {}
+    for f in exp.glob("*/result.json"):
+        rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+        if rows:
+            out[rows[-1]["trial_id"]] = rows[-1]["training_iteration"]
+    return out
+
+
+def _kill_ray_under(folder: str) -> None:
+    """End the processes of a Ray cluster this test started (their command lines name its temp dir)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and folder in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(tmp_path, sweep_file):
+    """`run_sweep` in a subprocess on synthetic trials: Ctrl-C (SIGINT to its process group), resume,
+    SIGKILL, resume. Every rung record of the checkpoint taken before each kill is still there,
+    unchanged, at the end; a trial finished before a kill runs no epoch after it; an unfinished one
+    continues after its checkpointed epoch; the trials stopped at a rung still happen."""
+    import subprocess
+    import sys
+    import time
+
+    n = 8
+    space = sweep_file(tmp_path, search={"sampler": "random", "seed": 0, "num_samples": n},
+                       scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2,
+                                  "max_epochs": SWEEP_EPOCHS},
+                       max_concurrent_trials=2, resources={"cpu": 1})
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.replace("SLEEP", repr(SLEEP)))
+    log = tmp_path / "epochs"
+    log.mkdir()
+    exp = tmp_path / "results" / "tiny"
+    ray_dirs, proc = [], None
+
+    def start(*extra):
+        ray_dirs.append(tempfile.mkdtemp(prefix="r", dir="/tmp"))   # Ray's socket paths must stay short
+        env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+                   STAS_SWEEP_RAY_TMPDIR=ray_dirs[-1], OMP_WAIT_POLICY="PASSIVE",
+                   # busy shared cores: a late raylet heartbeat must not have the node declared dead
+                   RAY_health_check_failure_threshold="60", RAY_health_check_timeout_ms="30000")
+        return subprocess.Popen([sys.executable, str(driver), str(space), str(log), *extra], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def wait_until(proc, ready, timeout=240):    # Ray alone may take a minute to start on busy shared cores
+        t0 = time.monotonic()
+        while not ready(_epoch_log(log)):
+            assert proc.poll() is None, f"the driver ended early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}"
+            assert time.monotonic() - t0 < timeout, "the sweep made no progress"
+            time.sleep(0.1)
+
+    def check_resumed(before, processed, kill_time):
+        """What ran after the kill continues the checkpoint taken before it: a trial the driver saw
+        finish runs nothing more, an unfinished one goes on after its checkpointed epoch, and only
+        the epochs in flight at the kill (started, not yet reported) ran twice."""
+        trials, _ = before
+        runs = _epoch_log(log)
+        lost = 0
+        for tid, rows in runs.items():
+            after = [e for e, t, *_ in rows if t > kill_time]
+            ran_before = [e for e, t, *_ in rows if t <= kill_time]
+            status, done = trials.get(tid, ("PENDING", 0))
+            if status == "TERMINATED" or processed.get(tid) == SWEEP_EPOCHS:
+                assert not after, f"finished trial {tid} ran again: epochs {after}"
+            elif after:
+                assert after[0] == done + 1, f"trial {tid} restarted at epoch {after[0]}, checkpoint at {done}"
+            lost += len([e for e in ran_before if e > done])
+        assert lost <= 2, f"{lost} epochs ran but were not in the checkpoint (2 trials run at a time)"
+
+    try:
+        # 1. Ctrl-C once two trials have passed the second rung
+        proc = start()
+        wait_until(proc, lambda r: sum(any(e >= 2 for e, *_ in rows) for rows in r.values()) >= 2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, out[-3000:]
+        first, processed1 = _snapshot(exp), _driver_results(exp)
+        kill1 = time.time()
+        assert first[1]["rungs"][1], "no rung record before the interruption"
+        # 2. resume, then SIGKILL the driver and its Ray once two more trials have started
+        proc = start("--resume")
+        started = len(_epoch_log(log))
+        wait_until(proc, lambda r: len(r) >= started + 2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kill2 = time.time()
+        _kill_ray_under(ray_dirs[-1])
+        check_resumed(first, processed1, kill1)
+        second, processed2 = _snapshot(exp), _driver_results(exp)
+        # 3. resume to the end
+        proc = start("--resume")
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+        check_resumed(second, processed2, kill2)
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for d in ray_dirs:
+            _kill_ray_under(d)
+
+    trials = {t["trial_id"]: t for t in json.loads(out.split("RESULT ", 1)[1].splitlines()[0])}
+    assert len(trials) == n
+    _, final = _snapshot(exp)
+    runs = _epoch_log(log)
+    for before in (first[1], second[1]):           # no rung record lost or changed by a resume
+        for m, recorded in before["rungs"].items():
+            for tid, vec in recorded.items():
+                assert final["rungs"][m][tid] == vec
+        assert set(before["stopped"]) <= set(final["stopped"])
+    for m, recorded in final["rungs"].items():    # each record is the trial's result at that rung
+        for tid, vec in recorded.items():
+            e, _, acc, energy = next(r for r in runs[tid] if r[0] == m)
+            assert vec == pytest.approx((-acc, energy))
+    # every trial's epochs ran once each, in order, as many as Ray counts
+    for tid, t in trials.items():
+        epochs = [e for e, *_ in runs[tid]]
+        assert sorted(set(epochs)) == list(range(1, t["epochs"] + 1)), (tid, epochs)
+        assert len(epochs) - len(set(epochs)) <= 2, (tid, epochs)
+        stopped = t["status"] == "stopped_by_moasha"
+        assert stopped == (tid in final["stopped"]) and stopped == (t["epochs"] < SWEEP_EPOCHS)
+    assert final["num_stopped"] >= 2
+    # beyond Ray's count, only the epochs in flight at the two kills ran (2 trials at a time)
+    assert sum(len(r) for r in runs.values()) - sum(t["epochs"] for t in trials.values()) <= 4

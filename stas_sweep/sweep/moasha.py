@@ -19,7 +19,13 @@ Ranking (:func:`rank_order`). Every objective is turned into a loss to minimise,
    :math:`f_k^{max} = f_k^{min}` are 0); the two extreme points of every objective get
    :math:`+\infty`. Larger is better: the front's ends and isolated points first, so promoting
    part of a front keeps its spread.
-3. *Stable order*: equal (front rank, crowding distance) keep their input order.
+   *Epsilon-net* instead (``tie_break="epsilon_net"``, what Syne Tune's MOASHA uses, after
+   Clarkson 2005): with every objective scaled to :math:`[0, 1]` over the front (a constant one
+   to 0), the first point is the front's best on the first objective and each next point is the
+   one farthest from those already taken, :math:`\arg\max_j \min_{c\ \text{taken}}
+   \lVert \hat f_j - \hat f_c \rVert_2`; points come in that order. Syne Tune measures raw
+   distances; scaling keeps accuracy in % from drowning energy in mJ.
+3. *Stable order*: equal (front rank, tie-break) keep their input order.
 
 A point with a missing, NaN or infinite objective value is worst: it comes after every valid
 point, in input order.
@@ -35,7 +41,11 @@ iff its position in :func:`rank_order` of all :math:`n` is among the first
 Resume: Ray Tune 2.60 checkpoints the searcher and the callbacks with the experiment state,
 but not the scheduler (``TuneController.save_to_dir``). :class:`MOASHAStateCallback` carries the
 scheduler's rung records in the callbacks' state, so a sweep resumed after Ctrl-C or SIGKILL
-continues with the rung records of its last experiment checkpoint.
+continues with the rung records of its last experiment checkpoint. The runner keeps one Tune
+checkpoint per trial, which makes Tune save the experiment state after every reported epoch: the
+trial states and the rung records of that save are the same instant, and a trial the driver saw
+finish is never run again (only an epoch in flight at the kill is). Tested with a real driver
+killed twice (``tests/test_moasha.py``).
 """
 
 from __future__ import annotations
@@ -47,8 +57,10 @@ import numpy as np
 
 from .pareto import _nondominated_min, _number, as_objectives
 
-__all__ = ["loss_matrix", "front_ranks", "crowding_distance", "rank_order", "promote", "MOASHA",
-           "MOASHAStateCallback"]
+__all__ = ["loss_matrix", "front_ranks", "crowding_distance", "epsilon_net_order", "rank_order", "promote",
+           "TIE_BREAKS", "MOASHA", "MOASHAStateCallback"]
+
+TIE_BREAKS = ("crowding", "epsilon_net")
 
 
 def loss_matrix(points: Sequence[Mapping], objectives) -> np.ndarray:
@@ -108,25 +120,51 @@ def _crowding_distinct(F: np.ndarray) -> np.ndarray:
     return dist
 
 
-def rank_order(F: np.ndarray) -> list[int]:
-    """Indices of the rows of the loss matrix ``F``, best first (see the module docstring)."""
+def epsilon_net_order(F: np.ndarray) -> np.ndarray:
+    """Position of every row of ``F`` (one front, all finite) in its greedy epsilon-net order
+    (0 = taken first; see the module docstring). Ties go to the lower row index."""
+    F = np.asarray(F, dtype=float)
+    n = F.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    lo, span = F.min(axis=0), np.ptp(F, axis=0)
+    X = np.divide(F - lo, span, out=np.zeros_like(F), where=span > 0)
+    first = int(np.argmin(X[:, 0]))                        # argmin: the lowest index among equals
+    order = [first]
+    dist = np.linalg.norm(X - X[first], axis=1)            # distance to the nearest taken row
+    dist[first] = -np.inf
+    for _ in range(n - 1):
+        nxt = int(np.argmax(dist))                         # argmax: the lowest index among equals
+        order.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(X - X[nxt], axis=1))
+        dist[order] = -np.inf
+    position = np.empty(n, dtype=int)
+    position[order] = np.arange(n)
+    return position
+
+
+def rank_order(F: np.ndarray, tie_break: str = "crowding") -> list[int]:
+    """Indices of the rows of the loss matrix ``F``, best first (see the module docstring);
+    ``tie_break`` inside a front: ``"crowding"`` (distance, larger first) or ``"epsilon_net"``."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break is {tie_break!r}; accepted: {', '.join(TIE_BREAKS)}")
     F = np.asarray(F, dtype=float)
     n = F.shape[0]
     if n == 0:
         return []
     ranks = front_ranks(F)
-    crowd = np.zeros(n)
+    key = np.zeros(n)                                      # smaller first, inside a front
     for r in np.unique(ranks[ranks < n]):
         idx = np.flatnonzero(ranks == r)
-        crowd[idx] = crowding_distance(F[idx])
-    return sorted(range(n), key=lambda i: (ranks[i], -crowd[i], i))
+        key[idx] = -crowding_distance(F[idx]) if tie_break == "crowding" else epsilon_net_order(F[idx])
+    return sorted(range(n), key=lambda i: (ranks[i], key[i], i))
 
 
-def promote(F: np.ndarray, eta: float, index: int = 0) -> bool:
+def promote(F: np.ndarray, eta: float, index: int = 0, tie_break: str = "crowding") -> bool:
     r"""Whether row ``index`` is among the first :math:`\lceil n/\eta \rceil` of :func:`rank_order`."""
     n = np.asarray(F).shape[0]
     keep = max(1, math.ceil(n / eta))
-    return index in rank_order(F)[:keep]
+    return index in rank_order(F, tie_break)[:keep]
 
 
 def _loss_vector(result: Mapping, objectives) -> tuple[float, ...]:
@@ -150,6 +188,7 @@ class MOASHA(_FIFOScheduler):
         max_t: budget of a trial; it is stopped on reaching it.
         grace_period: the first rung.
         reduction_factor: eta; rungs at ``grace_period * eta**k`` and 1/eta promoted per rung.
+        tie_break: order inside a front, ``"crowding"`` (default) or ``"epsilon_net"``.
 
     ``metric`` (what Tune checks every result carries) is the first objective; ``mode`` is left
     unset and ``set_search_properties`` refuses a metric/mode from ``TuneConfig``: the searcher
@@ -157,7 +196,7 @@ class MOASHA(_FIFOScheduler):
     """
 
     def __init__(self, objectives, *, time_attr: str = "training_iteration", max_t: int = 100,
-                 grace_period: int = 1, reduction_factor: float = 4) -> None:
+                 grace_period: int = 1, reduction_factor: float = 4, tie_break: str = "crowding") -> None:
         objs = as_objectives(objectives)
         if len(objs) < 1:
             raise ValueError("MOASHA needs at least one objective")
@@ -165,12 +204,15 @@ class MOASHA(_FIFOScheduler):
             raise ValueError(f"MOASHA: need max_t >= grace_period > 0, got {max_t}, {grace_period}")
         if not reduction_factor > 1:
             raise ValueError(f"MOASHA: reduction_factor must be > 1, got {reduction_factor}")
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"MOASHA: tie_break is {tie_break!r}; accepted: {', '.join(TIE_BREAKS)}")
         super().__init__()
         self.objectives = [(o.name, o.mode) for o in objs]
         self._metric = objs[0].name
         self._time_attr = time_attr
         self._max_t = max_t
         self._rf = reduction_factor
+        self.tie_break = tie_break
         n_rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1 + 1e-9)
         self.milestones = [grace_period * reduction_factor ** k for k in range(n_rungs)]
         self.milestones = [m for m in self.milestones if m < max_t]  # reaching max_t ends the trial
@@ -220,7 +262,8 @@ class MOASHA(_FIFOScheduler):
             vec = _loss_vector(result, self.objectives)
             F = np.array([vec, *recorded.values()], dtype=float).reshape(-1, len(self.objectives))
             recorded[trial_id] = vec
-            return _TrialScheduler.CONTINUE if promote(F, self._rf, 0) else _TrialScheduler.STOP
+            keep = promote(F, self._rf, 0, getattr(self, "tie_break", "crowding"))  # (older pickles: crowding)
+            return _TrialScheduler.CONTINUE if keep else _TrialScheduler.STOP
         return _TrialScheduler.CONTINUE
 
     # -- state (experiment checkpoints, see MOASHAStateCallback) --------------------------------

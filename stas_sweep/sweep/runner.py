@@ -225,8 +225,11 @@ def check_can_start(spec: SweepSpec, resume: bool) -> None:
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False, callbacks: list = (),
-              log=print, verbose: int = 1) -> SweepResult:
-    """Run (or resume) the sweep described by ``spec``; returns every trial, point and the front."""
+              log=print, verbose: int = 1, trainable=None) -> SweepResult:
+    """Run (or resume) the sweep described by ``spec``; returns every trial, point and the front.
+
+    ``trainable``: a function ``fn(config, *, epochs, epsilons)`` run instead of the STAS trainer,
+    with no stage 1 (the synthetic curves of :mod:`.synthetic`, for tests and benchmarks)."""
     from ray import tune
 
     path = experiment_path(spec)
@@ -237,12 +240,12 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     if resume and not tune.Tuner.can_restore(path):
         raise SweepError(f"--resume: no sweep to resume at {path}")
 
-    weights = stage1_weights(spec, log=log)
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=spec.base, epochs=spec.max_epochs, epsilons=spec.epsilons,
-                             grids=spec.grids, stage1_weights=weights),
-        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
-    )
+    if trainable is None:
+        fn = tune.with_parameters(train_trial, base=spec.base, epochs=spec.max_epochs, epsilons=spec.epsilons,
+                                  grids=spec.grids, stage1_weights=stage1_weights(spec, log=log))
+    else:
+        fn = tune.with_parameters(trainable, epochs=spec.max_epochs, epsilons=spec.epsilons)
+    trainable = tune.with_resources(fn, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
     if resume:
         # the scheduler and its MOASHAStateCallback come back from tuner.pkl; Tune then puts the
         # callbacks' state (MOASHA's rung records) of the last experiment checkpoint back
@@ -265,7 +268,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
                                         reuse_actors=True),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage_dir(), callbacks=callbacks, verbose=verbose,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # num_to_keep=1: Tune then saves the experiment state after every trial checkpoint
+                # (every epoch), so a SIGKILLed driver resumes with no finished epoch to run again
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
             ),
         )

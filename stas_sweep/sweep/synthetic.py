@@ -12,11 +12,19 @@ A trial is ``{"h": halting in [0, 1], "q": quality in [0, 1], "seed": int}``. At
 ``h`` is the knob of the trade-off (more halting: less energy, lower and *slower* accuracy, so
 early rungs punish it on accuracy alone), ``q`` makes a trial dominated. ``noise`` (std
 ``noise``) is per (trial seed, epoch), reproducible.
+
+:func:`trainable` runs these curves as a Ray Tune function trainable; :func:`sweep_trainable`
+has the signature the sweep runner takes instead of the STAS trainer (``run_sweep(spec,
+trainable=...)``): ``h`` and ``q`` come from a hash of the trial's sampled keys, so any
+search-space file drives it, and its last epoch reports an ``epsilon_table`` like a real trial.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import tempfile
 import time
 
 import numpy as np
@@ -54,8 +62,48 @@ def trainable(config: dict) -> None:
         if config.get("sleep"):
             time.sleep(config["sleep"])
         m["full_budget"] = epoch == epochs
-        import tempfile
-
         with tempfile.TemporaryDirectory() as d:
             open(f"{d}/epoch", "w").write(str(epoch))
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def knobs(config: dict) -> tuple[float, float]:
+    """``(h, q)`` of a trial from its sampled keys: reproducible, spread over ``[0, 1]`` x ``[0.5, 1]``."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).digest()
+    u, v = int.from_bytes(digest[:8], "big") / 2**64, int.from_bytes(digest[8:16], "big") / 2**64
+    return u, 1.0 - 0.5 * v * v
+
+
+def sweep_trainable(config: dict, *, epochs: int, epsilons: list[float], sleep: float = 0.0,
+                    epoch_log: str | None = None) -> None:
+    """A sweep trial on the synthetic curves: reports ``epoch``, ``accuracy`` (in %) and ``energy_mj``
+    every epoch with a checkpoint, continues from its checkpoint, and at ``epochs`` adds
+    ``full_budget`` and an ``epsilon_table`` (a larger epsilon: energy down, accuracy slightly down).
+    ``sleep`` seconds per epoch; ``epoch_log``: a folder where every epoch run appends a JSON line
+    to ``<trial id>.jsonl`` (what a test counts to see no epoch ran twice)."""
+    from ray import tune
+
+    h, q = knobs(config)
+    trial_id = tune.get_context().get_trial_id()
+    start = 0
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        with ck.as_directory() as d:
+            start = int(open(f"{d}/epoch").read())
+    for epoch in range(start + 1, epochs + 1):
+        if sleep:
+            time.sleep(sleep)
+        m = curve(h, q, epoch)
+        report = {"epoch": epoch, "accuracy": 100.0 * m["accuracy"], "energy_mj": m["energy_mj"],
+                  "full_budget": epoch == epochs}
+        if epoch == epochs:
+            report["epsilon_table"] = json.dumps([
+                {"epsilon": e, "accuracy": 100.0 * (m["accuracy"] - 0.1 * e * e), "energy_mj": m["energy_mj"] * (1 - e / 2)}
+                for e in epsilons])
+        if epoch_log:
+            with open(f"{epoch_log}/{trial_id}.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": epoch, "time": time.time(),
+                                    **{k: report[k] for k in ("accuracy", "energy_mj")}}) + "\n")
+        with tempfile.TemporaryDirectory() as d:
+            open(f"{d}/epoch", "w").write(str(epoch))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
