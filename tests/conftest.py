@@ -144,7 +144,7 @@ def mlflow_db(_mlflow_template):
     return make
 
 
-def _stop_ray(ray_tmp: str, timeout: float = 30) -> None:
+def _stop_ray(ray_tmp: str, timeout: float = 5) -> None:
     """Stop the Ray processes whose command line names ``ray_tmp`` (the temp dir a test gave its
     Ray), and nothing else: ``ray stop --force`` would kill every Ray on the machine."""
     import signal

@@ -230,48 +230,6 @@ def test_asha_stops_low_energy_trials_moasha_keeps_the_front(ray_local):
     assert sum(mo.values()) < sum(fifo.values())
 
 
-def _interrupting(configs, marker):
-    """Trial 1 sends the driver SIGINT once, before reporting (a Ctrl-C mid-sweep)."""
-    from stas_sweep.sweep.synthetic import trainable
-
-    def run(config):
-        if config["i"] == 1 and not os.path.exists(marker):
-            open(marker, "w").write("x")
-            os.kill(config["driver_pid"], signal.SIGINT)
-            import time
-            time.sleep(5)
-        trainable({**configs[config["i"]], "epochs": config["epochs"]})
-    return run
-
-
-def test_moasha_resumes_with_its_rung_records_after_ctrl_c(ray_local):
-    from ray import tune
-
-    # trial 1 is dominated by trial 0: stopped at the first rung only if trial 0's record is restored
-    configs = [{"h": 0.0, "q": 1.0}, {"h": 0.0, "q": 0.5}, {"h": 1.0, "q": 1.0}]
-    marker = str(ray_local / "interrupted")
-    sched = MOASHA(OBJ, max_t=EPOCHS, grace_period=1, reduction_factor=2)
-    tuner = tune.Tuner(
-        _interrupting(configs, marker),
-        param_space={"i": tune.grid_search([0, 1, 2]), "epochs": EPOCHS, "driver_pid": os.getpid()},
-        tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=1),
-        run_config=tune.RunConfig(name="resume", storage_path=str(ray_local), verbose=0,
-                                  callbacks=[MOASHAStateCallback(sched)]),
-    )
-    first = tuner.fit()
-    assert os.path.exists(marker)
-    assert first.num_terminated < 3, "the sweep was not interrupted"
-    path = str(ray_local / "resume")
-    restored = tune.Tuner.restore(path, _interrupting(configs, marker), resume_unfinished=True)
-    grid = restored.fit()
-    epochs = _epochs_by_trial(grid)
-    assert epochs == {0: EPOCHS, 1: 1, 2: EPOCHS}, epochs
-    # no trial ran twice: trial 0's results hold each epoch once
-    t0 = next(r for r in grid if r.config["i"] == 0)
-    lines = [json.loads(ln) for ln in Path(t0.path, "result.json").read_text().splitlines() if ln.strip()]
-    assert [ln["training_iteration"] for ln in lines] == list(range(1, EPOCHS + 1))
-
-
 # -- a real sweep driver killed and resumed (runner API, synthetic trials, a subprocess) -----------
 DRIVER = '''
 import json, sys
@@ -459,3 +417,28 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
     assert final["num_stopped"] >= 2
     # beyond Ray's count, only the epochs in flight at the two kills ran (2 trials at a time)
     assert sum(len(r) for r in runs.values()) - sum(t["epochs"] for t in trials.values()) <= 4
+
+
+def test_a_save_cut_short_by_a_kill_is_set_aside_before_resuming(tmp_path):
+    """A driver SIGKILLed while Tune wrote its searcher state leaves the newest file empty; Tune
+    would then restart the whole sweep from nothing. The runner renames the broken newest save so
+    Tune takes the one before it, and leaves readable saves alone."""
+    import pickle
+
+    from stas_sweep.sweep.runner import set_aside_broken_saves
+
+    (tmp_path / "searcher-state-2026-01-01_10-00-00.pkl").write_bytes(pickle.dumps({"ok": 1}))
+    (tmp_path / "searcher-state-2026-01-01_11-00-00.pkl").write_bytes(b"")             # cut short
+    (tmp_path / "experiment_state-2026-01-01_11-00-00.json").write_text('{"trial_data": [')  # half-written
+    (tmp_path / "experiment_state-2026-01-01_10-00-00.json").write_text('{"trial_data": []}')
+    (tmp_path / "callback-states-2026-01-01_11-00-00.pkl").write_bytes(pickle.dumps({"moasha": {}}))
+    lines = []
+    moved = set_aside_broken_saves(str(tmp_path), log=lines.append)
+    assert sorted(Path(m).name for m in moved) == ["experiment_state-2026-01-01_11-00-00.json",
+                                                    "searcher-state-2026-01-01_11-00-00.pkl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "callback-states-2026-01-01_11-00-00.pkl", "experiment_state-2026-01-01_10-00-00.json",
+        "experiment_state-2026-01-01_11-00-00.json.broken", "searcher-state-2026-01-01_10-00-00.pkl",
+        "searcher-state-2026-01-01_11-00-00.pkl.broken"]
+    assert len(lines) == 2 and all("cut short" in ln for ln in lines)
+    assert set_aside_broken_saves(str(tmp_path), log=lines.append) == []  # nothing more to set aside

@@ -130,7 +130,7 @@ def test_sweep_resumes_after_ctrl_c_without_duplicates(sweep_env, sweep_file, cl
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     # one run per (trial, epsilon) point: none logged twice across the resume
     keys = [c.data.tags["stas.point"] for c in runs if c.data.tags.get("stas.role") == "point"]
-    assert len(keys) == 3 * 3 and len(set(keys)) == len(keys)
+    assert len(keys) == 5 * 3 and len(set(keys)) == len(keys)
     front = client.search_runs([parents[0].info.experiment_id], filter_string="tags.pareto = 'true'")
     assert front and all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in front)
     ids = [c.data.tags["trial_id"] for c in children]

@@ -234,6 +234,14 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
 
     path = experiment_path(spec)
     check_can_start(spec, resume)
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    if local:  # before Ray starts: a local Ray has this machine's cores and GPUs, no more
+        have = local_resources()
+        missing = [f"{k.upper()}: a trial needs {spec.resources[k]:g}, this machine has {have[k]}"
+                   for k in ("cpu", "gpu") if spec.resources[k] and spec.resources[k] > have[k]]
+        if missing:
+            raise SweepError("no trial could ever be placed (" + "; ".join(missing) + "). Lower resources in the "
+                             "search-space file or attach to a cluster with more (--address).")
     init_ray(address, spec)
     check_resources(spec, strict=not (address or os.environ.get("RAY_ADDRESS")), log=log)
     check_storage(spec, log=log)
@@ -247,6 +255,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
         fn = tune.with_parameters(trainable, epochs=spec.max_epochs, epsilons=spec.epsilons)
     trainable = tune.with_resources(fn, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
     if resume:
+        set_aside_broken_saves(path, log=log)
         # the scheduler and its MOASHAStateCallback come back from tuner.pkl; Tune then puts the
         # callbacks' state (MOASHA's rung records) of the last experiment checkpoint back
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
@@ -281,6 +290,34 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
         # Tune catches SIGINT itself, saves the experiment and returns early
         raise SweepInterrupted(f"{grid.num_terminated + grid.num_errors} of {spec.num_samples} trials ended")
     return summarise(grid, spec, path)
+
+
+def set_aside_broken_saves(path: str, log=print) -> list[str]:
+    """Before a resume: Tune restores the newest of each of its state files (experiment state,
+    searcher, callbacks, each saved once per session) and gives up on the whole sweep when that
+    one is cut short, as a driver killed (SIGKILL, power loss) while writing it leaves it. Such a
+    file is renamed ``*.broken`` so that Tune takes the previous save; returns the renamed files."""
+    import glob
+
+    import ray.cloudpickle as cloudpickle
+
+    if "://" in path:
+        return []
+    moved = []
+    # (search_gen_state-*.json holds a pickle, whatever its name says)
+    for pattern, load in (("experiment_state-*.json", json.load), ("search_gen_state-*.json", cloudpickle.load),
+                          ("searcher-state-*.pkl", cloudpickle.load), ("callback-states-*.pkl", cloudpickle.load)):
+        for newest in sorted(glob.glob(os.path.join(path, pattern)), reverse=True):
+            try:
+                with open(newest, "rb") as f:
+                    load(f)
+                break  # the newest readable save: Tune takes this one
+            except Exception:  # noqa: BLE001 - truncated or half-written: any reader error
+                os.replace(newest, newest + ".broken")
+                moved.append(newest)
+                log(f"warning: {newest} was cut short (the driver was killed while saving it); resuming from "
+                    f"the save before it")
+    return moved
 
 
 def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str | None = None,

@@ -31,7 +31,10 @@ def use_trial_threads(cpus: float | None = None) -> int | None:
 
         if not ray.is_initialized():
             return None
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        try:
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        except AssertionError:  # Ray's answer in a driver process: it was assigned nothing
+            return None
         if not cpus:
             return None
     return set_threads(threads_for_cpus(cpus))
