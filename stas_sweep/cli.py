@@ -515,7 +515,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     def stop() -> None:
         if proc.poll() is not None:
             return
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):  # its uvicorn workers may linger on TERM
             try:
                 os.killpg(proc.pid, sig)
                 proc.wait(wait)

@@ -75,7 +75,7 @@ def test_help_lists_commands(capsys):
     assert "models" in out and "energy" in out
 
 
-def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port):
+def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port, mlflow_db):
     import os
     import signal
     import subprocess
@@ -84,6 +84,7 @@ def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port):
     import urllib.request
 
     port = free_port()
+    mlflow_db(tmp_path)  # ./mlflow.db, the default store, its tables made
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-m", "stas_sweep.cli", "ui", "--port", str(port)], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

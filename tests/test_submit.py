@@ -31,14 +31,15 @@ def head_and_mlflow(tmp_path, free_port, mlflow_db, stop_ray):
     env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
     env.pop("MLFLOW_TRACKING_URI", None)
     dash, gcs, ml = free_port(), free_port(), free_port()
-    subprocess.run(["ray", "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={ray_tmp}",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    # the MLflow server starts in the background while `ray start` runs
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                mlflow_db(tmp_path, "server.db"), "--artifacts-destination",
                                str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(ml)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        subprocess.run(["ray", "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                        f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={ray_tmp}",
+                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
         wait_http(f"http://127.0.0.1:{ml}/health")
         wait_http(f"http://127.0.0.1:{dash}/api/version")
         yield tmp_path, env, f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{ml}"
