@@ -269,7 +269,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     say = _progress("eval", args.quiet)
     device = _eval_device(args.device, resolve_device)
     if args.halting_maps:
-        _check_output_folder(args.halting_maps, "--halting-maps")
+        from .train.run import check_output_dir
+
+        check_output_dir(Path(args.halting_maps), "--halting-maps")
     say(f"loading {args.checkpoint} on {device}")
     model, state = model_from_checkpoint(args.checkpoint, device)
     cfg = config_from_dict(state.get("config") or {}, f"{args.checkpoint} (its config)")
@@ -320,21 +322,6 @@ def _eval_device(name: str, resolve):
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-def _check_output_folder(path: str, flag: str) -> None:
-    """A folder we will write into: it, or the nearest folder above it that exists, must be a
-    writable folder (nothing is created here)."""
-    p = Path(path).absolute()
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{flag} {path}: is a file, not a folder; give a folder to write into")
-    q = p
-    while not q.exists():
-        q = q.parent
-    if not q.is_dir():
-        raise UsageError(f"{flag} {path}: {q} is a file, so no folder can be made there")
-    if not os.access(q, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {q} is not writable")
 
 
 def _parse_epsilons(text: str) -> list[float]:

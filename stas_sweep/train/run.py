@@ -38,17 +38,19 @@ class TrainingRun:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def check_output_dir(out: Path) -> None:
-    """``out`` (or the nearest existing folder above it) is a writable folder; nothing is created."""
+def check_output_dir(out: Path, flag: str = "--output-dir") -> None:
+    """``out`` (or the nearest existing folder above it) is a writable folder; nothing is created.
+    ``flag``: the option that named it, for the message."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output-dir {out}: is a file, not a folder; choose a folder for the run")
+        raise ConfigError(f"{flag} {out}: is a file, not a folder; give a folder to write into")
     q = out.absolute()
     while not q.exists():
         q = q.parent
     if not q.is_dir():
-        raise ConfigError(f"--output-dir {out}: {q} is a file, so the run's folder cannot be made there")
+        raise ConfigError(f"{flag} {out}: {q} is a file, so no folder can be made there")
     if not os.access(q, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output-dir {out}: {q} is not writable; choose another --output-dir")
+        raise ConfigError(f"{flag} {out}: {q} is not writable; choose another {flag}")
 
 
 def check_model_args(cfg: TrainConfig, where: str = "config") -> None:
