@@ -107,6 +107,24 @@ def _cell(values, fmt="{:.4f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+def _table(rows: dict, extra: list[tuple[str, str, str]]) -> list[str]:
+    """The markdown table of both parts: one row per scheduler, medians (min-max) over seeds,
+    hypervolume and epochs also as % of fifo's; ``extra``: (header, result key, format) columns."""
+    fifo_hv = statistics.median(r["hv"] for r in rows["fifo"])
+    fifo_ep = statistics.median(r["epochs"] for r in rows["fifo"])
+    head = ["scheduler", "final hypervolume", "% of fifo's HV (median)", "epochs trained", "% of fifo's epochs",
+            "full-budget trials", *[h for h, _, _ in extra]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k, rs in rows.items():
+        hv = [r["hv"] for r in rs]
+        ep = [r["epochs"] for r in rs]
+        cells = [k, _cell(hv), f"{100 * statistics.median(hv) / fifo_hv:.1f} %", _cell(ep, "{:.0f}"),
+                 f"{100 * statistics.median(ep) / fifo_ep:.0f} %", _cell([r["full"] for r in rs], "{:.0f}"),
+                 *[_cell([r[key] for r in rs], fmt) for _, key, fmt in extra]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULERS = ("fifo", "asha", "moasha")
 
@@ -207,19 +225,9 @@ def digits(args) -> None:
         for k in SCHEDULERS:
             rows[k].append(run_one(files[k, s], work, env, uri))
             print(f"seed {s} {k}: {json.dumps(rows[k][-1])}", flush=True)
-    fifo_hv = statistics.median(r["hv"] for r in rows["fifo"])
-    fifo_ep = statistics.median(r["epochs"] for r in rows["fifo"])
     lines = [f"{args.seeds} seeds (search.seed 0..{args.seeds - 1}), search_spaces/digits.yaml otherwise unchanged; "
              f"median (min-max) over seeds", "",
-             "| scheduler | final hypervolume | % of fifo's HV (median) | epochs trained | % of fifo's epochs | "
-             "full-budget trials | trial time (sum), s | sweep wall time, s |", "|---|---|---|---|---|---|---|---|"]
-    for k, rs in rows.items():
-        hv = [r["hv"] for r in rs]
-        ep = [r["epochs"] for r in rs]
-        lines.append(f"| {k} | {_cell(hv)} | {100 * statistics.median(hv) / fifo_hv:.1f} % | "
-                     f"{_cell(ep, '{:.0f}')} | {100 * statistics.median(ep) / fifo_ep:.0f} % | "
-                     f"{_cell([r['full'] for r in rs], '{:.0f}')} | {_cell([r['trial_s'] for r in rs], '{:.0f}')} | "
-                     f"{_cell([r['seconds'] for r in rs], '{:.0f}')} |")
+             *_table(rows, [("trial time (sum), s", "trial_s", "{:.0f}"), ("sweep wall time, s", "seconds", "{:.0f}")])]
     lines += ["", "per seed (hypervolume fifo / asha / moasha): " + "; ".join(
         f"{s}: " + " / ".join(f"{rows[k][s]['hv']:.4f}" for k in SCHEDULERS) for s in range(args.seeds))]
     print("\n".join(lines))
@@ -244,18 +252,9 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = {k: [simulate(k, s, args.trials, args.workers, args.max_t, args.grace, args.rf)
                 for s in range(args.seeds)] for k in ("fifo", "asha", "moasha", "moasha-epsnet")}
-    fifo_hv = statistics.median(r["hv"] for r in rows["fifo"])
-    fifo_ep = statistics.median(r["epochs"] for r in rows["fifo"])
     lines = [f"{args.seeds} seeds, {args.trials} trials each, {args.workers} workers, max_t {args.max_t}, "
              f"grace {args.grace}, reduction factor {args.rf}; median (min-max) over seeds", "",
-             "| scheduler | final hypervolume | % of fifo's HV (median) | epochs trained | % of fifo's epochs | "
-             "full-budget trials | simulated wall time, s |", "|---|---|---|---|---|---|---|"]
-    for k, rs in rows.items():
-        hv = [r["hv"] for r in rs]
-        ep = [r["epochs"] for r in rs]
-        lines.append(f"| {k} | {_cell(hv)} | {100 * statistics.median(hv) / fifo_hv:.1f} % | "
-                     f"{_cell(ep, '{:.0f}')} | {100 * statistics.median(ep) / fifo_ep:.0f} % | "
-                     f"{_cell([r['full'] for r in rs], '{:.0f}')} | {_cell([r['seconds'] for r in rs], '{:.1f}')} |")
+             *_table(rows, [("simulated wall time, s", "seconds", "{:.1f}")])]
     mo, asha, eps = rows["moasha"], rows["asha"], rows["moasha-epsnet"]
     wins = sum(m["hv"] >= a["hv"] for m, a in zip(mo, asha))
     eps_wins = sum(e["hv"] >= m["hv"] for e, m in zip(eps, mo))

@@ -479,9 +479,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:")) and "://" in uri:
         print(f"{uri} is a tracking server: open it in a browser instead")
         return 0
-    try:
-        with socket.create_server((args.host, args.port)):
-            pass  # free now: mlflow binds it next
+    try:  # is the port free? (bound and released at once; mlflow binds it next)
+        socket.create_server((args.host, args.port)).close()
     except OSError as e:
         raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e}); "
                          f"choose another --port") from None

@@ -43,28 +43,39 @@ def curve(h: float, q: float, epoch: int, *, seed: int = 0, noise: float = 0.0) 
     return {"accuracy": float(acc), "energy_mj": float(energy)}
 
 
+def _checkpointed_epoch() -> int:
+    """The last epoch in the trial's Tune checkpoint (0 for a fresh trial)."""
+    from ray import tune
+
+    ck = tune.get_checkpoint()
+    if ck is None:
+        return 0
+    with ck.as_directory() as d:
+        return int(open(f"{d}/epoch").read())
+
+
+def _report(metrics: dict, epoch: int) -> None:
+    """``tune.report`` with a checkpoint that holds only the epoch (the curves need no weights)."""
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as d:
+        open(f"{d}/epoch", "w").write(str(epoch))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
 def trainable(config: dict) -> None:
     """Ray Tune function trainable over :func:`curve`; config keys ``h``, ``q`` and optional
     ``seed``, ``noise``, ``epochs`` (default 8), ``nan_energy`` (report NaN energy),
     ``sleep`` (seconds per epoch)."""
-    from ray import tune
-
     epochs = int(config.get("epochs", 8))
-    start = 0
-    ck = tune.get_checkpoint()
-    if ck is not None:
-        with ck.as_directory() as d:
-            start = int(open(f"{d}/epoch").read())
-    for epoch in range(start + 1, epochs + 1):
+    for epoch in range(_checkpointed_epoch() + 1, epochs + 1):
         m = curve(config["h"], config["q"], epoch, seed=config.get("seed", 0), noise=config.get("noise", 0.0))
         if config.get("nan_energy"):
             m["energy_mj"] = float("nan")
         if config.get("sleep"):
             time.sleep(config["sleep"])
         m["full_budget"] = epoch == epochs
-        with tempfile.TemporaryDirectory() as d:
-            open(f"{d}/epoch", "w").write(str(epoch))
-            tune.report(m, checkpoint=tune.Checkpoint.from_directory(d))
+        _report(m, epoch)
 
 
 def knobs(config: dict) -> tuple[float, float]:
@@ -85,12 +96,7 @@ def sweep_trainable(config: dict, *, epochs: int, epsilons: list[float], sleep: 
 
     h, q = knobs(config)
     trial_id = tune.get_context().get_trial_id()
-    start = 0
-    ck = tune.get_checkpoint()
-    if ck is not None:
-        with ck.as_directory() as d:
-            start = int(open(f"{d}/epoch").read())
-    for epoch in range(start + 1, epochs + 1):
+    for epoch in range(_checkpointed_epoch() + 1, epochs + 1):
         if sleep:
             time.sleep(sleep)
         m = curve(h, q, epoch)
@@ -104,6 +110,4 @@ def sweep_trainable(config: dict, *, epochs: int, epsilons: list[float], sleep: 
             with open(f"{epoch_log}/{trial_id}.jsonl", "a") as f:
                 f.write(json.dumps({"epoch": epoch, "time": time.time(),
                                     **{k: report[k] for k in ("accuracy", "energy_mj")}}) + "\n")
-        with tempfile.TemporaryDirectory() as d:
-            open(f"{d}/epoch", "w").write(str(epoch))
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+        _report(report, epoch)

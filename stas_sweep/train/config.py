@@ -106,6 +106,17 @@ def _construct_mapping(loader, node, deep=False):
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def safe_load(text: str) -> Any:
+    """One YAML document through :class:`_UniqueKeyLoader`, a ``yaml.SafeLoader`` (plain data
+    only, no Python tags) that also refuses repeated keys and alias bombs."""
+    assert issubclass(_UniqueKeyLoader, yaml.SafeLoader)
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def yaml_problem(e: yaml.YAMLError) -> str:
     """A YAML error on one line: what is wrong and where (line, column), without the snippet."""
     if isinstance(e, yaml.MarkedYAMLError) and e.problem:
@@ -122,7 +133,7 @@ def _override_value(item: str, text: str) -> Any:
     if not text.strip():
         return None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {short(item, 80)}: the value is not valid YAML: {yaml_problem(e)}") from None
 
@@ -141,7 +152,7 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        return safe_load(text)
     except _AliasBombError as e:
         raise ConfigError(f"{path}: refused: {e}") from None
     except yaml.YAMLError as e:
