@@ -68,6 +68,17 @@ def _sweep_raw(folder: Path, **over) -> dict:
     return raw
 
 
+def pytest_collection_modifyitems(config, items):
+    """The longest tests run first: ``@pytest.mark.slow(seconds)`` says about how long a test
+    takes on two busy cores. With ``--dist load`` (pyproject.toml) each xdist worker takes the
+    next test when it is free, so the long ones spread over both workers and the many short
+    ones fill the gaps at the end, instead of one long test starting last."""
+    def seconds(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return float(mark.args[0]) if mark and mark.args else 0.0
+    items.sort(key=seconds, reverse=True)  # stable: the rest keep pytest's order
+
+
 @pytest.fixture
 def tiny_config() -> dict:
     """A fresh copy of the tiny training config."""
@@ -178,6 +189,25 @@ def _stop_ray(ray_tmp: str, timeout: float = 5) -> None:
 def stop_ray():
     """``stop_ray(ray_tmp)``: stop the Ray a test started with that temp dir, only that one."""
     return _stop_ray
+
+
+@pytest.fixture
+def short_sqlite_busy_timeout():
+    """MLflow's sqlite store waits 20 s for a locked database (``PRAGMA busy_timeout = 20000``,
+    set on every session it opens, not configurable); in this process, for one test, it waits
+    1 s instead, so a test of a locked store sees the same "database is locked" error sooner.
+    Done with SQLAlchemy's documented ``before_cursor_execute`` hook, which may rewrite a statement."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def shorten(_conn, _cursor, statement, parameters, _context, _executemany):
+        if statement.replace(" ", "").lower().startswith("pragmabusy_timeout="):
+            return "PRAGMA busy_timeout = 1000;", parameters
+        return statement, parameters
+
+    event.listen(Engine, "before_cursor_execute", shorten, retval=True)
+    yield
+    event.remove(Engine, "before_cursor_execute", shorten)
 
 
 def _free_port() -> int:

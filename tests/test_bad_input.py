@@ -10,7 +10,8 @@ folder) to text, bytes, a mapping (dumped as YAML) or a callable ``f(path)`` tha
 ``argv`` may use ``{d}`` for the case folder and ``{ckpt}`` for a tiny valid checkpoint (kept
 outside the folder); ``hold`` is a context manager factory ``f(folder)`` kept open around the
 call (a lock, a busy port). ``STAS_SHOW_MESSAGES=1 pytest -s tests/test_bad_input.py`` prints each
-case's message. The case that waits on a locked store (MLflow's 20 s busy timeout) is marked slow.
+case's message. The case of a locked store waits 1 s for it, not MLflow's 20 s (the
+``short_sqlite_busy_timeout`` fixture).
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ CASES = [
          ["pareto", "--tracking-uri", "sqlite:///{d}/mlflow.db"], ["mlflow.db", "cannot be used"]),
     Case("train_locked_mlflow_db", {"c.yaml": tiny(tracking={"experiment": "x"})},
          TRAIN + ["--tracking-uri", "sqlite:///{d}/mlflow.db"], ["mlflow.db", "locked"], hold=locked_db,
-         extra={"slow": True}),
+         extra={"short_busy_timeout": True}),
     # -- numbers a training config must refuse (issue 11 item 4), named by key and value -------------------
     Case("train_grad_clip_negative", {"c.yaml": tiny(optim={"lr": 5e-3, "grad_clip": -1.0})}, TRAIN,
          ["c.yaml", "optim.grad_clip must be > 0", "-1.0"]),
@@ -385,9 +386,10 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     return str(save_checkpoint(trainer.state(), folder / "last.pt"))
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.extra.get("slow") else [])
-                                  for c in CASES])
-def test_bad_input_exits_2_naming_it(case: Case, tmp_path, tiny_checkpoint, capsys, monkeypatch):
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
+def test_bad_input_exits_2_naming_it(case: Case, tmp_path, tiny_checkpoint, capsys, monkeypatch, request):
+    if case.extra.get("short_busy_timeout"):
+        request.getfixturevalue("short_sqlite_busy_timeout")
     if case.extra.get("cpu_only"):
         import torch
 

@@ -323,7 +323,7 @@ def test_front_plots_colour_methods_and_draw_paper_markers(tmp_path):
 
 # -- the baselines sweep end to end -----------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.slow(50)
 def test_baselines_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     folder, env = sweep_env
     methods = ["stas", "token_drop", "timestep_exit"]

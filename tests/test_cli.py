@@ -75,6 +75,7 @@ def test_help_lists_commands(capsys):
     assert "models" in out and "energy" in out
 
 
+@pytest.mark.slow(30)
 def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port, mlflow_db):
     import os
     import signal
@@ -161,6 +162,7 @@ def _front(points, objectives, reference):
     return front_of(points, objectives, reference)
 
 
+@pytest.mark.slow(7)
 def test_pareto_skips_a_failed_empty_sweep_and_point_runs_follow_the_front(tmp_path, sweep_file, capsys):
     """Real MLflow (sqlite), no Ray: a sweep with points, then a newer one that failed before any
     trial finished. `pareto` shows the first and says it skipped the second; point runs are

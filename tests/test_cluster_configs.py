@@ -449,6 +449,7 @@ def _listeners(pids: set[int]) -> list[str]:
             if any(f"pid={pid}," in line for pid in pids)]
 
 
+@pytest.mark.slow(15)
 def test_local_ray_listens_on_loopback_only(tmp_path, monkeypatch):
     """init_ray's local Ray: GCS, raylet, agents, the driver's and a worker's servers all listen
     on 127.0.0.1 (Ray 2.60 on Linux otherwise listens on every interface)."""

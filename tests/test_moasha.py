@@ -19,6 +19,7 @@ import pytest
 from stas_sweep.sweep.moasha import (MOASHA, MOASHAStateCallback, crowding_distance, epsilon_net_order, front_ranks,
                                      loss_matrix, promote, rank_order)
 from stas_sweep.sweep.pareto import non_dominated
+from stas_sweep.sweep.runner import set_aside_broken_saves
 
 OBJ = [("accuracy", "max"), ("energy_mj", "min")]
 NAN = float("nan")
@@ -198,6 +199,7 @@ def _epochs_by_trial(grid):
     return {r.config["i"]: r.metrics["training_iteration"] for r in grid}
 
 
+@pytest.mark.slow(15)
 def test_asha_stops_low_energy_trials_moasha_keeps_the_front(ray_local):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -271,30 +273,25 @@ def _epoch_log(folder: Path) -> dict:
 
 
 def _snapshot(exp: Path) -> tuple[dict, dict]:
-    """The sweep's last experiment checkpoint: ({trial id: (status, last iteration)}, MOASHA's state)."""
+    """The sweep's last experiment checkpoint: ({trial id: (status, iteration of its newest registered
+    checkpoint)}, MOASHA's state). The checkpoint, not the last result: Tune records a result, then
+    saves its checkpoint in a task of its own, and the experiment state may be written in between;
+    a resume starts from the checkpoint."""
     import pickle
+
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
 
     # the newest session's files (by the time in their names: a resume rewrites the older ones too)
     state = json.loads(max(exp.glob("experiment_state-*.json")).read_text())
     trials = {}
     for trial_json, meta in state["trial_data"]:
         t = json.loads(trial_json)
-        meta = json.loads(meta) if isinstance(meta, str) else meta
-        trials[t["trial_id"]] = (t["status"], (meta.get("last_result") or {}).get("training_iteration", 0))
+        latest = _TrainingRunMetadata.from_json_state(meta).checkpoint_manager.latest_checkpoint_result
+        trials[t["trial_id"]] = (t["status"], latest.metrics["training_iteration"] if latest else 0)
     with open(max(exp.glob("callback-states-*.pkl")), "rb") as f:
         callbacks = pickle.load(f)
     moasha = next(s["moasha"] for s in callbacks.values() if s and "moasha" in s)
     return trials, moasha
-
-
-def _driver_results(exp: Path) -> dict:
-    """trial id -> the last epoch the driver processed (Tune's result.json, flushed per result)."""
-    out = {}
-    for f in exp.glob("*/result.json"):
-        rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
-        if rows:
-            out[rows[-1]["trial_id"]] = rows[-1]["training_iteration"]
-    return out
 
 
 def _kill_ray_under(folder: str) -> None:
@@ -307,6 +304,7 @@ def _kill_ray_under(folder: str) -> None:
             pass
 
 
+@pytest.mark.slow(80)
 def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(tmp_path, sweep_file):
     """`run_sweep` in a subprocess on synthetic trials: Ctrl-C (SIGINT to its process group), resume,
     SIGKILL, resume. Every rung record of the checkpoint taken before each kill is still there,
@@ -344,10 +342,11 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
             assert time.monotonic() - t0 < timeout, "the sweep made no progress"
             time.sleep(0.1)
 
-    def check_resumed(before, processed, kill_time):
-        """What ran after the kill continues the checkpoint taken before it: a trial the driver saw
-        finish runs nothing more, an unfinished one goes on after its checkpointed epoch, and only
-        the epochs in flight at the kill (started, not yet reported) ran twice."""
+    def check_resumed(before, kill_time, in_flight_only=True):
+        """What ran after the kill continues the checkpoint taken before it: a trial finished there
+        (terminated, or its last epoch checkpointed) runs nothing more, an unfinished one goes on
+        after its checkpointed epoch, and only the epochs in flight at the kill (started, not yet
+        checkpointed) ran twice."""
         trials, _ = before
         runs = _epoch_log(log)
         lost = 0
@@ -355,7 +354,7 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
             after = [e for e, t, *_ in rows if t > kill_time]
             ran_before = [e for e, t, *_ in rows if t <= kill_time]
             status, done = trials.get(tid, ("PENDING", 0))
-            if status == "TERMINATED" or processed.get(tid) == SWEEP_EPOCHS:
+            if status == "TERMINATED" or done == SWEEP_EPOCHS:
                 assert not after, f"finished trial {tid} ran again: epochs {after}"
             elif after:
                 # it goes on after a checkpoint at least as new as the state read here (the driver may
@@ -364,7 +363,10 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
                 assert done + 1 <= after[0] <= last + 1, \
                     f"trial {tid} restarted at epoch {after[0]}; checkpoint at {done}, ran up to {last}"
                 lost += len([e for e in ran_before if e >= after[0]])  # run again after the kill
-        assert lost <= 2, f"{lost} epochs ran but were not in the checkpoint (2 trials run at a time)"
+        # per running trial (2 at a time): the epoch in flight, and one whose result Tune had taken
+        # but whose checkpoint it had not yet registered
+        if in_flight_only:
+            assert lost <= 4, f"{lost} epochs ran but were not in the checkpoint (2 trials run at a time)"
 
     try:
         # 1. Ctrl-C once two trials have passed the second rung
@@ -373,7 +375,7 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
         os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 130, out[-3000:]
-        first, processed1 = _snapshot(exp), _driver_results(exp)
+        first = _snapshot(exp)
         kill1 = time.time()
         assert first[1]["rungs"][1], "no rung record before the interruption"
         # 2. resume, then SIGKILL the driver and its Ray once two more trials have started
@@ -384,13 +386,16 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
         proc.wait(timeout=30)
         kill2 = time.time()
         _kill_ray_under(ray_dirs[-1])
-        check_resumed(first, processed1, kill1)
-        second, processed2 = _snapshot(exp), _driver_results(exp)
+        check_resumed(first, kill1)
+        # what the resume reads: a state file the kill cut short is set aside first, and Tune then
+        # takes the save before it (here the first session's), so that session's work is run again
+        broken = set_aside_broken_saves(str(exp), log=lambda *_: None)
+        second = _snapshot(exp)
         # 3. resume to the end
         proc = start("--resume")
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
-        check_resumed(second, processed2, kill2)
+        check_resumed(second, kill2, in_flight_only=not any("experiment_state" in b for b in broken))
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -428,8 +433,6 @@ def test_a_save_cut_short_by_a_kill_is_set_aside_before_resuming(tmp_path):
     would then restart the whole sweep from nothing. The runner renames the broken newest save so
     Tune takes the one before it, and leaves readable saves alone."""
     import pickle
-
-    from stas_sweep.sweep.runner import set_aside_broken_saves
 
     (tmp_path / "searcher-state-2026-01-01_10-00-00.pkl").write_bytes(pickle.dumps({"ok": 1}))
     (tmp_path / "searcher-state-2026-01-01_11-00-00.pkl").write_bytes(b"")             # cut short

@@ -34,7 +34,7 @@ def head_and_mlflow(tmp_path, free_port, mlflow_db, stop_ray):
     # the MLflow server starts in the background while `ray start` runs
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                mlflow_db(tmp_path, "server.db"), "--artifacts-destination",
-                               str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(ml)],
+                               str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(ml), "--workers", "1"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         subprocess.run(["ray", "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
@@ -53,7 +53,7 @@ def head_and_mlflow(tmp_path, free_port, mlflow_db, stop_ray):
         stop_ray(ray_tmp)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(120)
 def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflow, sweep_file, mlflow_runs):
     folder, env, address, mlflow_url = head_and_mlflow
     space = sweep_file(folder, name="submitted", search={"sampler": "tpe", "seed": 0, "num_samples": 2},
@@ -73,27 +73,30 @@ def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflo
     assert any(c.data.tags["pareto"] == "true" for c in points)
 
 
-def test_submit_to_an_unreachable_address_fails_clearly(tmp_path, sweep_file, free_port):
+def test_submit_to_an_unreachable_address_fails_clearly(tmp_path, sweep_file, free_port, monkeypatch, capsys):
+    from stas_sweep.cli import main
+
     space = sweep_file(tmp_path)
     port = free_port()  # nothing listens there
-    proc = subprocess.run([sys.executable, "-m", "stas_sweep.cli", "submit", str(space), "--address",
-                           f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, RAY_AUTH_MODE="disabled"))
-    assert proc.returncode == 2
-    assert f"cannot reach the Ray dashboard at http://127.0.0.1:{port}" in proc.stderr
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert main(["submit", str(space), "--address", f"http://127.0.0.1:{port}"]) == 2
+    assert f"cannot reach the Ray dashboard at http://127.0.0.1:{port}" in capsys.readouterr().err
 
 
-def test_local_run_refuses_gpus_it_does_not_have(tmp_path, sweep_file, mlflow_db, stop_ray):
-    space = sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1})
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", STAS_SWEEP_RAY_TMPDIR=ray_tmp,
-               MLFLOW_TRACKING_URI=mlflow_db(tmp_path, "m.db"), CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-m", "stas_sweep.cli", "run", str(space)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    stop_ray(ray_tmp)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "no trial could ever be placed (GPU: a trial needs 1, this machine has 0)" in proc.stderr
-    assert "Started a local Ray" not in proc.stdout + proc.stderr  # refused before Ray starts
+def test_local_run_refuses_gpus_it_does_not_have(tmp_path, sweep_file, mlflow_db, monkeypatch, capsys):
+    """More GPUs per trial than any machine has: refused in this process before a Ray starts."""
+    import ray
+
+    from stas_sweep.cli import main
+
+    space = sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1024})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db(tmp_path, "m.db"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert not ray.is_initialized()
+    assert main(["run", str(space)]) == 2
+    assert "no trial could ever be placed (GPU: a trial needs 1024, this machine has" in capsys.readouterr().err
+    assert not ray.is_initialized()  # refused before Ray starts
 
 
 def test_submit_quotes_every_value_of_the_entrypoint(tmp_path, sweep_file, monkeypatch):

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from stas_sweep.cli import main
 from stas_sweep.sweep.pareto import non_dominated
 
 
-@pytest.mark.slow
-def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
+@pytest.mark.slow(80)
+def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs, monkeypatch, capsys):
     folder, env = sweep_env
     proc = cli(["run", str(sweep_file(folder, fresh_stage1=True))], env, folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -74,12 +75,15 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     front = json.loads(Path(client.download_artifacts(parent.info.run_id, "pareto_front.json")).read_text())
     assert sorted((p["trial_id"], p["epsilon"]) for p in front) == sorted((p["trial_id"], p["epsilon"]) for p in brute)
 
-    out = cli(["pareto", "--json", "--experiment", "tiny-sweep"], env, folder)
-    assert out.returncode == 0, out.stderr
-    printed = json.loads(out.stdout)
+    # the commands that read the sweep run in this process (one interpreter start each saved)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    assert main(["pareto", "--json", "--experiment", "tiny-sweep"]) == 0
+    out = capsys.readouterr()
+    printed = json.loads(out.out)
     assert sorted((p["trial_id"], p["epsilon"]) for p in printed) == sorted((p["trial_id"], p["epsilon"]) for p in front)
     assert all({"accuracy", "energy_mj", "energy_strict_mj", "halting.beta", "optim.lr"} <= set(p) for p in printed)
-    assert "sweep tiny" in out.stderr  # says which sweep it shows; stdout stays JSON
+    assert "sweep tiny" in out.err  # says which sweep it shows; stdout stays JSON
 
     # what the UI lists for the README's filter (its run search goes through the same API):
     # exactly the front `pareto --json` prints, with the same metric values
@@ -92,11 +96,11 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     assert html.stat().st_size < 500_000 and "<script" not in html.read_text()
 
     # a second run of the same file refuses to overwrite it
-    again = cli(["run", str(folder / "space.yaml")], env, folder)
-    assert again.returncode == 2 and "--resume" in again.stderr
+    assert main(["run", str(folder / "space.yaml")]) == 2
+    assert "--resume" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.slow(70)
 def test_sweep_resumes_after_ctrl_c_without_duplicates(sweep_env, sweep_file, cli, mlflow_runs):
     folder, env = sweep_env
     space = sweep_file(folder, name="resumable", scheduler={"type": "fifo", "max_epochs": 1},

@@ -10,6 +10,7 @@ from stas_sweep.cli import main
 from stas_sweep.train import CheckpointError, ConfigError, Trainer, config_from_dict, load_config
 
 
+@pytest.mark.slow(20)
 def test_stage1_then_stage2_end_to_end(trained_stage1, tmp_path, capsys, tiny_config, write_yaml):
     root, uri = trained_stage1
     history = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -63,6 +64,7 @@ def test_stage1_then_stage2_end_to_end(trained_stage1, tmp_path, capsys, tiny_co
     assert any(a.path == "checkpoints" for a in client.list_artifacts(run.info.run_id))
 
 
+@pytest.mark.slow(13)
 def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_config):
     cfg = config_from_dict(dict(tiny_config, epochs=2))
     full = Trainer(cfg, tmp_path / "full", progress=False, log=None).fit()
@@ -181,9 +183,10 @@ def test_training_config_rejects_a_key_given_twice(tmp_path, capsys, tiny_config
     assert str(path) in capsys.readouterr().err
 
 
-def test_tracking_outage_mid_run_loses_no_metrics(tmp_path, tiny_config, capfd):
+@pytest.mark.slow(10)
+def test_tracking_outage_mid_run_loses_no_metrics(tmp_path, tiny_config, capfd, short_sqlite_busy_timeout):
     """The sqlite store is locked by another connection (an exclusive transaction) at the end
-    of epoch 1, so that epoch's metrics cannot be logged (MLflow waits 20 s, then fails); it is
+    of epoch 1, so that epoch's metrics cannot be logged (MLflow waits, then fails); it is
     unlocked at the end of epoch 2: training finishes, one warning and no traceback is printed,
     and after the outage every epoch's metrics are in MLflow and the run is FINISHED."""
     import sqlite3
@@ -222,6 +225,7 @@ def test_tracking_outage_mid_run_loses_no_metrics(tmp_path, tiny_config, capfd):
     assert any(a.path == "curves.png" for a in client.list_artifacts(r.info.run_id))
 
 
+@pytest.mark.slow(15)
 def test_resume_into_a_store_without_the_run_starts_a_new_one(tmp_path, tiny_config, capsys):
     """A run interrupted after epoch 1 (store A) resumed with another tracking URI (store B):
     it says so, and B's new run holds every epoch (the first from metrics.jsonl)."""
@@ -249,6 +253,7 @@ def test_resume_into_a_store_without_the_run_starts_a_new_one(tmp_path, tiny_con
     assert len(mlflow.MlflowClient(a).get_metric_history(old.info.run_id, "accuracy")) == 0  # logged after the callback
 
 
+@pytest.mark.slow(15)
 def test_disk_full_at_checkpoint_says_which_epoch_is_safe(tmp_path, tiny_config, write_yaml, capsys, monkeypatch):
     """The checkpoint write of epoch 2 fails with ENOSPC: exit 2, one line naming the safe
     epoch, last.pt still epoch 1 and loadable, and --resume then finishes the run."""
