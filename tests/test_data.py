@@ -79,6 +79,30 @@ def test_digits_fixed_stratified_split():
         assert abs(val_counts[c] - 0.2 * total[c]) <= 1, (c, val_counts[c], total[c])
 
 
+def test_digits_are_scikit_learns_file_and_split_without_importing_it():
+    """The file read with numpy equals ``load_digits()``, the stored split equals scikit-learn's
+    ``train_test_split``, and building the data set does not import scikit-learn."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from stas_sweep.data.digits import DIGITS_SPLIT_SEED, DIGITS_VAL_FRACTION, digits_split, load_digits_arrays
+
+    images, labels = load_digits_arrays()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=DIGITS_VAL_FRACTION, stratify=labels,
+                                          random_state=DIGITS_SPLIT_SEED)
+    ours = digits_split()
+    assert np.array_equal(ours[0], np.sort(train_idx)) and np.array_equal(ours[1], np.sort(val_idx))
+    code = ("import sys; from stas_sweep.data import build_datasets; build_datasets('digits', img_size=8); "
+            "print('sklearn' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 def test_digits_augmentation_is_seeded_shift():
     train, _, _ = build_datasets("digits")  # translate 1/16 of 32 -> shifts of up to 2 px
     torch.manual_seed(3)

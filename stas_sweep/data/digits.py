@@ -1,40 +1,61 @@
 """scikit-learn's handwritten digits: the offline data set for demos and tests.
 
-Nothing on disk: ``sklearn.datasets.load_digits`` ships the 1,797 8x8 images (values
-0..16, 10 classes) inside scikit-learn. They are scaled to [0, 1], resized bilinearly to
-``img_size`` (default 32) and kept in memory as one ``[N, 1, S, S]`` float tensor.
+Nothing on disk to fetch: scikit-learn ships the 1,797 8x8 images (values 0..16, 10
+classes) as ``sklearn/datasets/data/digits.csv.gz``. That file is read here with numpy,
+without importing scikit-learn (its import takes about 2 s, paid again in every trial
+process). The images are scaled to [0, 1], resized bilinearly to ``img_size`` (default
+32) and kept in memory as one ``[N, 1, S, S]`` float tensor.
 
-The split is fixed: a stratified 80/20 ``train_test_split`` with ``random_state=0``
-(1,437 train / 360 val), the same in every run and process.
+The split is fixed: the stratified 80/20 ``train_test_split(..., stratify=y,
+random_state=0)`` of scikit-learn (1,437 train / 360 val), stored below as a bit mask so
+that it is the same in every run, process and scikit-learn version (a test recomputes it).
 """
 
 from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .errors import DatasetNotFoundError
 from .recipes import TensorAugment
 
-__all__ = ["DigitsDataset", "digits_split", "DIGITS_VAL_FRACTION", "DIGITS_SPLIT_SEED"]
+__all__ = ["DigitsDataset", "digits_split", "load_digits_arrays", "DIGITS_VAL_FRACTION", "DIGITS_SPLIT_SEED"]
 
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+# bit i (most significant first) set: sample i of the file is in the validation split
+_VAL_MASK = (
+    "000004883524104000064100934205001a00080100240028062c12001000940a009019120420f8a0028110a000080a88"
+    "20441524494240a00a0000004004d80000818020004805c400104008a0100005404800301000020ec409000224840083"
+    "a8013c20a6980a0000000b08400804a0184802024041c1008004404684376a810216004480004042a0a4180a5000840b"
+    "8561c608108008004c80c02004068e00010882008100380803c008190000100e01008410a0210033282904c044c08068"
+    "0e0102830082008822a6402c24042108a860809081a00c02820242120138a41500"
+)
 
 
-def digits_split(y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (into ``load_digits()`` order) of the fixed stratified (train, val) split, each sorted.
+@functools.lru_cache(maxsize=1)
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """``(images [1797, 8, 8] float64 in 0..16, labels [1797] int64)``, in the file's order
+    (that of ``sklearn.datasets.load_digits``)."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(spec.submodule_search_locations[0] if spec else "sklearn") / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise DatasetNotFoundError(f"digits: {path} not found; it comes with scikit-learn (pip install scikit-learn)")
+    data = np.loadtxt(path, delimiter=",")  # [1797, 65]: 64 pixels, then the label
+    data.setflags(write=False)
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
 
-    ``y``: the labels of ``load_digits()``, to save loading them again.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    y = load_digits().target if y is None else y
-    train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=DIGITS_VAL_FRACTION,
-                                          stratify=y, random_state=DIGITS_SPLIT_SEED)
-    return np.sort(train_idx), np.sort(val_idx)
+def digits_split() -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into the file's order) of the fixed stratified (train, val) split, each sorted."""
+    val = np.unpackbits(np.frombuffer(bytes.fromhex("".join(_VAL_MASK)), dtype=np.uint8))[:1797].astype(bool)
+    return np.flatnonzero(~val), np.flatnonzero(val)
 
 
 class DigitsDataset(Dataset):
@@ -48,24 +69,22 @@ class DigitsDataset(Dataset):
     Attributes:
         images: ``[N, 1, S, S]`` float32 tensor (before ``transform``).
         targets: ``[N]`` int64 tensor of labels 0..9.
-        indices: ``[N]`` positions of these samples in ``load_digits()`` order.
+        indices: ``[N]`` positions of these samples in the file (``load_digits()``'s order).
     """
 
     num_classes = 10
 
     def __init__(self, train: bool = True, img_size: int = 32, transform=None) -> None:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        train_idx, val_idx = digits_split(digits.target)
+        all_images, labels = load_digits_arrays()
+        train_idx, val_idx = digits_split()
         self.indices = torch.from_numpy(train_idx if train else val_idx)
-        images = torch.from_numpy(digits.images[self.indices.numpy()]).float().div_(16.0)  # [N, 8, 8] in [0, 1]
+        images = torch.from_numpy(all_images[self.indices.numpy()]).float().div_(16.0)  # [N, 8, 8] in [0, 1]
         images = images.unsqueeze(1)  # [N, 1, 8, 8]
         if img_size != images.shape[-1]:
             # bilinear without antialias is a convex combination: values stay in [0, 1]
             images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False)
         self.images = images.clamp_(0.0, 1.0).contiguous()
-        self.targets = torch.from_numpy(digits.target[self.indices.numpy()]).long()
+        self.targets = torch.from_numpy(labels[self.indices.numpy()]).long()
         self.train, self.img_size, self.transform = train, img_size, transform
 
     def __len__(self) -> int:
