@@ -363,7 +363,7 @@ def test_baselines_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     assert "method" in out.stdout and "the paper reports no figures for data set 'digits'" in out.stdout
 
 
-def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys):
+def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys, mlflow_db):
     """A CIFAR-100 sweep's tracker draws the paper's Table 3 rows on the front PNG/HTML, and
     ``pareto --paper`` lists them as not measured (a real sqlite MLflow store, no Ray)."""
     from stas_sweep.cli import main
@@ -372,7 +372,7 @@ def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys):
     from stas_sweep.tracking import SweepTracker
 
     spec = load_spec(Path(__file__).parent.parent / "search_spaces" / "cifar100_baselines.yaml")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path)
     tracker = SweepTracker(uri, "c100", spec.name, str(tmp_path), spec.objectives, scheduler="moasha")
     tracker.start_parent(spec, "plan")
     assert tracker.paper and all(not r["measured"] for r in tracker.paper)

@@ -163,7 +163,7 @@ def _front(points, objectives, reference):
 
 
 @pytest.mark.slow(7)
-def test_pareto_skips_a_failed_empty_sweep_and_point_runs_follow_the_front(tmp_path, sweep_file, capsys):
+def test_pareto_skips_a_failed_empty_sweep_and_point_runs_follow_the_front(tmp_path, sweep_file, capsys, mlflow_db):
     """Real MLflow (sqlite), no Ray: a sweep with points, then a newer one that failed before any
     trial finished. `pareto` shows the first and says it skipped the second; point runs are
     logged once (also by a tracker reopening the sweep, as on resume) and retagged as the
@@ -173,7 +173,7 @@ def test_pareto_skips_a_failed_empty_sweep_and_point_runs_follow_the_front(tmp_p
     from stas_sweep.sweep.space import load_spec
     from stas_sweep.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, SweepTracker
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path)
     spec = load_spec(sweep_file(tmp_path / "a", name="good"))
     obj, ref = spec.objectives, spec.reference
     row = {"energy_strict_mj": 1.0, "token_ratio": 0.5, "energy_reduction": 10.0}

@@ -184,7 +184,7 @@ def test_training_config_rejects_a_key_given_twice(tmp_path, capsys, tiny_config
 
 
 @pytest.mark.slow(10)
-def test_tracking_outage_mid_run_loses_no_metrics(tmp_path, tiny_config, capfd, short_sqlite_busy_timeout):
+def test_tracking_outage_mid_run_loses_no_metrics(tmp_path, tiny_config, capfd, short_sqlite_busy_timeout, mlflow_db):
     """The sqlite store is locked by another connection (an exclusive transaction) at the end
     of epoch 1, so that epoch's metrics cannot be logged (MLflow waits, then fails); it is
     unlocked at the end of epoch 2: training finishes, one warning and no traceback is printed,
@@ -196,7 +196,7 @@ def test_tracking_outage_mid_run_loses_no_metrics(tmp_path, tiny_config, capfd, 
     from stas_sweep.train.run import train_run
 
     db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
+    uri = mlflow_db(tmp_path)
     cfg = config_from_dict(dict(tiny_config, epochs=2, tracking={"experiment": "outage"}))
     lock: dict = {}
 
@@ -226,7 +226,7 @@ def test_tracking_outage_mid_run_loses_no_metrics(tmp_path, tiny_config, capfd, 
 
 
 @pytest.mark.slow(15)
-def test_resume_into_a_store_without_the_run_starts_a_new_one(tmp_path, tiny_config, capsys):
+def test_resume_into_a_store_without_the_run_starts_a_new_one(tmp_path, tiny_config, capsys, mlflow_db):
     """A run interrupted after epoch 1 (store A) resumed with another tracking URI (store B):
     it says so, and B's new run holds every epoch (the first from metrics.jsonl)."""
     import mlflow
@@ -234,7 +234,7 @@ def test_resume_into_a_store_without_the_run_starts_a_new_one(tmp_path, tiny_con
     from stas_sweep.train.run import train_run
 
     cfg = config_from_dict(dict(tiny_config, epochs=2, tracking={"experiment": "moved"}))
-    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    a, b = mlflow_db(tmp_path, "a.db"), mlflow_db(tmp_path, "b.db")
 
     def interrupt(epoch, _metrics, _trainer):
         raise KeyboardInterrupt
