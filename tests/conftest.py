@@ -156,7 +156,7 @@ def mlflow_db(_mlflow_template):
     return make
 
 
-def _stop_ray(ray_tmp: str, timeout: float = 5) -> None:
+def _stop_ray(ray_tmp: str, timeout: float = 1) -> None:
     """Stop the Ray processes whose command line names ``ray_tmp`` (the temp dir a test gave its
     Ray), and nothing else: ``ray stop --force`` would kill every Ray on the machine."""
     import signal
@@ -209,6 +209,40 @@ def short_sqlite_busy_timeout():
     event.listen(Engine, "before_cursor_execute", shorten, retval=True)
     yield
     event.remove(Engine, "before_cursor_execute", shorten)
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """A local Ray in this test process, started once per session by the product's own
+    ``init_ray`` (loopback only, its own temp dir); yields a folder for Tune's results."""
+    import ray
+
+    from stas_sweep.sweep.runner import init_ray
+
+    if ray.is_initialized():
+        pytest.fail("a test left Ray running in this process")
+    saved = dict(os.environ)
+    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+                      STAS_SWEEP_RAY_TMPDIR=tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short socket paths
+    for key in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        os.environ.pop(key, None)
+    init_ray(None, None)
+    yield tmp_path_factory.mktemp("tune")
+    ray.shutdown()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def forbid_ray(monkeypatch):
+    """The test fails if the command under test starts or attaches to Ray (``runner.init_ray``):
+    for refusals that must come first. (Ray may already run in this process: ``ray_local``.)"""
+    from stas_sweep.sweep import runner
+
+    def no_ray(*_args, **_kwargs):
+        raise AssertionError("Ray was started before the input was checked")
+
+    monkeypatch.setattr(runner, "init_ray", no_ray)
 
 
 def _free_port() -> int:

@@ -449,36 +449,20 @@ def _listeners(pids: set[int]) -> list[str]:
             if any(f"pid={pid}," in line for pid in pids)]
 
 
-@pytest.mark.slow(15)
-def test_local_ray_listens_on_loopback_only(tmp_path, monkeypatch):
-    """init_ray's local Ray: GCS, raylet, agents, the driver's and a worker's servers all listen
-    on 127.0.0.1 (Ray 2.60 on Linux otherwise listens on every interface)."""
+def test_local_ray_listens_on_loopback_only(ray_local):
+    """init_ray's local Ray (the session's): GCS, raylet, agents, the driver's and a worker's
+    servers all listen on 127.0.0.1 (Ray 2.60 on Linux otherwise listens on every interface)."""
     import os
-    import tempfile
 
     import ray
     import psutil  # noqa: I001 - Ray's own copy (ray/thirdparty_files), on the path once ray is imported
 
-    from stas_sweep.sweep.runner import init_ray
+    @ray.remote(num_cpus=0)
+    def worker_pid() -> int:
+        return os.getpid()
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("STAS_SWEEP_RAY_TMPDIR", tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short socket paths
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
-    if ray.is_initialized():
-        pytest.skip("Ray is already running in this process")
-    init_ray(None, None)
-    try:
-        @ray.remote(num_cpus=0)
-        def worker_pid() -> int:
-            return os.getpid()
-
-        pids = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid(), ray.get(worker_pid.remote())}
-        listening = _listeners(pids)
-        assert len(listening) >= 4, listening  # gcs, raylet (2), driver, worker, agents
-        assert all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in listening), listening
-        assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
-    finally:
-        ray.shutdown()
+    pids = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid(), ray.get(worker_pid.remote())}
+    listening = _listeners(pids)
+    assert len(listening) >= 4, listening  # gcs, raylet (2), driver, worker, agents
+    assert all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in listening), listening
+    assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"

@@ -172,21 +172,6 @@ TRADE = [{"h": 0.0, "q": 1.0}, {"h": 0.0, "q": 0.4}, {"h": 0.5, "q": 1.0},
 EPOCHS = 4
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    saved = dict(os.environ)
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")   # Ray's socket paths must stay short
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_WAIT_POLICY": "PASSIVE"}})
-    yield tmp_path_factory.mktemp("tune")
-    ray.shutdown()
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def _trainable_of(configs):
     from stas_sweep.sweep.synthetic import trainable
 
