@@ -215,8 +215,8 @@ class Trainer:
                 if self.sml is not None:
                     loss = loss + self.sml.weight * self.sml.loss(criterion, target)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {float(loss)} at epoch {epoch + 1}, batch {i + 1} "
-                                         f"(task {float(task)}, ponder {float(out.ponder_loss)}); lower optim.lr "
+                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1} "
+                                         f"(task {task.item()}, ponder {out.ponder_loss.item()}); lower optim.lr "
                                          f"(now {self.cfg.optim.lr:g}) or set optim.grad_clip; the last checkpoint "
                                          f"is the previous epoch's")
             self.optimizer.zero_grad(set_to_none=True)
