@@ -12,13 +12,54 @@ import pytest
 from stas_sweep.cli import main
 from stas_sweep.sweep.pareto import non_dominated
 
+TRIALS = 6  # enough that Ctrl-C, sent when the first trial finishes, lands with trials still to run
 
-@pytest.mark.slow(80)
-def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs, monkeypatch, capsys):
+
+@pytest.mark.slow(110)
+def test_sweep_end_to_end_through_ctrl_c_and_resume(sweep_env, sweep_file, cli, mlflow_runs, monkeypatch, capsys):
+    """The README's main job on the tiny sweep (stage 1 trained through Ray, Optuna TPE, MOASHA,
+    MLflow), stopped with Ctrl-C once a trial has finished and completed with ``--resume``: the
+    interrupted run is KILLED with a hint, the finished sweep has every trial, point and front
+    exactly once, and no epoch was logged twice."""
     folder, env = sweep_env
-    proc = cli(["run", str(sweep_file(folder, fresh_stage1=True))], env, folder)
+    ok, diverges = 5e-3, 1.0e30  # the searched learning rates: 1e30 blows the loss up, a failing trial
+    space = sweep_file(folder, fresh_stage1=True, search={
+        "sampler": "tpe", "seed": 0, "num_samples": TRIALS,
+        "points_to_evaluate": [{"optim.lr": ok, "halting.beta": -6.0, "halting.delta_p": 0.01},
+                               {"optim.lr": diverges, "halting.beta": -6.0, "halting.delta_p": 0.01}]})
+    log = folder / "first-run.log"  # a file, not a pipe: a full pipe would stall the driver
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "stas_sweep.cli", "run", str(space)], env=env, cwd=folder,
+                                stdout=f, stderr=subprocess.STDOUT, text=True)
+    results = folder / "results" / "tiny"
+    deadline = time.time() + 600
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        done = sum('"full_budget": true' in p.read_text() for p in results.glob("*/result.json"))
+        if done >= 1:
+            break
+        time.sleep(0.2)
+    assert done >= 1, "no trial finished in time:\n" + log.read_text()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+    out = log.read_text()
+    assert proc.returncode == 130, out[-3000:]
+    assert "stage 1: training once for this sweep" in out  # the real path, through a Ray task
+    assert "--resume" in out
+    _, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    finished_before = {c.data.tags["trial_id"] for c in runs
+                       if c.data.tags.get("stas.role") == "trial" and c.data.tags.get("full_budget") == "true"}
+    assert 1 <= len(finished_before) < TRIALS
+
+    # the commands that only read or refuse run in this process (one interpreter start each saved)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    assert main(["run", str(space)]) == 2  # a plain second run refuses to overwrite the stopped sweep
+    assert "--resume" in capsys.readouterr().err
+
+    proc = cli(["run", str(space), "--resume"], env, folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "stage 1: training once for this sweep" in proc.stdout  # the real path, through a Ray task
     assert "on the front" in proc.stdout and "tags.pareto = 'true'" in proc.stdout
 
     client, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
@@ -26,8 +67,8 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs, monkeypatch, 
     point_runs = [c for c in runs if c.data.tags.get("stas.role") == "point"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    assert len(children) == 4 and len(runs) == len(children) + len(point_runs)
-    assert len({c.data.tags["trial_id"] for c in children}) == 4
+    assert len(children) == TRIALS and len(runs) == len(children) + len(point_runs)
+    assert len({c.data.tags["trial_id"] for c in children}) == TRIALS
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
 
     failed = [c for c in children if c.info.status == "FAILED"]
@@ -41,9 +82,12 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs, monkeypatch, 
             table = [dict(zip(rows["columns"], r)) for r in rows["data"]] if "columns" in rows else rows
             assert [r["epsilon"] for r in table] == [0.0, 0.2, 0.4]
             points += [{"trial_id": c.data.tags["trial_id"], **r} for r in table]
-            assert len(client.get_metric_history(c.info.run_id, "accuracy")) == 2
             assert len(client.get_metric_history(c.info.run_id, "energy_strict_mj")) == 2
+            assert len(client.get_metric_history(c.info.run_id, "accuracy")) == 2
             assert all(r["energy_strict_mj"] > 0 for r in table)
+        # every epoch a trial ran is logged once, across the interruption: steps 1..k, none twice
+        steps = sorted(m.step for m in client.get_metric_history(c.info.run_id, "accuracy"))
+        assert steps == list(range(1, len(steps) + 1)), (c.data.tags["trial_id"], steps)
     assert points
     objectives = [("accuracy", "max"), ("energy_mj", "min")]
 
@@ -59,7 +103,10 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs, monkeypatch, 
         assert int(c.data.tags.get("pareto_points", 0)) == sum(p["trial_id"] == c.data.tags["trial_id"] for p in brute)
         if c.data.tags.get("full_budget") == "false" and c.info.status != "FAILED":
             assert c.data.tags["stopped_by"] == "moasha" and c.data.tags["trial_id"] not in on_front
-    # one finished, nested run per candidate point, with the trial's searched values and epsilon
+    # one finished, nested run per candidate point, with the trial's searched values and epsilon;
+    # none logged twice across the resume
+    keys = [c.data.tags["stas.point"] for c in point_runs]
+    assert len(keys) == len(set(keys))
     assert sorted((c.data.tags["trial_id"], float(c.data.params["epsilon"])) for c in point_runs) == \
         sorted((p["trial_id"], p["epsilon"]) for p in points)
     assert all(c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -75,9 +122,6 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs, monkeypatch, 
     front = json.loads(Path(client.download_artifacts(parent.info.run_id, "pareto_front.json")).read_text())
     assert sorted((p["trial_id"], p["epsilon"]) for p in front) == sorted((p["trial_id"], p["epsilon"]) for p in brute)
 
-    # the commands that read the sweep run in this process (one interpreter start each saved)
-    monkeypatch.chdir(folder)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     assert main(["pareto", "--json", "--experiment", "tiny-sweep"]) == 0
     out = capsys.readouterr()
     printed = json.loads(out.out)
@@ -98,51 +142,3 @@ def test_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs, monkeypatch, 
     # a second run of the same file refuses to overwrite it
     assert main(["run", str(folder / "space.yaml")]) == 2
     assert "--resume" in capsys.readouterr().err
-
-
-@pytest.mark.slow(70)
-def test_sweep_resumes_after_ctrl_c_without_duplicates(sweep_env, sweep_file, cli, mlflow_runs):
-    folder, env = sweep_env
-    space = sweep_file(folder, name="resumable", scheduler={"type": "fifo", "max_epochs": 1},
-                       max_concurrent_trials=1, search={"sampler": "random", "seed": 1, "num_samples": 4},
-                       space={"halting.beta": {"uniform": [-8.0, -4.0]}})
-    log = folder / "first-run.log"  # a file, not a pipe: a full pipe would stall the driver
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "stas_sweep.cli", "run", str(space)], env=env, cwd=folder,
-                                stdout=f, stderr=subprocess.STDOUT, text=True)
-    results = folder / "results" / "resumable"
-    deadline = time.time() + 600
-    done = 0
-    while time.time() < deadline and proc.poll() is None:
-        done = sum('"full_budget": true' in p.read_text() for p in results.glob("*/result.json"))
-        if done >= 1:
-            break
-        time.sleep(0.2)
-    assert done >= 1, "no trial finished in time"
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=300)
-    out = log.read_text()
-    assert proc.returncode == 130, out[-3000:]
-    assert "--resume" in out
-    _, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
-    children = [c for c in runs if c.data.tags.get("stas.role") == "trial"]
-    assert parents[0].info.status == "KILLED"
-    finished_before = {c.data.tags["trial_id"] for c in children if c.data.tags.get("full_budget") == "true"}
-    assert 1 <= len(finished_before) < 4  # trials take seconds: four leave room for Ctrl-C to land mid-sweep
-
-    resumed = cli(["run", str(space), "--resume"], env, folder)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    client, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
-    children = [c for c in runs if c.data.tags.get("stas.role") == "trial"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    # one run per (trial, epsilon) point: none logged twice across the resume
-    keys = [c.data.tags["stas.point"] for c in runs if c.data.tags.get("stas.role") == "point"]
-    assert len(keys) == 4 * 3 and len(set(keys)) == len(keys)
-    front = client.search_runs([parents[0].info.experiment_id], filter_string="tags.pareto = 'true'")
-    assert front and all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in front)
-    ids = [c.data.tags["trial_id"] for c in children]
-    assert len(ids) == 4 and len(set(ids)) == 4
-    for c in children:
-        # one epoch each: a finished trial was not trained again after the resume
-        assert len(client.get_metric_history(c.info.run_id, "accuracy")) == 1
-        assert c.data.tags["full_budget"] == "true"
