@@ -117,3 +117,30 @@ def test_submit_quotes_every_value_of_the_entrypoint(tmp_path, sweep_file, monke
     argv = shlex.split(submitted["entrypoint"])
     assert argv[argv.index("--tracking-uri") + 1] == hostile
     assert argv[:5] == ["python", "-m", "stas_sweep.cli", "run", "space.yaml"] and len(argv) == 7
+
+
+def test_submission_waits_for_the_job_agent_of_a_head_just_started():
+    """A head that has just started refuses jobs ("No available agent", HTTP 500) until its agent
+    registers: the submission is retried, said once; any other error is raised at once."""
+    from stas_sweep.sweep.submit import submit_when_ready
+
+    class Head:
+        def __init__(self, refusals, error="Request failed with status code 500: No available agent to submit job"):
+            self.refusals, self.error, self.calls = refusals, error, 0
+
+        def submit_job(self, **job):
+            self.calls += 1
+            if self.calls <= self.refusals:
+                raise RuntimeError(self.error)
+            return job["submission_id"]
+
+    lines: list[str] = []
+    head = Head(refusals=2)
+    assert submit_when_ready(head, lines.append, wait_s=30, submission_id="s-1") == "s-1"
+    assert head.calls == 3 and len(lines) == 1 and "not up yet" in lines[0]
+    other = Head(refusals=1, error="Request failed with status code 400: bad runtime_env")
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        submit_when_ready(other, lines.append, wait_s=30, submission_id="s-2")
+    assert other.calls == 1
+    with pytest.raises(RuntimeError, match="No available agent"):  # a head that never gets an agent
+        submit_when_ready(Head(refusals=99), lines.append, wait_s=0, submission_id="s-3")

@@ -36,6 +36,28 @@ def staged_space(spec: SweepSpec) -> dict:
     return raw
 
 
+AGENT_WAIT_S = 120  # how long a submission waits for the job agent of a head that has just started
+
+
+def submit_when_ready(client, log=print, wait_s: float = AGENT_WAIT_S, **job) -> str:
+    """``client.submit_job(**job)``, waiting for the head's job agent: a head that has just
+    started answers "No available agent to submit job" (HTTP 500) until its dashboard agent has
+    registered, which takes seconds, or a minute on a busy machine. Other errors are raised at once."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            if not said:
+                log(f"the head's job agent is not up yet (a cluster that has just started); "
+                    f"retrying for up to {wait_s:g} s")
+                said = True
+            time.sleep(2)
+
+
 def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, resume: bool = False,
            wait: bool = True, log=print, env_vars: dict | None = None) -> tuple[str, str]:
     """Submit the sweep; returns (submission id, final status or 'SUBMITTED' with ``wait=False``)."""
@@ -66,7 +88,7 @@ def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, re
         "excludes": _EXCLUDES,
         "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_WAIT_POLICY": "PASSIVE", **(env_vars or {})},
     }
-    job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env,
+    job_id = submit_when_ready(client, log, entrypoint=entry, runtime_env=runtime_env,
                                submission_id=f"stas-{spec.name}-{int(time.time())}",
                                metadata={"stas.sweep": spec.name})
     log(f"submitted {job_id} to {address}: {entry}")
