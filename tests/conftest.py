@@ -226,11 +226,13 @@ def ray_local(tmp_path_factory):
                       STAS_SWEEP_RAY_TMPDIR=tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short socket paths
     for key in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         os.environ.pop(key, None)
-    init_ray(None, None)
+    try:
+        init_ray(None, None)
+    finally:  # Ray's processes have what they need; later tests (a `ray start` of their own) must not
+        os.environ.clear()
+        os.environ.update(saved)
     yield tmp_path_factory.mktemp("tune")
     ray.shutdown()
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.fixture

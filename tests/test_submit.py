@@ -29,7 +29,8 @@ def wait_http(url: str, timeout: float = 90) -> None:
 def head_and_mlflow(tmp_path, free_port, mlflow_db, stop_ray):
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
-    env.pop("MLFLOW_TRACKING_URI", None)
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "STAS_SWEEP_RAY_TMPDIR"):
+        env.pop(key, None)  # a cluster head as a user starts one, whatever ran before in this process
     dash, gcs, ml = free_port(), free_port(), free_port()
     # the MLflow server starts in the background while `ray start` runs
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
