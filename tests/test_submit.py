@@ -31,7 +31,9 @@ def head_and_mlflow(tmp_path, free_port, mlflow_db, stop_ray):
     env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
     for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "STAS_SWEEP_RAY_TMPDIR"):
         env.pop(key, None)  # a cluster head as a user starts one, whatever ran before in this process
-    dash, gcs, ml = free_port(), free_port(), free_port()
+    # the agent port too: a local sweep's Ray (another test) may hold the default 52365, and a
+    # head whose agent cannot listen takes no job ("No available agent to submit job")
+    dash, gcs, ml, agent = free_port(), free_port(), free_port(), free_port()
     # the MLflow server starts in the background while `ray start` runs
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                mlflow_db(tmp_path, "server.db"), "--artifacts-destination",
@@ -39,7 +41,7 @@ def head_and_mlflow(tmp_path, free_port, mlflow_db, stop_ray):
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         subprocess.run(["ray", "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                        f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={ray_tmp}",
+                        f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={ray_tmp}",
                         "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
         wait_http(f"http://127.0.0.1:{ml}/health")
         wait_http(f"http://127.0.0.1:{dash}/api/version")
