@@ -12,7 +12,7 @@ import pytest
 from stas_sweep.cli import main
 from stas_sweep.sweep.pareto import non_dominated
 
-TRIALS = 6  # enough that Ctrl-C, sent when the first trial finishes, lands with trials still to run
+TRIALS = 5  # enough that Ctrl-C, sent when the first trial finishes, lands with trials still to run
 
 
 @pytest.mark.slow(110)
