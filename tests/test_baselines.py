@@ -4,6 +4,7 @@ baselines sweep end to end."""
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -323,9 +324,15 @@ def test_front_plots_colour_methods_and_draw_paper_markers(tmp_path):
 
 # -- the baselines sweep end to end -----------------------------------------------------------
 
-@pytest.mark.slow(50)
-def test_baselines_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
-    folder, env = sweep_env
+@pytest.mark.slow(40)
+def test_baselines_sweep_end_to_end(ray_local, tmp_path, sweep_file, mlflow_db, mlflow_runs, monkeypatch, capsys):
+    """``stas-sweep run`` in this process, on the session's Ray (the command attaches to a Ray
+    that is already up, as it does inside a Ray job)."""
+    from stas_sweep.cli import main
+
+    folder = tmp_path
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db(folder))
     methods = ["stas", "token_drop", "timestep_exit"]
     space = sweep_file(
         folder, name="baselines",
@@ -335,10 +342,10 @@ def test_baselines_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
                 "points_to_evaluate": [{"halting.method": m, "halting.beta": -6.0} for m in methods]},
         scheduler={"type": "fifo", "max_epochs": 1}, max_concurrent_trials=2,
         mlflow={"experiment": "baselines"})
-    proc = cli(["run", str(space)], env, folder)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert main(["run", str(space)]) == 0
+    assert "on the front" in capsys.readouterr().out
 
-    client, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "baselines")
+    client, parents, runs = mlflow_runs(os.environ["MLFLOW_TRACKING_URI"], "baselines")
     children = [r for r in runs if r.data.tags.get("stas.role") == "trial"]
     point_runs = [r for r in runs if r.data.tags.get("stas.role") == "point"]
     assert len(parents) == 1 and len(children) == 3
@@ -358,9 +365,9 @@ def test_baselines_sweep_end_to_end(sweep_env, sweep_file, cli, mlflow_runs):
     html = Path(client.download_artifacts(parent, "pareto_front.html")).read_text()
     assert all(f"{m} (" in html for m in methods)  # the SVG page's legend, one colour per method
 
-    out = cli(["pareto", "--paper", "--experiment", "baselines"], env, folder)
-    assert out.returncode == 0, out.stderr
-    assert "method" in out.stdout and "the paper reports no figures for data set 'digits'" in out.stdout
+    assert main(["pareto", "--paper", "--experiment", "baselines"]) == 0
+    out = capsys.readouterr().out
+    assert "method" in out and "the paper reports no figures for data set 'digits'" in out
 
 
 def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys, mlflow_db):
