@@ -279,6 +279,24 @@ def _snapshot(exp: Path) -> tuple[dict, dict]:
     return trials, moasha
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def _kill_ray_under(folder: str) -> None:
     """End the processes of a Ray cluster this test started (their command lines name its temp dir)."""
     for proc in Path("/proc").iterdir():
@@ -329,9 +347,9 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
 
     def check_resumed(before, kill_time, in_flight_only=True):
         """What ran after the kill continues the checkpoint taken before it: a trial finished there
-        (terminated, or its last epoch checkpointed) runs nothing more, an unfinished one goes on
-        after its checkpointed epoch, and only the epochs in flight at the kill (started, not yet
-        checkpointed) ran twice."""
+        (terminated, or its last epoch checkpointed) runs nothing more, and an unfinished one goes
+        on after its checkpointed epoch. Returns how many epochs that ran before the kill ran
+        again after it; with ``in_flight_only`` (a Ctrl-C) at most those in flight at the kill."""
         trials, _ = before
         runs = _epoch_log(log)
         lost = 0
@@ -352,6 +370,7 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
         # but whose checkpoint it had not yet registered
         if in_flight_only:
             assert lost <= 4, f"{lost} epochs ran but were not in the checkpoint (2 trials run at a time)"
+        return lost
 
     try:
         # 1. Ctrl-C once two trials have passed the second rung
@@ -367,20 +386,26 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
         proc = start("--resume")
         started = len(_epoch_log(log))
         wait_until(proc, lambda r: len(r) >= started + 2)
+        tree = _descendants(proc.pid)  # its Ray: GCS, raylet and the trial workers below them
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in tree:  # at once, so that no orphaned worker goes on running epochs
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait(timeout=30)
-        kill2 = time.time()
         _kill_ray_under(ray_dirs[-1])
-        check_resumed(first, kill1)
+        kill2 = time.time()
+        lost = check_resumed(first, kill1)
         # what the resume reads: a state file the kill cut short is set aside first, and Tune then
         # takes the save before it (here the first session's), so that session's work is run again
-        broken = set_aside_broken_saves(str(exp), log=lambda *_: None)
+        state_cut = any("experiment_state" in b for b in set_aside_broken_saves(str(exp), log=lambda *_: None))
         second = _snapshot(exp)
         # 3. resume to the end
         proc = start("--resume")
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
-        check_resumed(second, kill2, in_flight_only=not any("experiment_state" in b for b in broken))
+        lost += check_resumed(second, kill2, in_flight_only=not state_cut)
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -405,12 +430,12 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
     for tid, t in trials.items():
         epochs = [e for e, *_ in runs[tid]]
         assert sorted(set(epochs)) == list(range(1, t["epochs"] + 1)), (tid, epochs)
-        assert len(epochs) - len(set(epochs)) <= 2, (tid, epochs)
         stopped = t["status"] == "stopped_by_moasha"
         assert stopped == (tid in final["stopped"]) and stopped == (t["epochs"] < SWEEP_EPOCHS)
     assert final["num_stopped"] >= 2
-    # beyond Ray's count, only the epochs in flight at the two kills ran (2 trials at a time)
-    assert sum(len(r) for r in runs.values()) - sum(t["epochs"] for t in trials.values()) <= 4
+    # beyond Ray's count, only the epochs that ran again after a kill (counted at each kill above);
+    # a trial started just before a kill and in no saved state is replaced by a new one, not counted
+    assert sum(len(runs[tid]) for tid in trials) - sum(t["epochs"] for t in trials.values()) <= lost
 
 
 def test_a_save_cut_short_by_a_kill_is_set_aside_before_resuming(tmp_path):
