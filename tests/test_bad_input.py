@@ -244,6 +244,7 @@ CASES = [
     # -- command-line flags ---------------------------------------------------------------------------
     Case("ui_port_too_high", {}, ["ui", "--port", "99999"], ["--port 99999", "1 to 65535"]),
     Case("ui_port_zero", {}, ["ui", "--port", "0"], ["--port 0"]),
+    Case("ui_workers_zero", {}, ["ui", "--workers", "0"], ["--workers 0", "1 to 64"]),
     Case("ui_port_busy", {}, ["ui", "--port", "{port}"], ["--port", "cannot listen"], hold=busy_port),
     Case("models_img_size", {}, ["models", "--img-size", "30", "--pattern", "spikformer-1-16"], ["img_size=30"]),
     Case("energy_batch_zero", {}, ["energy", "spikformer-1-16", "--input", "random", "--batch", "0"],
