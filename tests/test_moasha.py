@@ -6,6 +6,7 @@ records and runs no finished trial again."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -283,12 +284,10 @@ def _descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children, their children, ...), from /proc."""
     children: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a process that ended meanwhile
             if proc.name.isdigit():
                 ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(proc.name))
-        except (OSError, ValueError, IndexError):
-            pass
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -389,10 +388,8 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
         tree = _descendants(proc.pid)  # its Ray: GCS, raylet and the trial workers below them
         os.killpg(proc.pid, signal.SIGKILL)
         for pid in tree:  # at once, so that no orphaned worker goes on running epochs
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait(timeout=30)
         _kill_ray_under(ray_dirs[-1])
         kill2 = time.time()
