@@ -32,7 +32,7 @@ runs them (:mod:`~stas_sweep.models.vit`). Each method has one evaluation knob (
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -44,8 +44,22 @@ METHODS = ("stas", "token_drop", "timestep_exit")
 KNOBS = {"stas": "epsilon", "token_drop": "keep_ratio", "timestep_exit": "exit_threshold"}
 
 
+class _OneKnob:
+    """A method's config with its one evaluation knob, the field ``KNOBS[method]``."""
+
+    method: ClassVar[str]
+
+    @property
+    def knob(self) -> float:
+        return getattr(self, KNOBS[self.method])
+
+    def with_knob(self, value: float):
+        """The same config at another knob value (checked as the constructor checks it)."""
+        return replace(self, **{KNOBS[self.method]: value})
+
+
 @dataclass
-class HaltingConfig:
+class HaltingConfig(_OneKnob):
     """Hyper-parameters of A-SSA. Paper: alpha=5, beta=-25 (Spikingformer; Spikformer uses
     alpha=-5, beta=0), epsilon small (0.01 as A-ViT), ``tb`` accumulation."""
 
@@ -64,14 +78,6 @@ class HaltingConfig:
                 f"halting accumulation {self.accumulation!r} is not supported; "
                 f"accepted values: {', '.join(ACCUMULATIONS)}"
             )
-
-    @property
-    def knob(self) -> float:
-        return self.epsilon
-
-    def with_knob(self, value: float) -> "HaltingConfig":
-        """The same halting at another epsilon (STAS^epsilon)."""
-        return HaltingConfig(self.alpha, self.beta, value, self.accumulation)
 
 
 # The paper's score parameters per backbone (section 4.2). Spikformer's residual stream is
@@ -174,7 +180,7 @@ class HaltingState:
 
 
 @dataclass
-class TokenDropConfig:
+class TokenDropConfig(_OneKnob):
     """Static token dropping (STATA-style baseline): every block runs a fixed share
     ``keep_ratio`` of the K tokens, ``max(1, round(keep_ratio * K))`` of them, chosen per image
     by the block input's spike count (sum of ``|x|`` over timesteps and channels), the same
@@ -187,20 +193,13 @@ class TokenDropConfig:
     def __post_init__(self) -> None:
         self.keep_ratio = check_keep_ratio(self.keep_ratio)
 
-    @property
-    def knob(self) -> float:
-        return self.keep_ratio
-
-    def with_knob(self, value: float) -> "TokenDropConfig":
-        return TokenDropConfig(value)
-
     def kept(self, K: int) -> int:
         """Tokens each block runs: ``max(1, round(keep_ratio * K))``."""
         return max(1, min(K, int(round(self.keep_ratio * K))))
 
 
 @dataclass
-class TimestepExitConfig:
+class TimestepExitConfig(_OneKnob):
     """Temporal early exit (DT-SNN-style baseline): a static model read after every timestep
     t on the running mean of its per-timestep logits; an image stops at the first t whose
     normalised softmax entropy ``H(softmax(mean_{t' <= t} z_t')) / log(classes)`` is below
@@ -212,13 +211,6 @@ class TimestepExitConfig:
 
     def __post_init__(self) -> None:
         self.exit_threshold = check_exit_threshold(self.exit_threshold)
-
-    @property
-    def knob(self) -> float:
-        return self.exit_threshold
-
-    def with_knob(self, value: float) -> "TimestepExitConfig":
-        return TimestepExitConfig(value)
 
 
 MethodConfig = HaltingConfig | TokenDropConfig | TimestepExitConfig
