@@ -456,3 +456,15 @@ def test_a_save_cut_short_by_a_kill_is_set_aside_before_resuming(tmp_path):
         "searcher-state-2026-01-01_11-00-00.pkl.broken"]
     assert len(lines) == 2 and all("cut short" in ln for ln in lines)
     assert set_aside_broken_saves(str(tmp_path), log=lines.append) == []  # nothing more to set aside
+
+    # tuner.pkl, one file rewritten by each session: a resume keeps a copy of the whole one, and
+    # puts it back when the next session's write was cut short (as a SIGKILL left it, found by
+    # the kill test: Tune's restore then failed with EOFError)
+    settings = pickle.dumps({"settings": list(range(100))})
+    (tmp_path / "tuner.pkl").write_bytes(settings)
+    assert set_aside_broken_saves(str(tmp_path), log=lines.append) == []
+    assert (tmp_path / "tuner.pkl.bak").read_bytes() == settings
+    (tmp_path / "tuner.pkl").write_bytes(settings[: len(settings) // 2])  # the next session, killed mid-write
+    assert set_aside_broken_saves(str(tmp_path), log=lines.append) == [str(tmp_path / "tuner.pkl")]
+    assert pickle.loads((tmp_path / "tuner.pkl").read_bytes()) == {"settings": list(range(100))}
+    assert "tuner.pkl was cut short" in lines[-1]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,6 +318,21 @@ def set_aside_broken_saves(path: str, log=print) -> list[str]:
                 moved.append(newest)
                 log(f"warning: {newest} was cut short (the driver was killed while saving it); resuming from "
                     f"the save before it")
+    # tuner.pkl (the Tuner's own settings) is one file, rewritten by every session: keep the last
+    # whole one beside it and put it back when a kill cut the file short. A whole pickle ends with
+    # its STOP opcode; checking that runs none of the pickle's code.
+    tuner, backup = os.path.join(path, "tuner.pkl"), os.path.join(path, "tuner.pkl.bak")
+    if os.path.exists(tuner):
+        with open(tuner, "rb") as f:
+            whole = os.path.getsize(tuner) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) == b"."
+        if whole:
+            shutil.copyfile(tuner, backup)
+        elif os.path.exists(backup):
+            os.replace(tuner, tuner + ".broken")
+            shutil.copyfile(backup, tuner)
+            moved.append(tuner)
+            log(f"warning: {tuner} was cut short (the driver was killed while saving it); resuming with the "
+                f"copy kept by the previous resume")
     return moved
 
 
