@@ -423,16 +423,18 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
         for tid, vec in recorded.items():
             e, _, acc, energy = next(r for r in runs[tid] if r[0] == m)
             assert vec == pytest.approx((-acc, energy))
-    # every trial's epochs ran once each, in order, as many as Ray counts
+    # every epoch Ray counts ran; beyond them at most the one in flight at a kill, whose result
+    # never reached Tune (after the resume MOASHA may stop the trial at the rung before it)
     for tid, t in trials.items():
         epochs = [e for e, *_ in runs[tid]]
-        assert sorted(set(epochs)) == list(range(1, t["epochs"] + 1)), (tid, epochs)
+        assert set(range(1, t["epochs"] + 1)) <= set(epochs) and max(epochs) <= t["epochs"] + 1, (tid, epochs)
         stopped = t["status"] == "stopped_by_moasha"
         assert stopped == (tid in final["stopped"]) and stopped == (t["epochs"] < SWEEP_EPOCHS)
     assert final["num_stopped"] >= 2
-    # beyond Ray's count, only the epochs that ran again after a kill (counted at each kill above);
-    # a trial started just before a kill and in no saved state is replaced by a new one, not counted
-    assert sum(len(runs[tid]) for tid in trials) - sum(t["epochs"] for t in trials.values()) <= lost
+    # beyond Ray's count, only the epochs that ran again after a kill (counted at each kill above)
+    # and those in flight at a kill that never ran again (2 trials at a time, 2 kills); a trial
+    # started just before a kill and in no saved state is replaced by a new one, not counted
+    assert sum(len(runs[tid]) for tid in trials) - sum(t["epochs"] for t in trials.values()) <= lost + 4
 
 
 def test_a_save_cut_short_by_a_kill_is_set_aside_before_resuming(tmp_path):
