@@ -470,3 +470,65 @@ def test_a_save_cut_short_by_a_kill_is_set_aside_before_resuming(tmp_path):
     assert set_aside_broken_saves(str(tmp_path), log=lines.append) == [str(tmp_path / "tuner.pkl")]
     assert pickle.loads((tmp_path / "tuner.pkl").read_bytes()) == {"settings": list(range(100))}
     assert "tuner.pkl was cut short" in lines[-1]
+
+
+@pytest.mark.slow(20)
+def test_a_kill_between_checkpoint_deletion_and_state_save_loses_no_trial(ray_local, tmp_path, sweep_file):
+    """Tune deletes a trial's previous checkpoint when it registers the next one and saves the
+    sweep state naming the new one a moment later (ray-project/ray#27790). Here the driver "dies"
+    exactly there: Tune's first forced state save after a trial's second checkpoint raises, and
+    nothing is written after it. The saved state then names a checkpoint that is gone, which Tune
+    fails to restore; the resume puts it back, and the trial reports that epoch again instead of
+    training it again. Found by the kill test above, whose kills land there by chance."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    from stas_sweep.sweep.runner import experiment_path, run_sweep
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.sweep.synthetic import sweep_trainable
+
+    epochs = 3
+    spec = load_spec(sweep_file(tmp_path, search={"sampler": "random", "seed": 0, "num_samples": 2},
+                                scheduler={"type": "fifo", "max_epochs": epochs}, max_concurrent_trials=2))
+    exp = Path(experiment_path(spec))
+    log = tmp_path / "epochs"
+    log.mkdir()
+
+    def trial(config, *, epochs, epsilons):  # an epoch lasts long enough for the "kill" to land inside the next one
+        sweep_trainable(config, epochs=epochs, epsilons=epsilons, sleep=0.5, epoch_log=str(log))
+
+    save, dead = _ExperimentCheckpointManager.sync_up_experiment_state, []
+
+    def sync_up(self, save_fn, force=False, wait=False):
+        if dead:
+            return  # a dead driver writes nothing more
+        if self._should_force_sync_up and any(not (d / "checkpoint_000000").exists() for d in exp.glob("trial_*")
+                                              if (d / "checkpoint_000001").exists()):
+            dead.append(True)
+            raise RuntimeError("the driver is killed")
+        save(self, save_fn, force, wait=True)  # every earlier state reaches storage before the next
+
+    mp = pytest.MonkeyPatch()
+    with mp.context() as m:
+        m.setattr(_ExperimentCheckpointManager, "sync_up_experiment_state", sync_up)
+        with pytest.raises(Exception):
+            run_sweep(spec, trainable=trial, verbose=0)
+    assert dead
+    state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
+    named = {json.loads(t)["trial_id"]: json.loads(meta)["last_result"].get("checkpoint_dir_name")
+             for t, meta in state["trial_data"]}
+    lost = [tid for tid, name in named.items() if name == "checkpoint_000000"
+            and not next(exp.glob(f"trial_{tid}_*/checkpoint_000000"), None)]
+    assert lost, named  # without the repair, Tune fails these trials on resume
+
+    lines = []
+    result = run_sweep(spec, resume=True, trainable=trial, verbose=0, log=lines.append)
+    assert all(t["status"] == "finished" and t["epochs"] == epochs for t in result.trials), result.trials
+    assert any("reported again, not trained again" in ln for ln in lines), lines
+    runs = _epoch_log(log)
+    for tid in lost:
+        ran = [e for e, *_ in runs[tid]]
+        assert ran.count(1) == ran.count(2) == 1, ran  # epoch 2 was reported again, not run again
+        assert set(ran) == {1, 2, 3}  # epoch 3 may have started before the kill and run again after it
+        rows = [json.loads(ln) for ln in next(exp.glob(f"trial_{tid}_*/result.json")).read_text().splitlines()]
+        assert [r["training_iteration"] for r in rows if not r.get("replayed")] == [1, 2, 3]
+        assert all(r["epoch"] == r["training_iteration"] for r in rows)  # Tune's count follows the epochs

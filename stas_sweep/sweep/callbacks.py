@@ -16,6 +16,7 @@ import json
 
 from ray import tune
 
+from .checkpoints import REPLAYED
 from .front import TRIAL_METRICS, front_of, trial_points
 
 
@@ -40,6 +41,8 @@ class TrackerCallback(tune.Callback):
         self.tracker.child(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(REPLAYED):  # logged by the driver that was killed (see checkpoints.py)
+            return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = {k: result[k] for k in TRIAL_METRICS if k in result}
         self.tracker.trial_result(trial.trial_id, trial.config, metrics, step)

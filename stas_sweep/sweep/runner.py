@@ -22,6 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoints import restore_lost_checkpoints
 from .front import front_of, trial_points
 from .space import SweepSpec
 from .trainable import train_stage1, train_trial
@@ -257,6 +258,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     trainable = tune.with_resources(fn, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
     if resume:
         set_aside_broken_saves(path, log=log)
+        restore_lost_checkpoints(path, log=log)
         # the scheduler and its MOASHAStateCallback come back from tuner.pkl; Tune then puts the
         # callbacks' state (MOASHA's rung records) of the last experiment checkpoint back
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)

@@ -26,8 +26,11 @@ import json
 import math
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+from . import checkpoints
 
 
 def curve(h: float, q: float, epoch: int, *, seed: int = 0, noise: float = 0.0) -> dict:
@@ -45,22 +48,15 @@ def curve(h: float, q: float, epoch: int, *, seed: int = 0, noise: float = 0.0) 
 
 def _checkpointed_epoch() -> int:
     """The last epoch in the trial's Tune checkpoint (0 for a fresh trial)."""
-    from ray import tune
-
-    ck = tune.get_checkpoint()
-    if ck is None:
-        return 0
-    with ck.as_directory() as d:
-        return int(open(f"{d}/epoch").read())
+    with tempfile.TemporaryDirectory() as d:
+        return int(Path(d, "epoch").read_text()) if checkpoints.resume_files(d) else 0
 
 
 def _report(metrics: dict, epoch: int) -> None:
     """``tune.report`` with a checkpoint that holds only the epoch (the curves need no weights)."""
-    from ray import tune
-
     with tempfile.TemporaryDirectory() as d:
-        open(f"{d}/epoch", "w").write(str(epoch))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        Path(d, "epoch").write_text(str(epoch))
+        checkpoints.report(metrics, {"epoch": Path(d, "epoch")})
 
 
 def trainable(config: dict) -> None:

@@ -10,7 +10,6 @@ yields several candidate points for the front.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from ..train.config import TrainConfig
 from ..train.run import final_evaluation
 from ..train.threads import set_threads, threads_for_cpus
 from ..train.trainer import Trainer
+from . import checkpoints
 from .front import REPORT_KEYS
 from .space import trial_config
 
@@ -49,13 +49,7 @@ def train_trial(config: dict, *, base: TrainConfig, epochs: int, epsilons: list[
     use_trial_threads()
     cfg = trial_config(base, config, epochs)
     out = Path(tune.get_context().get_trial_dir()) / "train"
-    resume = False
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:  # a retried or resumed trial continues from its last epoch
-        with checkpoint.as_directory() as d:
-            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(d) / "last.pt", out / "checkpoints" / "last.pt")
-        resume = True
+    resume = checkpoints.resume_files(out / "checkpoints")  # a retried or resumed trial continues from its last epoch
     trainer = Trainer(cfg, out, resume=resume, progress=False, log=None,
                       init_weights=None if resume else stage1_weights)
     for epoch in range(trainer.epoch, cfg.epochs):
@@ -64,9 +58,7 @@ def train_trial(config: dict, *, base: TrainConfig, epochs: int, epsilons: list[
         report["full_budget"] = epoch + 1 == epochs
         if epoch + 1 == epochs:
             report["epsilon_table"] = json.dumps(final_evaluation(trainer, epsilons, grids))
-        with tempfile.TemporaryDirectory() as d:
-            shutil.copyfile(trainer.last_path, Path(d) / "last.pt")
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+        checkpoints.report(report, {"last.pt": trainer.last_path})
 
 
 def train_stage1(cfg: TrainConfig, out_dir: str | None) -> tuple[dict, list[dict]]:

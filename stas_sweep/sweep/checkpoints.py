@@ -1,0 +1,98 @@
+"""A trial's Tune checkpoints: each holds the report it was taken with, and survives a killed driver.
+
+Ray Tune 2.60 keeps one checkpoint per trial here (``CheckpointConfig(num_to_keep=1)``). It deletes
+the previous checkpoint as soon as it registers a new one, and saves the experiment state that
+names the new one a moment later (ray-project/ray#27790). A driver killed in between leaves a saved
+state naming a checkpoint that is gone, and on ``--resume`` Tune fails that trial ("Could not recover
+from checkpoint as it does not exist on storage anymore").
+
+So every checkpoint written by :func:`report` also holds its report (``report.json``). Before a
+resume, :func:`restore_lost_checkpoints` puts a lost checkpoint back as a copy of the trial's next
+one, marked ``replay.json``. The trial restored from it (:func:`resume_files`) reports that next
+epoch again from the copy: the same numbers, now counted by Tune and ranked by the scheduler,
+instead of an epoch trained twice or a trial lost. The report made again carries ``replayed``,
+and the MLflow callback does not log it a second time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+REPORT, REPLAY = "report.json", "replay.json"
+REPLAYED = "replayed"  # the key a report made again carries
+
+__all__ = ["report", "resume_files", "restore_lost_checkpoints"]
+
+
+def report(metrics: dict, files: dict[str, str | Path]) -> None:
+    """``tune.report(metrics)`` with a checkpoint of ``files`` (name in the checkpoint -> path to copy)
+    and of ``metrics`` itself."""
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as d:
+        for name, src in files.items():
+            shutil.copyfile(src, Path(d) / name)
+        (Path(d) / REPORT).write_text(json.dumps(metrics))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def resume_files(dest: str | Path) -> bool:
+    """Copy the files of the trial's Tune checkpoint into ``dest``; False for a fresh trial.
+
+    A checkpoint that :func:`restore_lost_checkpoints` put back is then reported again, with a
+    checkpoint of the copied files, before the trial goes on."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as d:
+        files = [p for p in Path(d).iterdir() if p.name not in (REPORT, REPLAY)]
+        for p in files:
+            shutil.copyfile(p, dest / p.name)
+        replay = json.loads((Path(d) / REPORT).read_text()) if (Path(d) / REPLAY).is_file() else None
+    # reported after the copy: Tune deletes this checkpoint once it registers the new one
+    if replay is not None:
+        report({**replay, REPLAYED: True}, {p.name: dest / p.name for p in files})
+    return True
+
+
+def restore_lost_checkpoints(path: str, log=print) -> list[str]:
+    """Before a resume: for each unfinished trial whose checkpoint in the newest experiment state is
+    gone (see the module docstring), put it back as a copy of the trial's next checkpoint, marked
+    to be reported again. Returns the checkpoints put back. Local storage only."""
+    if "://" in path:
+        return []
+    states = sorted(Path(path).glob("experiment_state-*.json"))
+    if not states:
+        return []
+    restored = []
+    for trial_json, meta_json in json.loads(states[-1].read_text())["trial_data"]:
+        trial, meta = json.loads(trial_json), json.loads(meta_json)
+        name = (meta.get("last_result") or {}).get("checkpoint_dir_name")
+        if trial["status"] in ("TERMINATED", "ERROR") or not name:
+            continue
+        lost = Path(path) / trial["relative_logdir"] / name
+        if lost.exists():
+            continue
+        later = sorted(p for p in lost.parent.glob("checkpoint_*")
+                       if p.name.split("_")[-1].isdigit() and p.name > name and (p / REPORT).is_file())
+        if not later:
+            log(f"warning: trial {trial['trial_id']}: its checkpoint {lost} is gone and no later one was kept; "
+                f"Tune will fail this trial on resume")
+            continue
+        part = lost.with_name(lost.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.copytree(later[0], part)
+        (part / REPLAY).write_text(json.dumps({"copy_of": later[0].name}))
+        os.replace(part, lost)
+        restored.append(str(lost))
+        log(f"trial {trial['trial_id']}: the driver was killed between Tune deleting {name} and saving the "
+            f"sweep state; resuming from {later[0].name}, whose epoch is reported again, not trained again")
+    return restored
