@@ -498,7 +498,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
               f"view, filtered to tags.pareto = 'true':\n  {browse_url(base, sweep['experiment_id'])}", flush=True)
     except ValueError:  # no sweep with points in this store yet (TrackingError), or a store that cannot be read
         pass
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    # the web server alone: MLflow 3's job runner (GenAI evaluation jobs, five more Python processes
+    # importing MLflow) serves nothing a sweep logs; MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true keeps it
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
 
     def stop() -> None:
         if proc.poll() is not None:

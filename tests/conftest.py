@@ -4,6 +4,7 @@ and never import each other."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -234,6 +235,28 @@ def ray_local(tmp_path_factory):
         os.environ.update(saved)
     yield tmp_path_factory.mktemp("tune")
     ray.shutdown()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a process that ended meanwhile
+            if proc.name.isdigit():
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(proc.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@pytest.fixture
+def descendants():
+    """``descendants(pid) -> [pid, ...]``: every process below ``pid``, from /proc."""
+    return _descendants
 
 
 @pytest.fixture

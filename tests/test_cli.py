@@ -1,5 +1,6 @@
 """The command line: models and energy."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def test_help_lists_commands(capsys):
 
 
 @pytest.mark.slow(30)
-def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port, mlflow_db):
+def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port, mlflow_db, descendants):
+    """``stas-sweep ui`` serves ./mlflow.db on 127.0.0.1 with the web server alone (one worker by
+    default, MLflow's job runner off), and stopping the command stops the server."""
     import os
     import signal
     import subprocess
@@ -100,6 +103,12 @@ def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port, mlflow_db)
                 time.sleep(0.5)
         else:
             raise AssertionError("the UI did not answer")
+        server = []
+        for pid in descendants(proc.pid):
+            with contextlib.suppress(OSError):  # a process that ended meanwhile
+                server.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        assert any("uvicorn" in c and "--workers 1 " in c for c in server), server  # MLflow's default is 4
+        assert not any("mlflow.server.jobs" in c for c in server), server
         # stopping the command (SIGTERM to stas-sweep alone, as a service manager does) stops the server
         proc.terminate()
         out = proc.communicate(timeout=60)[0]

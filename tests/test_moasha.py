@@ -280,22 +280,6 @@ def _snapshot(exp: Path) -> tuple[dict, dict]:
     return trials, moasha
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children, ...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):  # a process that ended meanwhile
-            if proc.name.isdigit():
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(proc.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _kill_ray_under(folder: str) -> None:
     """End the processes of a Ray cluster this test started (their command lines name its temp dir)."""
     for proc in Path("/proc").iterdir():
@@ -307,7 +291,7 @@ def _kill_ray_under(folder: str) -> None:
 
 
 @pytest.mark.slow(80)
-def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(tmp_path, sweep_file):
+def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(tmp_path, sweep_file, descendants):
     """`run_sweep` in a subprocess on synthetic trials: Ctrl-C (SIGINT to its process group), resume,
     SIGKILL, resume. Every rung record of the checkpoint taken before each kill is still there,
     unchanged, at the end; a trial finished before a kill runs no epoch after it; an unfinished one
@@ -385,7 +369,7 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
         proc = start("--resume")
         started = len(_epoch_log(log))
         wait_until(proc, lambda r: len(r) >= started + 2)
-        tree = _descendants(proc.pid)  # its Ray: GCS, raylet and the trial workers below them
+        tree = descendants(proc.pid)  # its Ray: GCS, raylet and the trial workers below them
         os.killpg(proc.pid, signal.SIGKILL)
         for pid in tree:  # at once, so that no orphaned worker goes on running epochs
             with contextlib.suppress(ProcessLookupError):

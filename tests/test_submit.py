@@ -38,7 +38,8 @@ def head_and_mlflow(tmp_path, free_port, mlflow_db, stop_ray):
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                mlflow_db(tmp_path, "server.db"), "--artifacts-destination",
                                str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(ml), "--workers", "1"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              env=dict(env, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),  # as cluster/README says
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         subprocess.run(["ray", "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
                         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={ray_tmp}",
