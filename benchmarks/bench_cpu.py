@@ -42,25 +42,33 @@ BATCH, THREADS = 16, 2
 
 # -- workers ------------------------------------------------------------------------------------
 
-def _ours(stem: str, neuron: str):
-    import torch
+def sj_lifnodes(model):
+    """Put spikingjelly 2.0's ``LIFNode`` with the same settings in place of every FusedLIF of ``model``."""
     from spikingjelly.activation_based import neuron as sj_neuron
     from spikingjelly.activation_based import surrogate
 
+    from stas_sweep.models.neuron import FusedLIF
+
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, FusedLIF):
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, sj_neuron.LIFNode(
+                tau=mod.tau, v_threshold=mod.v_threshold, v_reset=mod.v_reset, detach_reset=mod.detach_reset,
+                surrogate_function=surrogate.Sigmoid(alpha=mod.alpha), step_mode="m"))  # no weights: any device
+    return model
+
+
+def _ours(stem: str, neuron: str):
+    import torch
+
     from stas_sweep import create_model
     from stas_sweep.models.diagnostics import calibrate_batchnorm
-    from stas_sweep.models.neuron import FusedLIF
 
     torch.manual_seed(0)
     model = create_model("spikformer-4-384", num_classes=10, stem=stem)
     calibrate_batchnorm(model, torch.rand(BATCH, 3, 32, 32))
     if neuron == "sj":  # the same model with spikingjelly 2.0's LIFNode in every place
-        for name, mod in list(model.named_modules()):
-            if isinstance(mod, FusedLIF):
-                parent, _, leaf = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, leaf, sj_neuron.LIFNode(
-                    tau=mod.tau, v_threshold=mod.v_threshold, v_reset=mod.v_reset, detach_reset=mod.detach_reset,
-                    surrogate_function=surrogate.Sigmoid(alpha=mod.alpha), step_mode="m"))
+        sj_lifnodes(model)
     return model, (lambda out: out.logits), (lambda: None)
 
 

@@ -19,6 +19,8 @@
 
 Untrained weights, batch norm calibrated on the batch; a shared CPU is noisy, so read the
 ratios within one run. The load average before and after each section is printed with it.
+The functions take a ``device`` (default ``cpu``); ``benchmarks/bench_gpu.py`` runs section 1
+on CUDA with them.
 """
 
 from __future__ import annotations
@@ -42,15 +44,23 @@ def load() -> str:
     return "load %.1f/%.1f/%.1f" % os.getloadavg()
 
 
-def interleaved(cases: dict, repeats: int) -> dict:
+def sync(device) -> None:
+    """Wait for the device's queued kernels (CUDA runs asynchronously; the CPU needs nothing)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(cases: dict, repeats: int, device="cpu") -> dict:
     """Median seconds of each callable, run A, B, C, A, B, C ... after one warm-up round."""
     for fn in cases.values():
         fn()
     times = {k: [] for k in cases}
     for _ in range(repeats):
         for k, fn in cases.items():
+            sync(device)
             t0 = time.perf_counter()
             fn()
+            sync(device)
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -82,18 +92,21 @@ def infer(model, x):
     return run
 
 
-def build(name, batch, alpha=None, beta=0.0, seed=0):
+def build(name, batch, alpha=None, beta=0.0, seed=0, device="cpu"):
+    """The static model and its halting twin (same weights) on ``device``, and a batch there;
+    weights and batch are drawn on the CPU, so every device starts from the same numbers."""
     from stas_sweep import create_model
     from stas_sweep.models.diagnostics import calibrate_batchnorm
 
     torch.manual_seed(seed)
     x = torch.rand(batch, 3, 32, 32)
     y = torch.randint(0, 100, (batch,))
-    static = create_model(name, num_classes=100, img_size=32, stem="isps")
+    x, y = x.to(device), y.to(device)
+    static = create_model(name, num_classes=100, img_size=32, stem="isps").to(device)
     calibrate_batchnorm(static, x)
     alpha = FAMILY_HALT[name.split("-")[0]] if alpha is None else alpha
     halting = create_model(name, num_classes=100, img_size=32, stem="isps",
-                           halting=dict(alpha=alpha, beta=beta, epsilon=0.01))
+                           halting=dict(alpha=alpha, beta=beta, epsilon=0.01)).to(device)
     halting.load_state_dict(static.state_dict())
     return static.eval(), halting.eval(), x, y
 
@@ -135,8 +148,9 @@ def saved_bytes(model, x, y) -> int:
     return sum(seen.values())
 
 
-def packed_section(name, batch, ratios, repeats) -> list[str]:
-    static, halting, x, y = build(name, batch)
+def packed_section(name, batch, ratios, repeats, device="cpu") -> list[dict]:
+    """One measurement per target ratio: the numbers, and ``row``, their line of the table."""
+    static, halting, x, y = build(name, batch, device=device)
     rows = []
     for target in ratios:
         beta = beta_for(halting, x, target)
@@ -151,9 +165,9 @@ def packed_section(name, batch, ratios, repeats) -> list[str]:
                 return g
             return f
         inf = interleaved({"static": infer(static, x), "packed": use(True)(infer(halting, x)),
-                           "dense": use(False)(infer(halting, x)), "stem": stem_only(static, x)}, repeats)
+                           "dense": use(False)(infer(halting, x)), "stem": stem_only(static, x)}, repeats, device)
         trn = interleaved({"static": train_step(static, x, y), "packed": use(True)(train_step(halting, x, y)),
-                           "dense": use(False)(train_step(halting, x, y))}, repeats)
+                           "dense": use(False)(train_step(halting, x, y))}, repeats, device)
         halting.packed_halting = True
         mem_p = saved_bytes(halting, x, y)
         halting.packed_halting = False
@@ -163,11 +177,14 @@ def packed_section(name, batch, ratios, repeats) -> list[str]:
         ok_i = "yes" if ri <= ratio + 0.15 + (0.0 if ratio < 0.99 else -0.05) else "no"
         ok_t = "yes" if rt <= ratio + 0.25 and (ratio < 0.99 or rt <= 1.1) else "no"
         stem = inf["stem"] / inf["static"]  # the stem runs before any halting: a floor under the time
-        rows.append(f"| {name} | {batch} | {beta:.2f} | {ratio:.3f} | {inf['static'] / batch * 1e3:.1f} | "
-                    f"{ri:.2f} ({ok_i}) | {stem:.2f} -> {stem + (1 - stem) * ratio:.2f} | "
-                    f"{inf['dense'] / inf['static']:.2f} | {trn['static'] / batch * 1e3:.1f} | "
-                    f"{rt:.2f} ({ok_t}) | {trn['dense'] / trn['static']:.2f} | {mem_p / 2**20:.0f} / {mem_d / 2**20:.0f} |")
-        print(rows[-1], load(), flush=True)
+        row = (f"| {name} | {batch} | {beta:.2f} | {ratio:.3f} | {inf['static'] / batch * 1e3:.1f} | "
+               f"{ri:.2f} ({ok_i}) | {stem:.2f} -> {stem + (1 - stem) * ratio:.2f} | "
+               f"{inf['dense'] / inf['static']:.2f} | {trn['static'] / batch * 1e3:.1f} | "
+               f"{rt:.2f} ({ok_t}) | {trn['dense'] / trn['static']:.2f} | {mem_p / 2**20:.0f} / {mem_d / 2**20:.0f} |")
+        rows.append({"model": name, "batch": batch, "target": target, "beta": beta, "token_ratio": ratio,
+                     "infer_s": inf, "train_s": trn, "saved_bytes_packed": mem_p, "saved_bytes_dense": mem_d,
+                     "row": row})
+        print(row, load(), flush=True)
     return rows
 
 
@@ -260,7 +277,8 @@ def main() -> None:
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            lines += packed_section(name, batch, [float(r) for r in args.ratios.split(",")], args.repeats)
+            lines += [r["row"] for r in packed_section(name, batch, [float(r) for r in args.ratios.split(",")],
+                                                       args.repeats)]
     lines.append(f"\n({load()} at the end.)")
     text = "\n".join(lines) + "\n"
     print(text)

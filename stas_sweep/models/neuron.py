@@ -155,7 +155,7 @@ class FusedLIF(base.MemoryModule):
                 raise ValueError(f"{type(self).__name__}: input step shape {tuple(x_seq.shape[1:])} does not match "
                                  f"the membrane state {tuple(v.shape)}; call functional.reset_net between batches")
             v = torch.full(x_seq.shape[1:], float(v), dtype=x_seq.dtype, device=x_seq.device)
-        if x_seq.is_cuda:  # spikingjelly's own fused CUDA/Triton kernel: one launch for all T (not measured here)
+        if x_seq.is_cuda:  # spikingjelly's fused kernel, one launch for all T (H200: docs/benchmarks.md)
             from spikingjelly.activation_based import functional, surrogate
 
             spikes, self.v, _ = functional.lif_multi_step(
