@@ -16,11 +16,14 @@ TRIALS = 5  # enough that Ctrl-C, sent when the first trial finishes, lands with
 
 
 @pytest.mark.slow(110)
-def test_sweep_end_to_end_through_ctrl_c_and_resume(sweep_env, sweep_file, cli, mlflow_runs, monkeypatch, capsys):
+def test_sweep_end_to_end_through_ctrl_c_and_resume(sweep_env, sweep_file, ray_local, mlflow_runs, monkeypatch,
+                                                    capsys):
     """The README's main job on the tiny sweep (stage 1 trained through Ray, Optuna TPE, MOASHA,
     MLflow), stopped with Ctrl-C once a trial has finished and completed with ``--resume``: the
     interrupted run is KILLED with a hint, the finished sweep has every trial, point and front
-    exactly once, and no epoch was logged twice."""
+    exactly once, and no epoch was logged twice. The first run is a fresh ``stas-sweep`` process
+    with its own Ray; the resume runs in this process on the session's Ray (the command attaches
+    to a Ray that is already up, as it does inside a Ray job)."""
     folder, env = sweep_env
     ok, diverges = 5e-3, 1.0e30  # the searched learning rates: 1e30 blows the loss up, a failing trial
     space = sweep_file(folder, fresh_stage1=True, search={
@@ -52,15 +55,14 @@ def test_sweep_end_to_end_through_ctrl_c_and_resume(sweep_env, sweep_file, cli, 
                        if c.data.tags.get("stas.role") == "trial" and c.data.tags.get("full_budget") == "true"}
     assert 1 <= len(finished_before) < TRIALS
 
-    # the commands that only read or refuse run in this process (one interpreter start each saved)
     monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     assert main(["run", str(space)]) == 2  # a plain second run refuses to overwrite the stopped sweep
     assert "--resume" in capsys.readouterr().err
 
-    proc = cli(["run", str(space), "--resume"], env, folder)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "on the front" in proc.stdout and "tags.pareto = 'true'" in proc.stdout
+    assert main(["run", str(space), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "on the front" in out and "tags.pareto = 'true'" in out
 
     client, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
     children = [c for c in runs if c.data.tags.get("stas.role") == "trial"]
