@@ -45,7 +45,9 @@ continues with the rung records of its last experiment checkpoint. The runner ke
 checkpoint per trial, which makes Tune save the experiment state after every reported epoch: the
 trial states and the rung records of that save are the same instant, and a trial the driver saw
 finish is never run again (only an epoch in flight at the kill is). Tested with a real driver
-killed twice (``tests/test_moasha.py``).
+killed twice (``tests/test_moasha.py``). Tune deletes a trial's previous checkpoint a moment before
+that save; a kill in between is repaired at resume by :mod:`.checkpoints`, and the trial's epoch
+is reported again to the scheduler, not trained again.
 """
 
 from __future__ import annotations
