@@ -121,11 +121,12 @@ def test_ui_serves_the_default_store_on_loopback(tmp_path, free_port, mlflow_db,
                 break
         else:
             raise AssertionError("the MLflow server outlived `stas-sweep ui`")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # stas-sweep's own group; the server has its own session
-        except ProcessLookupError:
-            pass
+    finally:  # on a failed check too: the server (its own session) and then stas-sweep's group
+        for pid in [*descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert f"sqlite:///{tmp_path.resolve()}/mlflow.db" in out and f"http://127.0.0.1:{port}" in out
 
 
