@@ -516,3 +516,33 @@ def test_a_kill_between_checkpoint_deletion_and_state_save_loses_no_trial(ray_lo
         rows = [json.loads(ln) for ln in next(exp.glob(f"trial_{tid}_*/result.json")).read_text().splitlines()]
         assert [r["training_iteration"] for r in rows if not r.get("replayed")] == [1, 2, 3]
         assert all(r["epoch"] == r["training_iteration"] for r in rows)  # Tune's count follows the epochs
+
+
+def test_a_lost_checkpoint_is_put_back_from_the_next_one_or_named(tmp_path):
+    """The repair of the test above on a written state: an unfinished trial whose checkpoint is gone
+    gets a copy of its next checkpoint, marked to be reported again; a trial with no later
+    checkpoint is named in a warning; finished trials and kept checkpoints are left alone."""
+    from stas_sweep.sweep.checkpoints import REPLAY, REPORT, restore_lost_checkpoints
+
+    def trial(tid, status, ckpt, later=None):
+        folder = tmp_path / f"trial_{tid}"
+        folder.mkdir()
+        if later:
+            (folder / later).mkdir()
+            (folder / later / REPORT).write_text('{"epoch": 3}')
+            (folder / later / "last.pt").write_bytes(b"weights")
+        return [json.dumps({"trial_id": tid, "status": status, "relative_logdir": folder.name}),
+                json.dumps({"last_result": {"checkpoint_dir_name": ckpt}})]
+
+    state = {"trial_data": [trial("a", "RUNNING", "checkpoint_000001", later="checkpoint_000002"),
+                            trial("b", "PAUSED", "checkpoint_000004"),
+                            trial("c", "TERMINATED", "checkpoint_000002")]}
+    (tmp_path / "experiment_state-2026-01-01_10-00-00.json").write_text(json.dumps(state))
+    lines = []
+    assert restore_lost_checkpoints(str(tmp_path), log=lines.append) == [str(tmp_path / "trial_a/checkpoint_000001")]
+    put_back = tmp_path / "trial_a/checkpoint_000001"
+    assert sorted(p.name for p in put_back.iterdir()) == sorted(["last.pt", REPORT, REPLAY])
+    assert (put_back / "last.pt").read_bytes() == b"weights"
+    assert any("trial b" in ln and "checkpoint_000004 is gone" in ln for ln in lines), lines
+    assert not any("trial c" in ln for ln in lines)
+    assert restore_lost_checkpoints(str(tmp_path), log=lines.append) == []  # nothing more to put back

@@ -76,7 +76,7 @@ def restore_lost_checkpoints(path: str, log=print) -> list[str]:
     for trial_json, meta_json in json.loads(states[-1].read_text())["trial_data"]:
         trial, meta = json.loads(trial_json), json.loads(meta_json)
         name = (meta.get("last_result") or {}).get("checkpoint_dir_name")
-        if trial["status"] in ("TERMINATED", "ERROR") or not name:
+        if trial.get("status") in ("TERMINATED", "ERROR") or not name or not trial.get("relative_logdir"):
             continue
         lost = Path(path) / trial["relative_logdir"] / name
         if lost.exists():
