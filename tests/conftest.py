@@ -82,6 +82,14 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=seconds, reverse=True)  # stable: the rest keep pytest's order
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder. MLflow puts the artifacts of an experiment
+    in ./mlruns of the process that creates it, and nothing a test writes may land in the
+    repository (tests name repository files by absolute paths)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def tiny_config() -> dict:
     """A fresh copy of the tiny training config."""
@@ -142,7 +150,8 @@ def _mlflow_template(tmp_path_factory) -> Path:
     import mlflow
 
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    with contextlib.chdir(path.parent):  # the Default experiment's artifacts: ./mlruns when it is made
+        mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
 
 
@@ -330,6 +339,7 @@ def trained_stage1(tmp_path_factory, _mlflow_template):
     cfg = _write_yaml(root / "s1.yaml", dict(TINY, tracking={"experiment": "t", "enabled": True}))
     shutil.copyfile(_mlflow_template, root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    rc = main(["train", str(cfg), "--output-dir", str(root / "run"), "--no-progress", "--tracking-uri", uri])
+    with contextlib.chdir(root):  # MLflow puts a new experiment's artifacts in ./mlruns
+        rc = main(["train", str(cfg), "--output-dir", str(root / "run"), "--no-progress", "--tracking-uri", uri])
     assert rc == 0
     return root, uri
