@@ -65,6 +65,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_halting import sync  # benchmarks/ is on the path when a script there runs
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"model": "spikformer-4-384", "families": ("spikformer", "spikingformer", "spikedriven"), "L-D": "4-384",
@@ -85,14 +86,20 @@ LIF_SETTINGS = [  # v_threshold, v_reset, detach_reset, where it is used (tau 2,
 
 # -- shared pieces --------------------------------------------------------------------------------
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def short_error(tb: str) -> str:
     """The last line of a traceback (the exception and its message), fit for a table cell."""
     return tb.strip().splitlines()[-1].replace("|", "/")[:200]
+
+
+def measured(row: dict, measure, blanks: int) -> str:
+    """The table cells ``measure(row)`` returns (it fills ``row``); when it raises, the traceback
+    goes into ``row["error"]``, its last line into the first cell and ``blanks`` cells stay empty,
+    so one failing case does not stop the table."""
+    try:
+        return measure(row)
+    except Exception:
+        row["error"] = traceback.format_exc()
+        return f"**error**: {short_error(row['error'])}" + " |" * blanks
 
 
 class Budget:
@@ -245,17 +252,16 @@ def neuron_rows(sz: dict, device: torch.device) -> tuple[list[str], list[dict]]:
             if name == "cpu":
                 continue
             row = {"setting": setting[:3], "input": kind, "dtype": str(dtype), "route": name}
-            try:
+
+            def measure(row, route=route):
                 s, v, gr = _run_lif(route, leaf, expand, grad, setting, dtype)
                 row.update(spikes_dtype=str(s.dtype), spike_rate=float(s.float().mean()),
                            mismatches=int((s.float().cpu() != ref[0]).sum()), elements=s.numel(),
                            max_dv=float((v.float().cpu() - ref[1]).abs().max()),
                            max_dgrad=float((gr.float().cpu() - ref[2]).abs().max()))
-                cells = (f"{row['spikes_dtype']} | {row['spike_rate']:.3f} | {row['mismatches']} / {row['elements']} | "
-                         f"{row['max_dv']:.2e} | {row['max_dgrad']:.2e}")
-            except Exception:
-                row["error"] = traceback.format_exc()
-                cells = f"**error**: {short_error(row['error'])} | | | |"
+                return (f"{row['spikes_dtype']} | {row['spike_rate']:.3f} | {row['mismatches']} / {row['elements']} | "
+                        f"{row['max_dv']:.2e} | {row['max_dgrad']:.2e}")
+            cells = measured(row, measure, blanks=4)
             raw.append(row)
             lines.append(f"| {setting[0]}, {setting[1]}, {setting[2]} | {setting[3]} | {kind} | "
                          f"{str(dtype).removeprefix('torch.')} | {name} | {cells} |")
@@ -342,19 +348,17 @@ def model_rows(sz: dict, device: torch.device) -> tuple[list[str], list[dict]]:
         del record
         for route, patch in (("spikingjelly kernel", contextlib.nullcontext), ("our loop", reference_loop)):
             row = {"model": name, "halting": halting, "route": route, "replay": replay}
-            try:
+
+            def measure(row, patch=patch):
                 logits, ratio, grads = _model_pass(dev_model, x.to(device), y.to(device), patch)
-                worst = max(grads, key=lambda n: float((grads[n] - ref[2][n]).abs().max()) /
-                            max(float(ref[2][n].abs().max()), 1e-12))
+                rel = {n: float((g - ref[2][n]).abs().max()) / max(float(ref[2][n].abs().max()), 1e-12)
+                       for n, g in grads.items()}  # per parameter: max abs difference / max abs gradient
+                worst = max(rel, key=rel.get)
                 row.update(max_dlogits=float((logits - ref[0]).abs().max()), max_logit=float(ref[0].abs().max()),
-                           ratio_cpu=ref[1], ratio_device=ratio, worst_param=worst,
-                           worst_rel_dgrad=float((grads[worst] - ref[2][worst]).abs().max())
-                           / max(float(ref[2][worst].abs().max()), 1e-12))
-                cells = (f"{row['max_dlogits']:.2e} ({row['max_logit']:.2f}) | {ratio_str(ref[1], ratio)} | "
-                         f"{row['worst_rel_dgrad']:.2e} ({worst})")
-            except Exception:
-                row["error"] = traceback.format_exc()
-                cells = f"**error**: {short_error(row['error'])} | |"
+                           ratio_cpu=ref[1], ratio_device=ratio, worst_param=worst, worst_rel_dgrad=rel[worst])
+                return (f"{row['max_dlogits']:.2e} ({row['max_logit']:.2f}) | {ratio_str(ref[1], ratio)} | "
+                        f"{row['worst_rel_dgrad']:.2e} ({worst})")
+            cells = measured(row, measure, blanks=2)
             raw.append(row)
             shown = route == "spikingjelly kernel"  # the replay runs that route; one cell per model
             lines.append(f"| {name} | {'yes' if halting else 'no'} | {route} | {cells} | "
