@@ -29,6 +29,7 @@ __all__ = ["DigitsDataset", "digits_split", "load_digits_arrays", "DIGITS_VAL_FR
 
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+N_DIGITS = 1797  # samples in the file
 # bit i (most significant first) set: sample i of the file is in the validation split
 _VAL_MASK = (
     "000004883524104000064100934205001a00080100240028062c12001000940a009019120420f8a0028110a000080a88"
@@ -54,7 +55,7 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def digits_split() -> tuple[np.ndarray, np.ndarray]:
     """Indices (into the file's order) of the fixed stratified (train, val) split, each sorted."""
-    val = np.unpackbits(np.frombuffer(bytes.fromhex("".join(_VAL_MASK)), dtype=np.uint8))[:1797].astype(bool)
+    val = np.unpackbits(np.frombuffer(bytes.fromhex(_VAL_MASK), dtype=np.uint8))[:N_DIGITS].astype(bool)
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
