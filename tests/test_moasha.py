@@ -546,3 +546,26 @@ def test_a_lost_checkpoint_is_put_back_from_the_next_one_or_named(tmp_path):
     assert any("trial b" in ln and "checkpoint_000004 is gone" in ln for ln in lines), lines
     assert not any("trial c" in ln for ln in lines)
     assert restore_lost_checkpoints(str(tmp_path), log=lines.append) == []  # nothing more to put back
+
+
+def test_an_epoch_reported_again_after_a_kill_is_not_logged_twice(tmp_path, sweep_file, mlflow_db):
+    """Real MLflow (sqlite): the driver callback logs each epoch of a trial once; the report a
+    restored trial makes again (``replayed``, see sweep/checkpoints.py) was logged by the driver
+    that was killed, so the resumed driver does not log it a second time."""
+    from types import SimpleNamespace
+
+    from stas_sweep.sweep.callbacks import TrackerCallback
+    from stas_sweep.sweep.checkpoints import REPLAYED
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import SweepTracker
+
+    uri = mlflow_db(tmp_path)
+    spec = load_spec(sweep_file(tmp_path))
+    tracker = SweepTracker(uri, spec.experiment, spec.name, str(tmp_path / "results"), spec.objectives)
+    tracker.start_parent(spec, "plan")
+    callback = TrackerCallback(tracker, spec.objectives, spec.reference)
+    trial = SimpleNamespace(trial_id="t1", config={"halting.beta": -6.0})
+    for epoch, extra in ((1, {}), (2, {}), (2, {REPLAYED: True}), (3, {})):
+        callback.on_trial_result(0, [], trial, {"epoch": epoch, "accuracy": 10.0 * epoch, "energy_mj": 1.0, **extra})
+    history = tracker.client.get_metric_history(tracker.runs["t1"], "accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3]
