@@ -214,14 +214,19 @@ def test_tracking_outage_mid_run_loses_no_metrics(tmp_path, tiny_config, capfd, 
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
     assert err.count("warning: MLflow store") == 1 and "database is locked" in err
-    assert "answers again: 2 delayed call(s) sent" in err  # epoch 1 (kept), then epoch 2
+    assert "answers again" in err  # however many retries the outage took
     client = mlflow.MlflowClient(uri)
     (r,) = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
     assert r.info.status == "FINISHED"
-    for key in ("accuracy", "energy_mj", "train_loss"):
-        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) == [1, 2], key
-    assert [m.value for m in sorted(client.get_metric_history(r.info.run_id, "accuracy"), key=lambda m: m.step)] \
-        == [h["accuracy"] for h in run.history]
+    # the outcome: every metric of every epoch reached the store exactly once, with its value
+    per_epoch = [k for k in run.history[0] if k != "epoch" and isinstance(run.history[0][k], (int, float))]
+    assert {"accuracy", "energy_mj", "train_loss"} <= set(per_epoch) <= set(r.data.metrics)
+    for key in r.data.metrics:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {sorted(steps)}"
+    for key in per_epoch:
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, key))
+        assert logged == [(h["epoch"], pytest.approx(float(h[key]))) for h in run.history], key
     assert any(a.path == "curves.png" for a in client.list_artifacts(r.info.run_id))
 
 
