@@ -338,12 +338,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .tracking import default_tracking_uri
 
     spec = load_spec(args.file)
-    from .sweep.runner import local_resource_warnings
+    from .data.errors import DatasetNotFoundError
+    from .sweep.runner import check_data, local_resource_warnings
 
     print(f"{args.file}: ok")
     print(describe(spec, default_tracking_uri(args.tracking_uri or spec.tracking_uri)))
     for warning in local_resource_warnings(spec):
         print(warning, file=sys.stderr)
+    try:  # a warning here (the data may sit on a cluster's nodes); `run` on this machine refuses
+        check_data(spec)
+    except DatasetNotFoundError as e:
+        print(f"warning: {e}", file=sys.stderr)
     return 0
 
 
@@ -395,8 +400,10 @@ def _print_sweep_summary(result, spec, uri: str) -> None:
     counts: dict = {}
     for t in result.trials:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
-    print(f"\nsweep {spec.name}: {len(result.trials)} trials (" + ", ".join(f"{v} {k}" for k, v in counts.items())
-          + f"); {len(result.points)} candidate points, {len(result.front)} on the front; "
+    from .tables import plural
+
+    print(f"\nsweep {spec.name}: {plural(len(result.trials), 'trial')} (" + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + f"); {plural(len(result.points), 'candidate point')}, {len(result.front)} on the front; "
             f"hypervolume {result.hypervolume:.4g}")
     print(_front_table(result.front, spec.objectives, [p.key for p in spec.params]))
     print(f"\nbrowse it: stas-sweep ui{'' if uri.startswith('sqlite:///' + str(Path.cwd())) else ' --tracking-uri ' + uri}"
@@ -417,7 +424,8 @@ def _front_table(front: list[dict], objectives, params: list[str]) -> str:
         params = [k for k in params if k != "halting.method"]
     else:
         head = [Column(c, lambda p, c=c: number(p.get(c)), "<") for c in ("trial_id", "epsilon")]
-    cols = [*[m for m, _ in objectives], *params]
+    metrics = [m for m, _ in objectives]
+    cols = [*metrics, *(["token_ratio"] if "token_ratio" not in metrics else []), *params]
     return "\n".join(text_table(front, head + [Column(c, lambda p, c=c: number(p.get(c)), "<") for c in cols],
                                 sep="  "))
 
@@ -435,6 +443,7 @@ def _paper_table(rows: list[dict]) -> str:
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from .sweep.front import param_keys
+    from .tables import plural
     from .tracking import latest_sweep
 
     from .sweep.paper_results import DATASETS, SOURCE, paper_rows
@@ -449,7 +458,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         say(f"skipping sweep {s['name']} (experiment {s['experiment']!r}, run {s['run_id']}, {s['status']}): "
             f"no front points")
     say(f"sweep {sweep['name']} (experiment {sweep['experiment']!r}, run {sweep['run_id']}, {sweep['status']}): "
-        f"{len(front)} points on the front")
+        f"{plural(len(front), 'point')} on the front")
     if args.json:
         print(json.dumps({"front": front, "paper": paper} if args.paper else front, indent=2))
         return 0

@@ -351,6 +351,32 @@ CASES = [
          ["--tracking-uri", "may not contain"]),
     Case("train_tracking_uri_flag_scheme", {"c.yaml": TINY}, TRAIN + ["--tracking-uri", "gopher://h/x"],
          ["--tracking-uri", "unknown scheme 'gopher'"]),
+    # a sweep's checks of the data and the machine run before Ray and before MLflow: no mlflow.db,
+    # no parent run, no storage folder; the message is one line (layout and remedy included)
+    Case("run_missing_data_set", {"s.yaml": space_file(), "base.yaml": tiny(data={"name": "cifar10", "root": "{d}/nodata"})},
+         ["run", "{d}/s.yaml"], ["cifar10 data set not found", "{d}/nodata", "cifar-10-batches-py", "download: true"],
+         extra={"one_line": True}),
+    Case("run_missing_stage1_data_set", {"s.yaml": space_file(stage1={"config": "s1.yaml"}),
+                                         "s1.yaml": tiny(data={"name": "cifar10", "root": "{d}/nodata", "img_size": 16},
+                                                         halting=None),
+                                         "base.yaml": tiny(data={"name": "cifar10", "root": "{d}/data", "img_size": 16,
+                                                                 "download": True})},
+         ["run", "{d}/s.yaml"], ["cifar10 data set not found", "{d}/nodata"], extra={"one_line": True}),
+    Case("run_resources_beyond_this_machine", {"s.yaml": space_file(resources={"cpu": 4096, "gpu": 0}), "base.yaml": TINY},
+         ["run", "{d}/s.yaml"], ["s.yaml", "resources", "a trial needs 4096", "this machine has"],
+         extra={"one_line": True}),
+    Case("run_gpu_on_a_machine_without", {"s.yaml": space_file(resources={"cpu": 1, "gpu": 1}), "base.yaml": TINY},
+         ["run", "{d}/s.yaml"], ["s.yaml", "GPU: a trial needs 1, this machine has 0"],
+         extra={"one_line": True, "cpu_only": True}),
+    Case("validate_stage1_config_with_halting", {"s.yaml": space_file(stage1={"config": "s1.yaml"}),
+                                                 "s1.yaml": tiny(halting={"alpha": 5.0}), "base.yaml": TINY},
+         ["validate", "{d}/s.yaml"], ["s.yaml", "stage1.config", "halting on"]),
+    Case("validate_stage1_config_other_model", {"s.yaml": space_file(stage1={"config": "s1.yaml"}),
+                                                "s1.yaml": tiny(model={"name": "spikformer-2-32", "timesteps": 2,
+                                                                       "stem": "isps"}), "base.yaml": TINY},
+         ["validate", "{d}/s.yaml"], ["s.yaml", "stage1.config: model.name is 'spikformer-2-32'"]),
+    Case("validate_stage1_config_missing", {"s.yaml": space_file(stage1={"config": "nope.yaml"}), "base.yaml": TINY},
+         ["validate", "{d}/s.yaml"], ["s.yaml", "stage1.config: no such training config", "nope.yaml"]),
 ]
 
 
@@ -421,6 +447,8 @@ def test_bad_input_exits_2_naming_it(case: Case, tmp_path, tiny_checkpoint, caps
     for word in case.expect:
         assert _fill(word, d, tiny_checkpoint) in message[0], (word, message[0][:1000])
     assert len(message[0]) < 4200  # a long value is cut, not echoed whole
+    if case.extra.get("one_line"):
+        assert [line for line in err.splitlines() if line.strip()] == message[:1], err[-2000:]
     created = sorted(set(after) - set(before))
     if case.makes_out:
         created = [p for p in created if not p.startswith("out")]

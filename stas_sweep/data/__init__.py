@@ -16,12 +16,13 @@ to get it. torchvision, timm and spikingjelly are imported only when a data set 
 """
 
 from .errors import DataError, DatasetNotFoundError
-from .factory import DATA_ROOT_ENV, DATASET_NAMES, DEFAULT_IMG_SIZE, DataInfo, build_datasets, default_root
+from .factory import (DATA_ROOT_ENV, DATASET_NAMES, DEFAULT_IMG_SIZE, DataInfo, build_datasets, check_dataset,
+                      default_root)
 from .loaders import EpochDataLoader, EpochShuffleSampler, build_loaders, build_mixup, epoch_seed
 from .recipes import CIFAR_MEAN, CIFAR_STD, DEFAULT_RECIPES, IMAGENET_MEAN, IMAGENET_STD, TensorAugment
 
 __all__ = [
-    "build_datasets", "DataInfo", "DataError", "DatasetNotFoundError", "DATASET_NAMES", "DEFAULT_IMG_SIZE", "DATA_ROOT_ENV",
+    "build_datasets", "check_dataset", "DataInfo", "DataError", "DatasetNotFoundError", "DATASET_NAMES", "DEFAULT_IMG_SIZE", "DATA_ROOT_ENV",
     "default_root", "build_loaders", "build_mixup", "EpochDataLoader", "EpochShuffleSampler", "epoch_seed",
     "DEFAULT_RECIPES", "TensorAugment", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

@@ -37,10 +37,12 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
         self.problem = problem
         self.layout = layout.strip("\n")
         self.how_to_get = how_to_get.strip("\n")
+        # one line (the CLI prints a user error as one line): the layout's and the remedy's
+        # lines are joined with " | "
         message = (
-            f"{dataset} data set not found at {self.path}: {problem}\n"
-            f"Expected layout:\n{_indent(self.layout)}\n"
-            f"How to get it:\n{_indent(self.how_to_get)}"
+            f"{dataset} data set not found at {self.path}: {problem}. "
+            f"Expected layout: {_one_line(self.layout)}. "
+            f"How to get it: {_one_line(self.how_to_get)}"
         )
         super().__init__(message)  # one argument: str(err) is exactly the message
 
@@ -48,5 +50,5 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
         return type(self), (self.dataset, self.path, self.problem, self.layout, self.how_to_get)
 
 
-def _indent(text: str, prefix: str = "  ") -> str:
-    return "\n".join(prefix + line if line else line for line in text.splitlines())
+def _one_line(text: str) -> str:
+    return " | ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())

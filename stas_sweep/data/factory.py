@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 from .recipes import resolve_recipe
 from .errors import DataError
 
-__all__ = ["DataInfo", "DATASET_NAMES", "DEFAULT_IMG_SIZE", "DATA_ROOT_ENV", "default_root", "build_datasets"]
+__all__ = ["DataInfo", "DATASET_NAMES", "DEFAULT_IMG_SIZE", "DATA_ROOT_ENV", "default_root", "build_datasets",
+           "check_dataset"]
 
 #: The accepted names, in the order the docs list them.
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
@@ -66,6 +67,25 @@ def canonical_name(name: str) -> str:
 
 def default_root(name: str) -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV, "data")) / canonical_name(name)
+
+
+def check_dataset(name: str, root: str | os.PathLike | None = None, *, timesteps: int = 4,
+                  download: bool = False) -> None:
+    """Raise :class:`DatasetNotFoundError` unless ``build_datasets`` could find ``name`` under
+    ``root`` (or, with ``download``, fetch it). Reads only and imports no data library, so a
+    sweep can run it before Ray starts and before anything is written to the tracking store."""
+    name = canonical_name(name)
+    root_ = Path(root) if root is not None else default_root(name)
+    if name in ("cifar10", "cifar100"):
+        from .images import check_cifar
+        check_cifar(name, root_, download)
+    elif name == "imagenet":
+        from .images import check_imagenet
+        check_imagenet(root_)
+    elif name in ("cifar10-dvs", "dvs128-gesture"):
+        from .events import check_events
+        check_events(name, root_, timesteps, download)
+    # the bundled data sets (digits) need nothing on disk
 
 
 def build_datasets(name: str, root: str | os.PathLike | None = None, *, img_size: int | None = None,

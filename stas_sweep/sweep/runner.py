@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoints import restore_lost_checkpoints
+from ..tables import plural
 from .front import front_of, trial_points
 from .space import SweepSpec
 from .trainable import train_stage1, train_trial
@@ -165,17 +166,24 @@ def stage1_weights(spec: SweepSpec, log=print) -> dict:
         if last.is_file():
             state = load_checkpoint(last)
             if state.get("epoch") == cfg.epochs:
-                log(f"stage 1: reusing {last} (trained {state['epoch']} epochs)")
+                log(f"stage 1: reusing {last} (trained {plural(state['epoch'], 'epoch')})")
                 return {k: v for k, v in state["model"].items()}
         log(f"stage 1: training once for this sweep in {out}")
     else:
         log("stage 1: training once for this sweep (storage is remote: kept in memory for the trials)")
     task = ray.remote(train_stage1).options(num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"])
-    weights, history = ray.get(task.remote(cfg, str(out) if out else None))
+    try:
+        weights, history = ray.get(task.remote(cfg, str(out) if out else None))
+    except ray.exceptions.RayTaskError as e:
+        from ..errors import UserError
+
+        if isinstance(e.cause, UserError):  # bad input found on the node (its data, its files): one line
+            raise SweepError(f"stage 1: {e.cause}") from None
+        raise
     if history:
         h = history[-1]
         log(f"stage 1: accuracy {h['accuracy']:.2f}%, energy {h['energy_mj']:.4f} mJ "
-            f"(strict {h.get('energy_strict_mj', float('nan')):.4f}) after {h['epoch']} epochs")
+            f"(strict {h.get('energy_strict_mj', float('nan')):.4f}) after {plural(h['epoch'], 'epoch')}")
     return {k: torch.as_tensor(v) for k, v in weights.items()}
 
 
@@ -226,6 +234,41 @@ def check_can_start(spec: SweepSpec, resume: bool) -> None:
         raise SweepError(f"--resume: no sweep {spec.name!r} to resume at {path}")
 
 
+def check_local_resources(spec: SweepSpec) -> None:
+    """A local Ray gets this machine's cores and GPUs, no more: refuse a trial that asks for more."""
+    have = local_resources()
+    missing = [f"{k.upper()}: a trial needs {spec.resources[k]:g}, this machine has {have[k]}"
+               for k in ("cpu", "gpu") if spec.resources[k] and spec.resources[k] > have[k]]
+    if missing:
+        raise SweepError(f"{spec.path}: resources: no trial could ever be placed (" + "; ".join(missing) + "). "
+                         "Lower resources in the search-space file or attach to a cluster with more (--address).")
+
+
+def check_data(spec: SweepSpec) -> None:
+    """The data sets of stage 1 and of the trials are where their configs say (or will be
+    downloaded): a missing one is a :class:`~stas_sweep.data.DatasetNotFoundError`, one line."""
+    from ..data import check_dataset
+
+    seen = set()
+    for cfg in (spec.stage1, spec.base):
+        d = cfg.data
+        key = (d.name, d.root, d.download, cfg.model.timesteps)
+        if key not in seen:
+            seen.add(key)
+            check_dataset(d.name, d.root, timesteps=cfg.model.timesteps, download=d.download)
+
+
+def preflight(spec: SweepSpec, *, address: str | None = None, resume: bool = False, data: bool = True) -> None:
+    """Every check that can fail on the user's input, before Ray starts and before anything is
+    written to the tracking store or the storage folder. On a cluster (``address`` or a Ray job's
+    ``RAY_ADDRESS``) resources and data live on the cluster's nodes, so only the storage is checked."""
+    check_can_start(spec, resume)
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        check_local_resources(spec)
+        if data:
+            check_data(spec)
+
+
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False, callbacks: list = (),
               log=print, verbose: int = 1, trainable=None) -> SweepResult:
     """Run (or resume) the sweep described by ``spec``; returns every trial, point and the front.
@@ -235,15 +278,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     from ray import tune
 
     path = experiment_path(spec)
-    check_can_start(spec, resume)
-    local = not (address or os.environ.get("RAY_ADDRESS"))
-    if local:  # before Ray starts: a local Ray has this machine's cores and GPUs, no more
-        have = local_resources()
-        missing = [f"{k.upper()}: a trial needs {spec.resources[k]:g}, this machine has {have[k]}"
-                   for k in ("cpu", "gpu") if spec.resources[k] and spec.resources[k] > have[k]]
-        if missing:
-            raise SweepError("no trial could ever be placed (" + "; ".join(missing) + "). Lower resources in the "
-                             "search-space file or attach to a cluster with more (--address).")
+    preflight(spec, address=address, resume=resume, data=trainable is None)
     init_ray(address, spec)
     check_resources(spec, strict=not (address or os.environ.get("RAY_ADDRESS")), log=log)
     check_storage(spec, log=log)
@@ -291,7 +326,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     grid = tuner.fit()
     if len(grid) < spec.num_samples or grid.num_terminated + grid.num_errors < len(grid):
         # Tune catches SIGINT itself, saves the experiment and returns early
-        raise SweepInterrupted(f"{grid.num_terminated + grid.num_errors} of {spec.num_samples} trials ended")
+        raise SweepInterrupted(f"{grid.num_terminated + grid.num_errors} of {plural(spec.num_samples, 'trial')} ended")
     return summarise(grid, spec, path)
 
 
@@ -347,7 +382,7 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
     from ..tracking import SweepTracker
     from .callbacks import TrackerCallback
 
-    check_can_start(spec, resume)
+    preflight(spec, address=address, resume=resume)  # nothing is created when this fails
     tracker = SweepTracker(tracking_uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
                            scheduler=spec.scheduler)
     tracker.start_parent(spec, plan)
