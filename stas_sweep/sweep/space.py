@@ -4,7 +4,8 @@ A file (YAML, read by :func:`stas_sweep.train.config.load_yaml`: safe loader, du
 
     name: digits                      # sweep id (default: the file name); letters, digits, . _ -
     base: ../configs/digits_stage2.yaml   # training config: a path (relative to this file) or a mapping
-    stage1: {epochs: 6}               # overrides for the shared stage-1 run (halting off)
+    stage1: {epochs: 6}               # the shared stage-1 run (halting off): the base with these overrides,
+                                      # or {config: ../configs/x_stage1.yaml, ...overrides} to start from its own config
     space:                            # dotted training-config keys -> distributions
       halting.alpha:   {uniform: [2.0, 8.0]}
       halting.beta:    {uniform: [-15.0, -3.0]}
@@ -48,6 +49,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from ..errors import short
+from ..tables import plural
 from ..train.config import (
     MAX_EPOCHS, MAX_SEED, ConfigError, Epsilon, ExperimentName, Positive, TrackingURI, TrainConfig, _Section,
     check_name, check_uri, config_from_dict, load_yaml, merge, pydantic_message, set_dotted,
@@ -288,20 +290,68 @@ def _err(path: Path, msg: str) -> SpaceError:
     return SpaceError(f"{path}: {msg}")
 
 
-def _read_base(path: Path, base: str | dict) -> tuple[dict, str]:
-    """The base training config as a mapping, and where it came from (for messages)."""
+def _read_base(path: Path, base: str | dict, key: str = "base") -> tuple[dict, str]:
+    """The training config named by ``key`` (a path relative to the file, or a mapping) as a
+    mapping, and where it came from (for messages)."""
     if isinstance(base, dict):
         return base, "the mapping"
     base_path = (path.parent / base).resolve()
     if not base_path.is_file():
-        raise _err(path, f"base: no such training config {base_path}")
+        raise _err(path, f"{key}: no such training config {base_path}")
     try:
         raw = load_yaml(base_path)
     except ConfigError as e:
-        raise _err(path, f"base: {e}") from None
+        raise _err(path, f"{key}: {e}") from None
     if not isinstance(raw, dict):
-        raise _err(path, f"base: {base_path} is {'empty' if raw is None else 'not a mapping of keys'}")
+        raise _err(path, f"{key}: {base_path} is {'empty' if raw is None else 'not a mapping of keys'}")
     return raw, str(base_path)
+
+
+def _absolute_root(cfg: TrainConfig) -> TrainConfig:
+    """Trials run in their own folders: a data root relative to the working directory is made absolute."""
+    if cfg.data.root and not Path(cfg.data.root).is_absolute():
+        return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(Path(cfg.data.root).resolve())})})
+    return cfg
+
+
+def _resolve_stage1(path: Path, over: dict, base: TrainConfig) -> TrainConfig:
+    """The shared stage-1 run: its own training config (``stage1.config``, the recipe's stage-1
+    file) or the base with halting off, then the file's other ``stage1`` keys as overrides.
+    Halting stays off, and the keys that shape the weights are the base's (the trials load them)."""
+    over = dict(over)
+    name = over.pop("config", None)
+    if name is not None:
+        if not isinstance(name, str):
+            raise _err(path, f"stage1.config must be a path to a training config, got {short(name)}")
+        start, _ = _read_base(path, name, "stage1.config")
+        start = dict(start)
+        if start.get("halting") is not None:
+            raise _err(path, f"stage1.config: {name} has halting on; stage 1 is the static backbone (halting: null)")
+    else:
+        start = base.to_dict()
+    for key in ("halting", *([] if name is not None else SHAPE_KEYS)):
+        top, _, sub = key.partition(".")
+        if top in over and (not sub or isinstance(over[top], dict) and sub in over[top]):
+            raise _err(path, f"stage1.{key} cannot be overridden: "
+                             + ("stage 1 is the static backbone (halting off)" if key == "halting" else
+                                f"the trials load stage 1's weights, so {key} must be the base config's"))
+    try:
+        stage1 = config_from_dict(merge(merge(start, {"halting": None, "init_from": None}), over), f"{path} (stage1)")
+    except ConfigError as e:
+        raise _err(path, f"stage1: {str(e).split(': ', 1)[1]}") from None
+    for key in (*SHAPE_KEYS, "model.timesteps", "model.stem"):
+        mine, theirs = _dotted(stage1, key), _dotted(base, key)
+        if mine != theirs:
+            raise _err(path, f"stage1.config: {key} is {short(mine)} there but {short(theirs)} in base: the trials "
+                             f"load stage 1's weights, so it must be the same")
+    return _absolute_root(stage1) if name is not None else stage1
+
+
+def _dotted(cfg: TrainConfig, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _check_key(path: Path, key: str) -> None:
@@ -339,22 +389,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         base = config_from_dict(base_raw, base_where)
     except ConfigError as e:
         raise _err(path, f"base: {str(e).removeprefix('the mapping: ')}") from None
-    if not isinstance(doc.base, dict) and base.data.root and not Path(base.data.root).is_absolute():
-        # trials run in their own folders: a data root relative to the working directory is made absolute
-        base = base.model_copy(update={"data": base.data.model_copy(update={"root": str(Path(base.data.root).resolve())})})
-
-    # stage 1: the base with halting off, then the file's overrides -------------------------------
-    for key in ("halting", *SHAPE_KEYS):
-        top, _, sub = key.partition(".")
-        if top in doc.stage1 and (not sub or isinstance(doc.stage1[top], dict) and sub in doc.stage1[top]):
-            raise _err(path, f"stage1.{key} cannot be overridden: "
-                             + ("stage 1 is the static backbone (halting off)" if key == "halting" else
-                                f"the trials load stage 1's weights, so {key} must be the base config's"))
-    try:
-        stage1 = config_from_dict(merge(merge(base.to_dict(), {"halting": None, "init_from": None}), doc.stage1),
-                                  f"{path} (stage1)")
-    except ConfigError as e:
-        raise _err(path, f"stage1: {str(e).split(': ', 1)[1]}") from None
+    if not isinstance(doc.base, dict):
+        base = _absolute_root(base)
+    stage1 = _resolve_stage1(path, doc.stage1, base)
 
     # space: every value a distribution can produce makes a valid trial config -------------------
     params = []
@@ -456,17 +493,17 @@ def describe(spec: SweepSpec, tracking_uri: str) -> str:
         "moasha": f"moasha on {objectives} (Pareto rank, crowding distance)",
     }[spec.scheduler]
     if spec.scheduler != "fifo":
-        schedule += f", grace {spec.grace_period}, reduction {spec.reduction_factor}, max {spec.max_epochs} epochs"
+        schedule += f", grace {spec.grace_period}, reduction {spec.reduction_factor}, max {plural(spec.max_epochs, 'epoch')}"
     lines = [
         f"sweep {spec.name!r} from {spec.path}",
         f"  model {spec.base.model.name} on {spec.base.data.name}",
-        f"  stage 1 (shared, once): {spec.stage1.epochs} epochs, key {spec.stage1_key()}",
-        f"  stage 2 per trial: {spec.max_epochs} epochs, evaluated at epsilons {spec.epsilons}"
+        f"  stage 1 (shared, once): {plural(spec.stage1.epochs, 'epoch')}, key {spec.stage1_key()}",
+        f"  stage 2 per trial: {plural(spec.max_epochs, 'epoch')}, evaluated at epsilons {spec.epsilons}"
         + "".join(f"; {m} at {g}" for m, g in spec.grids.items()),
         "  space:",
         *[f"    {p.key:<24} {p.describe()}" for p in spec.params],
         f"  objectives: {objectives}; hypervolume reference {spec.reference}",
-        f"  search: {spec.sampler} sampler, seed {spec.seed}, {spec.num_samples} trials"
+        f"  search: {spec.sampler} sampler, seed {spec.seed}, {plural(spec.num_samples, 'trial')}"
         + (f", {len(spec.points_to_evaluate)} given points first" if spec.points_to_evaluate else ""),
         f"  scheduler: {schedule}",
         f"  resources per trial: {spec.resources}; max concurrent trials: {spec.max_concurrent_trials or 'as resources allow'}; "
@@ -474,6 +511,6 @@ def describe(spec: SweepSpec, tracking_uri: str) -> str:
         f"  results and checkpoints: {spec.storage_dir()}/{spec.name}",
         f"  MLflow: {tracking_uri}, experiment {spec.experiment!r}",
         f"  candidate front points: up to {spec.num_samples * len(spec.epsilons)} "
-        f"({spec.num_samples} trials x {len(spec.epsilons)} epsilons)",
+        f"({plural(spec.num_samples, 'trial')} x {plural(len(spec.epsilons), 'epsilon')})",
     ]
     return "\n".join(lines)
