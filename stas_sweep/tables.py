@@ -34,3 +34,8 @@ def number(value, spec: str = ".4g") -> str:
     if value is None:
         return ""
     return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``'1 point'``, ``'0 points'``, ``'2 points'``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"

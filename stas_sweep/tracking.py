@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .tables import plural
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
 
@@ -579,11 +580,11 @@ class SweepTracker:
             if points:
                 self.client.log_artifact(self.parent_id, str(plot_front_png(
                     points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y, paper=paper,
-                    title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
+                    title=f"{self.sweep}: {len(on)} of {plural(len(points), 'point')} on the front")))
                 if final:
                     self.client.log_artifact(self.parent_id, str(plot_front_html(
                         points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=paper,
-                        title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
+                        title=f"{self.sweep}: {len(on)} of {plural(len(points), 'point')} on the front")))
             history = self.client.get_metric_history(self.parent_id, "hypervolume")
             if history:
                 last: dict[int, float] = {}  # finished trials -> the latest value logged at that count

@@ -226,3 +226,27 @@ def test_pareto_skips_a_failed_empty_sweep_and_point_runs_follow_the_front(tmp_p
     assert main(["pareto", "--experiment", "other", "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
     assert "has front points yet" in err and "'broken'" in err and "FAILED" in err
+
+
+def test_front_table_shows_every_objective_and_the_token_ratio():
+    from stas_sweep.cli import _front_table
+
+    front = [{"trial_id": "a1", "epsilon": 0.1, "accuracy": 91.5, "energy_mj": 0.012, "token_ratio": 0.62,
+              "halting.alpha": -5.0}]
+    head, row = _front_table(front, [("accuracy", "max"), ("energy_mj", "min")], ["halting.alpha"]).splitlines()
+    assert head.split() == ["trial_id", "epsilon", "accuracy", "energy_mj", "token_ratio", "halting.alpha"]
+    assert row.split() == ["a1", "0.1", "91.5", "0.012", "0.62", "-5"]
+    # token_ratio as an objective is shown once
+    head = _front_table(front, [("accuracy", "max"), ("token_ratio", "min")], []).splitlines()[0]
+    assert head.split() == ["trial_id", "epsilon", "accuracy", "token_ratio"]
+
+
+def test_counts_take_their_noun_in_the_right_number():
+    from stas_sweep.sweep.space import describe, load_spec
+    from stas_sweep.tables import plural
+
+    assert [plural(n, "point") for n in (0, 1, 2)] == ["0 points", "1 point", "2 points"]
+    spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "digits.yaml")
+    spec.max_epochs, spec.num_samples, spec.epsilons = 1, 1, [0.0]
+    plan = describe(spec, "sqlite:///mlflow.db")
+    assert "per trial: 1 epoch," in plan and "(1 trial x 1 epsilon)" in plan and "1 epochs" not in plan

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..data.errors import DataError, DatasetNotFoundError
+from ..tables import plural
 from .config import ConfigError, TrainConfig
 from .evaluate import epsilon_table, format_table
 from .trainer import Trainer
@@ -143,7 +144,7 @@ def train_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progre
         trainer.extra["mlflow_run_id"] = tracker.run_id
     if enabled and resume:
         tracker.replay(trainer.history)  # epochs logged nowhere yet (an outage, a new run)
-    log(f"stage {cfg.stage}: {cfg.model.name} on {cfg.data.name}, {cfg.epochs} epochs, device {trainer.device}"
+    log(f"stage {cfg.stage}: {cfg.model.name} on {cfg.data.name}, {plural(cfg.epochs, 'epoch')}, device {trainer.device}"
         + (f" ({threads} CPU threads)" if threads is not None else "") + f"; output {out.resolve()}" + (f"; MLflow {tracker.uri} run {tracker.run_id}" if tracker.enabled else ""))
 
     def log_epoch(epoch: int, metrics: dict, _trainer) -> None:
