@@ -10,7 +10,10 @@ keep working.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "UsageError", "short"]
+import os
+import re
+
+__all__ = ["UserError", "UsageError", "short", "mask_uri", "mask_text", "credentials_to_env"]
 
 # an echoed value longer than this is cut (an alias-expanded list, a pasted file)
 MAX_ECHO = 200
@@ -28,9 +31,49 @@ def short(value, limit: int = MAX_ECHO) -> str:
     """``repr(value)``, cut to ``limit`` characters with a note of the full length, so that no
     error message echoes a huge value (a YAML alias expansion, a megabyte string)."""
     try:
-        text = repr(value)
+        text = mask_text(repr(value))
     except Exception:  # noqa: BLE001 - a value whose repr fails is still named by its type
         text = f"<{type(value).__name__}>"
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"
+
+
+# -- credentials: never printed, logged or stored -----------------------------------------------
+# scheme://userinfo@ : the user info of any URI in a text
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s'\"]+)@")
+
+
+def _masked(info: str) -> str:
+    user, has_password, _ = info.partition(":")
+    # user:password shows the user; a lone user info may be a token, so none of it shows
+    return f"{user}:***" if has_password else "***"
+
+
+def mask_uri(uri: str) -> str:
+    """``http://user:secret@host:5000`` -> ``http://user:***@host:5000``; ``https://token@host`` ->
+    ``https://***@host``: the form of a URI that may be printed, logged or stored."""
+    return mask_text(uri)
+
+
+def mask_text(text: str) -> str:
+    """``text`` with the user info of every URI in it masked as :func:`mask_uri` does."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{_masked(m['info'])}@", text)
+
+
+def credentials_to_env(uri: str) -> str:
+    """An ``http(s)`` tracking URI with user info: the credentials move to
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (MLflow's REST client sends them
+    as basic auth) and the URI without them is returned, so that no plan, log line, artifact,
+    config or pickled callback holds them."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+    return urlunsplit(parts._replace(netloc=host))

@@ -13,19 +13,60 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, credentials_to_env, mask_text, mask_uri  # noqa: F401 - mask_uri for callers of tracking
 from .tables import plural
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
 
 
 def default_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use: the one given, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``
+    (sqlite, made absolute). Credentials in it are moved to MLflow's environment variables."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return uri
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
+        return credentials_to_env(uri)
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def open_client(uri: str, *, create: bool = True):
+    """An ``MlflowClient`` of ``uri`` whose store is ready. A new sqlite store is created and
+    migrated under a file lock beside it (``.<name>.lock``), so two first runs at the same moment
+    both work (the second waits) and never leave alembic's half-made tables behind.
+    ``create=False`` (read-only commands) refuses a sqlite store that does not exist instead of
+    making one."""
+    import fcntl
+
+    import mlflow
+
+    db = sqlite_path(uri)
+    if db is None or (db.is_file() and db.stat().st_size > 0):
+        return mlflow.MlflowClient(tracking_uri=uri)
+    if not create:
+        raise TrackingError(f"no MLflow store at {db}: run a sweep first (stas-sweep run search_spaces/digits.yaml), "
+                            f"or name the store with --tracking-uri")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(f".{db.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            with _quiet_store():
+                client.search_experiments(max_results=1)  # creates and migrates the tables
+            return client
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def create_experiment(client, uri: str, name: str, tags: dict | None = None) -> str:
+    """A new experiment; with a sqlite store its artifacts go to ``mlruns/<name>`` beside the
+    database (MLflow's default is ``./mlruns`` of whichever folder the creating process ran in)."""
+    db = sqlite_path(uri)
+    location = str(db.absolute().parent / "mlruns" / name) if db is not None else None
+    return client.create_experiment(name, artifact_location=location, tags=tags)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -106,14 +147,13 @@ class Tracker:
         self.failures = 0  # calls that failed (each retry counts)
         if not enabled:
             return
-        import mlflow
 
         self.uri = default_tracking_uri(uri)
         try:
             with _quiet_store():
-                self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+                self.client = open_client(self.uri)
                 exp = self.client.get_experiment_by_name(experiment)
-                self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+                self.experiment_id = exp.experiment_id if exp else create_experiment(self.client, self.uri, experiment)
                 if self.run_id is not None and not self._has_run(self.run_id):
                     self.replaced_run_id, self.run_id = self.run_id, None
                 if self.run_id is None:
@@ -356,15 +396,14 @@ class SweepTracker:
     @property
     def client(self):
         if self._client is None:
-            import mlflow
 
-            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+            self._client = open_client(self.uri)
         return self._client
 
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
-            return self.client.create_experiment(self.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return create_experiment(self.client, self.uri, self.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         if EXPERIMENT_KIND_TAG not in exp.tags:
             self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
@@ -401,7 +440,7 @@ class SweepTracker:
             "objectives": spec.objectives, "reference": spec.reference, "stage1_key": spec.stage1_key(),
             "base": spec.base.to_dict(),
         })
-        self.client.log_artifact(self.parent_id, str(spec.path))
+        self._log_text(self.parent_id, mask_text(Path(spec.path).read_text()), Path(spec.path).name)
         self._log_text(self.parent_id, plan, "plan.txt")
         self._log_json(self.parent_id, {"base": spec.base.to_dict(), "stage1": spec.stage1.to_dict(),
                                         "space": {p.key: p.describe() for p in spec.params}}, "resolved_config.json")
@@ -630,10 +669,9 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
     "status"}``. Raises :class:`TrackingError` when no sweep has points (naming the latest one
     and its status).
     """
-    import mlflow
 
     uri = default_tracking_uri(uri)
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = open_client(uri, create=False)  # reads only: a missing sqlite store is not made
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,31 @@ def test_counts_take_their_noun_in_the_right_number():
     spec.max_epochs, spec.num_samples, spec.epsilons = 1, 1, [0.0]
     plan = describe(spec, "sqlite:///mlflow.db")
     assert "per trial: 1 epoch," in plan and "(1 trial x 1 epsilon)" in plan and "1 epochs" not in plan
+
+
+def test_credentials_in_a_tracking_uri_are_never_printed_or_kept(tmp_path, sweep_file, monkeypatch, capsys):
+    """``validate`` and ``run --dry-run`` print the plan with the URI's credentials gone; the
+    configs keep the URI without them (MLflow reads them from its environment variables); the
+    sweep's tracker, which Tune pickles into its storage, holds no credential either."""
+    import pickle
+
+    from stas_sweep.cli import main
+    from stas_sweep.errors import mask_text
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import SweepTracker
+
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, "")  # restored after the test: what the code sets does not leak
+    secret = "pa55-w0rd"
+    uri = f"http://alice:{secret}@127.0.0.1:9"
+    space = sweep_file(tmp_path, mlflow={"experiment": "tiny-sweep", "tracking_uri": uri})
+    assert main(["validate", str(space)]) == 0
+    assert main(["run", str(space), "--dry-run", "--tracking-uri", uri]) == 0
+    out, err = capsys.readouterr()
+    assert secret not in out + err and "MLflow: http://127.0.0.1:9" in out
+    spec = load_spec(space)
+    assert spec.tracking_uri == "http://127.0.0.1:9"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", secret)
+    tracker = SweepTracker(uri, "e", "s", str(tmp_path), [("accuracy", "max"), ("energy_mj", "min")])
+    assert secret.encode() not in pickle.dumps(tracker) and tracker.uri == "http://127.0.0.1:9"
+    assert mask_text(f"see {uri}/x and https://tok3n@h/") == "see http://alice:***@127.0.0.1:9/x and https://***@h/"

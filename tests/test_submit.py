@@ -59,11 +59,20 @@ def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflo
     space = sweep_file(folder, name="submitted", search={"sampler": "tpe", "seed": 0, "num_samples": 2},
                        space={"halting.beta": {"uniform": [-8.0, -4.0]}}, scheduler={"type": "fifo", "max_epochs": 1},
                        mlflow={"experiment": "tiny-sweep"})
+    # a tracking URI with credentials (the server ignores them): they reach MLflow, and nothing the
+    # sweep prints, logs or stores holds the password
+    secret = "S3cr3t-pw"
+    with_user = mlflow_url.replace("http://", f"http://stasuser:{secret}@")
     proc = subprocess.run([sys.executable, "-m", "stas_sweep.cli", "submit", str(space), "--address", address,
-                           "--tracking-uri", mlflow_url], env=env, cwd=folder, capture_output=True, text=True,
+                           "--tracking-uri", with_user], env=env, cwd=folder, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "SUCCEEDED" in proc.stdout and "on the front" in proc.stdout  # the job's own output was streamed
+    assert secret not in proc.stdout + proc.stderr
+    stored = [p for p in folder.rglob("*") if p.is_file()]  # the server's store and artifacts, the sweep's storage
+    assert any(p.name == "tuner.pkl" for p in stored) and any(p.name == "plan.txt" for p in stored)
+    holding = [str(p) for p in stored if secret.encode() in p.read_bytes()]
+    assert holding == [], holding
     _, parents, runs = mlflow_runs(mlflow_url, "tiny-sweep")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trials = [c for c in runs if c.data.tags.get("stas.role") == "trial"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import shlex
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import credentials_to_env, mask_text
 from ..train.config import load_yaml
 from .space import SweepSpec
 
@@ -33,6 +35,11 @@ def staged_space(spec: SweepSpec) -> dict:
     base = dict(base or {})
     base["init_from"] = None
     raw["base"] = base
+    # tracking URIs without their credentials (those travel as MLflow's environment variables)
+    if isinstance(base.get("tracking"), dict) and base["tracking"].get("uri"):
+        base["tracking"] = {**base["tracking"], "uri": spec.base.tracking.uri}
+    if isinstance(raw.get("mlflow"), dict) and raw["mlflow"].get("tracking_uri"):
+        raw["mlflow"] = {**raw["mlflow"], "tracking_uri": spec.tracking_uri}
     return raw
 
 
@@ -78,7 +85,9 @@ def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, re
     # Ray runs the entrypoint through a shell: every value is quoted, so it stays one argument
     argv = ["python", "-m", "stas_sweep.cli", "run", "space.yaml"]
     if tracking_uri:
-        argv += ["--tracking-uri", str(tracking_uri)]
+        argv += ["--tracking-uri", credentials_to_env(str(tracking_uri))]
+    # credentials reach the job as MLflow's environment variables, never in its command line
+    secrets = {k: os.environ[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD") if k in os.environ}
     if resume:
         argv.append("--resume")
     entry = shlex.join(argv)
@@ -86,12 +95,12 @@ def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, re
         "working_dir": str(staging),
         "py_modules": [str(Path(stas_sweep.__file__).parent)],
         "excludes": _EXCLUDES,
-        "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_WAIT_POLICY": "PASSIVE", **(env_vars or {})},
+        "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_WAIT_POLICY": "PASSIVE", **secrets, **(env_vars or {})},
     }
     job_id = submit_when_ready(client, log, entrypoint=entry, runtime_env=runtime_env,
                                submission_id=f"stas-{spec.name}-{int(time.time())}",
                                metadata={"stas.sweep": spec.name})
-    log(f"submitted {job_id} to {address}: {entry}")
+    log(f"submitted {job_id} to {mask_text(address)}: {entry}")
     if not wait:
         log(f"follow it with: ray job logs --address {address} --follow {job_id}")
         return job_id, "SUBMITTED"

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import UserError, short
+from ..errors import UserError, credentials_to_env, short
 
 
 class ConfigError(UserError, ValueError):
@@ -273,7 +273,9 @@ def check_name(name: str, what: str = "") -> str:
 
 
 def _uri(value: str | None) -> str | None:
-    return None if value is None else check_uri(value)
+    """A tracking URI, checked; credentials in it go to MLflow's environment variables and the
+    config keeps the URI without them (see :func:`stas_sweep.errors.credentials_to_env`)."""
+    return None if value is None else credentials_to_env(check_uri(value))
 
 
 def _experiment(value: str | None) -> str | None:
