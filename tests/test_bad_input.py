@@ -60,6 +60,21 @@ class Case:
 
 
 # -- builders of bad files -----------------------------------------------------------------------
+def stored_plan(path: Path) -> None:
+    """The plan a sweep of ``orig.yaml`` (beside it) stored when it started."""
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.sweep.storage import save_plan
+
+    save_plan(path.parent, load_spec(path.parents[2] / "orig.yaml"))
+
+
+def live_lock(path: Path) -> None:
+    """The lock of a driver that runs: this process's parent, on this host."""
+    import json
+
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": "earlier"}))
+
+
 def alias_bomb(levels: int = 9, width: int = 9, top: str = "") -> str:
     """A "billion laughs" document: each anchor is a list of ``width`` aliases of the one before."""
     lines = [top, 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
@@ -368,6 +383,21 @@ CASES = [
     Case("run_gpu_on_a_machine_without", {"s.yaml": space_file(resources={"cpu": 1, "gpu": 1}), "base.yaml": TINY},
          ["run", "{d}/s.yaml"], ["s.yaml", "GPU: a trial needs 1, this machine has 0"],
          extra={"one_line": True, "cpu_only": True}),
+    Case("run_storage_not_writable", {"s.yaml": space_file(storage_path="/sys/kernel/stas-results"), "base.yaml": TINY},
+         ["run", "{d}/s.yaml"], ["storage_path /sys/kernel/stas-results cannot be written"], extra={"one_line": True}),
+    Case("run_storage_under_a_file", {"s.yaml": space_file(storage_path="{d}/afile/results"), "afile": "x",
+                                      "base.yaml": TINY},
+         ["run", "{d}/s.yaml"], ["storage_path {d}/afile/results", "is not a folder"], extra={"one_line": True}),
+    Case("run_resume_after_the_space_was_edited",
+         {"orig.yaml": space_file(), "base.yaml": TINY, "results/bad/tuner.pkl": b"x", "results/bad/sweep_spec.json": stored_plan,
+          "s.yaml": space_file(space={"halting.beta": {"uniform": [-9.0, -4.0]}}, eval={"epsilons": [0.0, 0.3]},
+                               search={"num_samples": 9})},
+         ["run", "{d}/s.yaml", "--resume"],
+         ["differs from the plan", "eval.epsilons", "search.num_samples", "space.halting.beta", "another name"],
+         extra={"one_line": True}),
+    Case("run_while_another_driver_runs_the_sweep", {"s.yaml": space_file(), "base.yaml": TINY,
+                                                      "results/bad/driver.lock": live_lock},
+         ["run", "{d}/s.yaml"], ["is in use by the driver PID", "one driver per sweep"], extra={"one_line": True}),
     Case("validate_stage1_config_with_halting", {"s.yaml": space_file(stage1={"config": "s1.yaml"}),
                                                  "s1.yaml": tiny(halting={"alpha": 5.0}), "base.yaml": TINY},
          ["validate", "{d}/s.yaml"], ["s.yaml", "stage1.config", "halting on"]),

@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoints import restore_lost_checkpoints
 from ..tables import plural
+from . import storage
 from .front import front_of, trial_points
 from .space import SweepSpec
 from .trainable import train_stage1, train_trial
@@ -188,8 +190,13 @@ def stage1_weights(spec: SweepSpec, log=print) -> dict:
 
 
 def build_searcher(spec: SweepSpec):
+    """Optuna's sampler behind Tune's ``OptunaSearch``; None (Tune's own generator, one trial of
+    the fixed values) when every key is fixed."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
+
+    if not spec.searched():
+        return None
 
     if spec.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True,
@@ -258,15 +265,52 @@ def check_data(spec: SweepSpec) -> None:
             check_dataset(d.name, d.root, timesteps=cfg.model.timesteps, download=d.download)
 
 
-def preflight(spec: SweepSpec, *, address: str | None = None, resume: bool = False, data: bool = True) -> None:
+def preflight(spec: SweepSpec, *, address: str | None = None, resume: bool = False, data: bool = True,
+              tracking_uri: str | None = None, log=print) -> None:
     """Every check that can fail on the user's input, before Ray starts and before anything is
-    written to the tracking store or the storage folder. On a cluster (``address`` or a Ray job's
-    ``RAY_ADDRESS``) resources and data live on the cluster's nodes, so only the storage is checked."""
+    written to the tracking store or the storage folder: the data sets and resources (on this
+    machine; on a cluster, ``address`` or a Ray job's ``RAY_ADDRESS``, they live on its nodes),
+    a local storage folder and sqlite store that can be written, room for the checkpoints, and
+    on ``resume`` the plan the sweep started with."""
     check_can_start(spec, resume)
     if not (address or os.environ.get("RAY_ADDRESS")):
         check_local_resources(spec)
         if data:
             check_data(spec)
+    folder = Path(experiment_path(spec))
+    if storage.local(str(folder)):
+        try:
+            storage.check_writable(Path(spec.storage_dir()), "storage_path")
+            if tracking_uri and tracking_uri.startswith("sqlite:///"):
+                storage.check_writable(Path(tracking_uri.removeprefix("sqlite:///")).parent, "the MLflow store in")
+            storage.check_room(folder, spec.checkpoint_bytes())
+            if resume:
+                storage.check_plan_unchanged(folder, spec, log=log)
+        except storage.StorageError as e:
+            raise SweepError(str(e)) from None
+
+
+@contextmanager
+def sweep_folder(spec: SweepSpec, resume: bool, log=print):
+    """Hold the sweep's driver lock (one driver per sweep) and record its plan while it runs."""
+    folder = Path(experiment_path(spec))
+    if not storage.local(str(folder)):
+        yield
+        return
+    try:
+        lock = storage.DriverLock(folder, log)
+        lock.__enter__()
+    except storage.StorageError as e:
+        raise SweepError(str(e)) from None
+    saved = not resume or not (folder / storage.SPEC_FILE).exists()
+    try:
+        if saved:
+            storage.save_plan(folder, spec)
+        yield
+    finally:
+        if saved and not (folder / "tuner.pkl").exists():  # a start that never reached Tune leaves nothing
+            (folder / storage.SPEC_FILE).unlink(missing_ok=True)
+        lock.__exit__(None, None, None)
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False, callbacks: list = (),
@@ -275,10 +319,15 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
 
     ``trainable``: a function ``fn(config, *, epochs, epsilons)`` run instead of the STAS trainer,
     with no stage 1 (the synthetic curves of :mod:`.synthetic`, for tests and benchmarks)."""
+    preflight(spec, address=address, resume=resume, data=trainable is None, log=log)
+    with sweep_folder(spec, resume, log):
+        return _run_sweep(spec, address, resume, callbacks, log, verbose, trainable)
+
+
+def _run_sweep(spec: SweepSpec, address, resume: bool, callbacks, log, verbose: int, trainable) -> SweepResult:
     from ray import tune
 
     path = experiment_path(spec)
-    preflight(spec, address=address, resume=resume, data=trainable is None)
     init_ray(address, spec)
     check_resources(spec, strict=not (address or os.environ.get("RAY_ADDRESS")), log=log)
     check_storage(spec, log=log)
@@ -382,21 +431,22 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
     from ..tracking import SweepTracker
     from .callbacks import TrackerCallback
 
-    preflight(spec, address=address, resume=resume)  # nothing is created when this fails
-    tracker = SweepTracker(tracking_uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
-                           scheduler=spec.scheduler)
-    tracker.start_parent(spec, plan)
-    try:
-        result = run_sweep(spec, address=address, resume=resume, log=log,
-                           callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference)])
-    except KeyboardInterrupt:
-        tracker.fail("KILLED")
-        raise
-    except BaseException:
-        tracker.fail()
-        raise
-    tracker.finish(result)
-    return result
+    preflight(spec, address=address, resume=resume, tracking_uri=tracking_uri, log=log)  # nothing is created when this fails
+    with sweep_folder(spec, resume, log):  # a second driver of this sweep is refused here, before MLflow
+        tracker = SweepTracker(tracking_uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
+                               scheduler=spec.scheduler)
+        tracker.start_parent(spec, plan)
+        try:
+            result = run_sweep(spec, address=address, resume=resume, log=log,
+                               callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference)])
+        except KeyboardInterrupt:
+            tracker.fail("KILLED")
+            raise
+        except BaseException:
+            tracker.fail()
+            raise
+        tracker.finish(result)
+        return result
 
 
 def error_reason(error) -> str:

@@ -275,6 +275,25 @@ class SweepSpec:
     def param_space(self) -> dict:
         return {p.key: p.tune_domain() for p in self.params}
 
+    def searched(self) -> list[Param]:
+        """The keys with something to search (not ``fixed``)."""
+        return [p for p in self.params if p.kind != "fixed"]
+
+    def checkpoint_bytes(self) -> int:
+        """About how much the sweep's checkpoints take at the end: Tune keeps each trial's last
+        checkpoint (weights and optimiser state, about 12 bytes a parameter, plus a MiB of the
+        rest) and the shared stage 1 keeps its last one. Counted on torch's meta device."""
+        import torch
+
+        from ..data.factory import DATASET_CLASSES, DEFAULT_IMG_SIZE
+        from ..models.registry import create_model
+
+        data, model = self.base.data, self.base.model
+        with torch.device("meta"):
+            net = create_model(model.name, num_classes=model.num_classes or DATASET_CLASSES.get(data.name, 1000),
+                               img_size=data.img_size or DEFAULT_IMG_SIZE.get(data.name, 32), timesteps=model.timesteps)
+        return (12 * sum(p.numel() for p in net.parameters()) + (1 << 20)) * (self.num_samples + 1)
+
 
 def trial_config(base: TrainConfig, sampled: dict, epochs: int, where: str = "<trial>") -> TrainConfig:
     """The training config of one trial: ``base`` with the sampled dotted keys set
@@ -466,6 +485,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     if sched.grace_period > max_epochs:
         raise _err(path, f"scheduler.grace_period ({sched.grace_period}) must be <= scheduler.max_epochs ({max_epochs})")
 
+    num_samples = doc.search.num_samples
+    if not free:  # every key fixed: one configuration, run once (Optuna has nothing to sample)
+        num_samples = 1
     name = doc.name or path.stem
     try:
         check_name(name, "name")
@@ -474,7 +496,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     return SweepSpec(
         path=path.resolve(), name=name, base=base, stage1=stage1, params=params, epsilons=epsilons,
         objectives=objectives, reference=ref, sampler=doc.search.sampler, seed=doc.search.seed,
-        num_samples=doc.search.num_samples, points_to_evaluate=doc.search.points_to_evaluate,
+        num_samples=num_samples, points_to_evaluate=doc.search.points_to_evaluate if free else [],
         scheduler=sched.type, scheduler_metric=smetric, scheduler_mode=smode, grace_period=sched.grace_period,
         reduction_factor=sched.reduction_factor, max_epochs=max_epochs,
         resources={"cpu": doc.resources.cpu, "gpu": doc.resources.gpu},
@@ -503,12 +525,14 @@ def describe(spec: SweepSpec, tracking_uri: str) -> str:
         "  space:",
         *[f"    {p.key:<24} {p.describe()}" for p in spec.params],
         f"  objectives: {objectives}; hypervolume reference {spec.reference}",
-        f"  search: {spec.sampler} sampler, seed {spec.seed}, {plural(spec.num_samples, 'trial')}"
-        + (f", {len(spec.points_to_evaluate)} given points first" if spec.points_to_evaluate else ""),
+        (f"  search: {spec.sampler} sampler, seed {spec.seed}, {plural(spec.num_samples, 'trial')}"
+         + (f", {len(spec.points_to_evaluate)} given points first" if spec.points_to_evaluate else ""))
+        if spec.searched() else "  search: nothing to search (every key is fixed): one trial of that configuration",
         f"  scheduler: {schedule}",
         f"  resources per trial: {spec.resources}; max concurrent trials: {spec.max_concurrent_trials or 'as resources allow'}; "
         f"retries: {spec.retries}",
-        f"  results and checkpoints: {spec.storage_dir()}/{spec.name}",
+        f"  results and checkpoints: {spec.storage_dir()}/{spec.name} (checkpoints kept: about "
+        f"{spec.checkpoint_bytes() / 2**20:,.0f} MiB)",
         f"  MLflow: {tracking_uri}, experiment {spec.experiment!r}",
         f"  candidate front points: up to {spec.num_samples * len(spec.epsilons)} "
         f"({plural(spec.num_samples, 'trial')} x {plural(len(spec.epsilons), 'epsilon')})",

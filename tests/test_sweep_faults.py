@@ -1,0 +1,109 @@
+"""Faults around a sweep's storage and store: one driver per sweep, a resumed sweep keeps its plan,
+a new sqlite store survives two first runs, read-only commands create nothing, a space with
+nothing to search runs its one configuration. (The bad-input corpus holds the one-line refusals:
+a changed plan on --resume, a second driver, storage that cannot be written.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from stas_sweep.sweep.storage import DriverLock, StorageError, changed_keys
+
+
+def test_changed_keys_names_every_difference():
+    old = {"eval": {"epsilons": [0.0, 0.1]}, "search": {"num_samples": 4, "seed": 0}, "space": {"a": {"uniform": [1, 2]}}}
+    new = {"eval": {"epsilons": [0.0, 0.2]}, "search": {"num_samples": 8, "seed": 0}, "space": {"b": {"fixed": 1}}}
+    assert changed_keys(old, new) == ["eval.epsilons", "search.num_samples", "space.a", "space.b"]
+    assert changed_keys(old, json.loads(json.dumps(old))) == []
+
+
+def test_driver_lock_refuses_a_running_driver_and_takes_over_a_dead_ones(tmp_path):
+    folder = tmp_path / "results" / "sweep"
+    lines: list[str] = []
+    with DriverLock(folder, lines.append) as lock:
+        held = json.loads(lock.path.read_text())
+        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+        with DriverLock(folder, lines.append):  # the same driver again (run_tracked, then run_sweep): fine
+            pass
+        assert lock.path.exists()
+    assert not (tmp_path / "results").exists()  # a start that wrote nothing leaves nothing
+    # a driver that runs (another process on this host): refused, naming it
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder.mkdir(parents=True)
+        (folder / "driver.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                                        "started": "then"}))
+        with pytest.raises(StorageError, match=f"in use by the driver PID {other.pid}"):
+            DriverLock(folder, lines.append).__enter__()
+    finally:
+        other.kill()
+        other.wait(timeout=30)
+    # the same process gone (SIGKILLed driver): its lock is taken over, with a note
+    with DriverLock(folder, lines.append) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert any("taking over" in ln and str(other.pid) in ln for ln in lines), lines
+    assert not (folder / "driver.lock").exists() and folder.exists()  # the folder was there before
+
+
+@pytest.mark.slow(20)
+def test_two_first_runs_on_a_new_sqlite_store_both_work(tmp_path):
+    """Two processes open a store that does not exist yet at the same moment (the first run of
+    two sweeps): both create their experiment, and the store opens cleanly afterwards. (With
+    plain ``MlflowClient`` calls one of the two failed in alembic in 3 of 3 tries here.)"""
+    import mlflow
+
+    code = ("import sys; from stas_sweep.tracking import open_client, create_experiment; uri = sys.argv[1]; "
+            "c = open_client(uri); create_experiment(c, uri, sys.argv[2])")
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, f"exp{i}"], stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert {"exp0", "exp1"} <= {e.name for e in mlflow.MlflowClient(uri).search_experiments()}
+
+
+def test_read_only_commands_create_no_store_and_artifacts_sit_beside_the_store(tmp_path, monkeypatch, capsys):
+    from stas_sweep.cli import main
+    from stas_sweep.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert main(["pareto"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err and list(empty.iterdir()) == []
+    # a store made from another folder keeps its artifacts beside it, not in ./mlruns of that folder
+    store = tmp_path / "store"
+    store.mkdir()
+    tracker = Tracker(f"sqlite:///{store / 'mlflow.db'}", "beside", "run")
+    (empty / "a.txt").write_text("x")
+    tracker.log_artifact(empty / "a.txt")
+    tracker.end()
+    assert [p.name for p in empty.iterdir()] == ["a.txt"]
+    assert list((store / "mlruns" / "beside").rglob("a.txt"))
+
+
+@pytest.mark.slow(15)
+def test_a_space_with_nothing_to_search_runs_its_one_configuration(ray_local, tmp_path, sweep_file):
+    from stas_sweep.sweep.runner import run_sweep
+    from stas_sweep.sweep.space import describe, load_spec
+    from stas_sweep.sweep.synthetic import sweep_trainable
+
+    spec = load_spec(sweep_file(tmp_path, space={"halting.beta": {"fixed": -6.0}, "optim.lr": {"fixed": 5e-3}},
+                                search={"sampler": "tpe", "seed": 0, "num_samples": 5},
+                                scheduler={"type": "fifo", "max_epochs": 1}))
+    assert spec.num_samples == 1 and "nothing to search" in describe(spec, "sqlite:///x.db")
+    result = run_sweep(spec, trainable=sweep_trainable, verbose=0, log=lambda *_: None)
+    assert [t["status"] for t in result.trials] == ["finished"]
+    assert result.trials[0]["params"] == {"halting.beta": -6.0, "optim.lr": 5e-3}
+    assert result.front
