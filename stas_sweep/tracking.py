@@ -480,17 +480,20 @@ class SweepTracker:
             self.client.log_artifact(run_id, str(p))
 
     # -- children -----------------------------------------------------------------------------
-    def child(self, trial_id: str, params: dict) -> str:
-        """The trial's run: found by its ``trial_id`` tag, created on first sight."""
+    def child(self, trial_id: str, params: dict, *, started: bool = False) -> str:
+        """The trial's run: found by its ``trial_id`` tag, created on first sight. ``started``:
+        Tune (re)starts the trial, so a run an interrupted driver closed as KILLED runs again."""
         self._sync()
+        if trial_id not in self.runs:
+            found = [r for r in self.client.search_runs(
+                [self._experiment_id()],
+                filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' AND tags.trial_id = '{trial_id}'")
+                if r.data.tags.get(ROLE_TAG) != "point"]
+            if found:
+                self.runs[trial_id] = found[0].info.run_id
         if trial_id in self.runs:
-            return self.runs[trial_id]
-        found = [r for r in self.client.search_runs(
-            [self._experiment_id()],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' AND tags.trial_id = '{trial_id}'")
-            if r.data.tags.get(ROLE_TAG) != "point"]
-        if found:
-            self.runs[trial_id] = found[0].info.run_id
+            if started and self.client.get_run(self.runs[trial_id]).info.status == "KILLED":
+                self.client.update_run(self.runs[trial_id], status="RUNNING")
             return self.runs[trial_id]
         run = self.client.create_run(self._experiment_id(), run_name=f"trial-{trial_id}", tags={
             "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep, ROLE_TAG: "trial",
@@ -644,13 +647,35 @@ class SweepTracker:
         # after a resume, the trials and points of this driver were logged by the tracker Tune
         # restored with its callback, not by this one: read them back before writing the front
         self._load_state()
+        self._close_open_trials("KILLED", keep={t["trial_id"] for t in result.trials}, reason="not_restored")
         self.write_front(result, final=True)
         self.client.set_tag(self.parent_id, "front_size", str(len(result.front)))
         self.client.set_terminated(self.parent_id, "FINISHED")
 
-    def fail(self, status: str = "FAILED") -> None:
+    def fail(self, status: str = "FAILED", reason: str | None = None) -> None:
+        """The sweep stopped (``KILLED``: Ctrl-C; ``FAILED``: a fault): the parent and every trial
+        run still running end with that status, so no run is left RUNNING (a resume reopens the
+        trials Tune restores)."""
         if self.parent_id:
+            if reason:
+                self.client.set_tag(self.parent_id, "error", reason[:5000])
+            self._close_open_trials(status)
             self.client.set_terminated(self.parent_id, status)
+
+    def _close_open_trials(self, status: str, keep: set = frozenset(), reason: str | None = None) -> None:
+        """End the trial runs of this sweep that are still RUNNING (or, with ``reason``, also the
+        KILLED ones a resume did not bring back: Tune had not saved them before the driver died)."""
+        if not self.parent_id:
+            return
+        runs = self.client.search_runs([self._experiment_id()], max_results=50000,
+                                       filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' "
+                                                     f"AND tags.`{ROLE_TAG}` = 'trial'")
+        for run in runs:
+            open_ = run.info.status == "RUNNING" or (reason and run.info.status == "KILLED")
+            if open_ and run.data.tags.get("trial_id") not in keep:
+                if reason:
+                    self.client.set_tag(run.info.run_id, "stopped_by", reason)
+                self.client.set_terminated(run.info.run_id, status)
 
 
 # -- reading a sweep back ---------------------------------------------------------------------

@@ -51,6 +51,7 @@ def test_sweep_end_to_end_through_ctrl_c_and_resume(sweep_env, sweep_file, ray_l
     assert "--resume" in out
     _, parents, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "tiny-sweep")
     assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []  # the cut trials were closed too
     finished_before = {c.data.tags["trial_id"] for c in runs
                        if c.data.tags.get("stas.role") == "trial" and c.data.tags.get("full_budget") == "true"}
     assert 1 <= len(finished_before) < TRIALS
@@ -70,6 +71,7 @@ def test_sweep_end_to_end_through_ctrl_c_and_resume(sweep_env, sweep_file, ray_l
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert len(children) == TRIALS and len(runs) == len(children) + len(point_runs)
+    assert {c.info.status for c in children} <= {"FINISHED", "FAILED"}  # restored trials ran on in their runs
     assert len({c.data.tags["trial_id"] for c in children}) == TRIALS
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
 

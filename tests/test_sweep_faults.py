@@ -107,3 +107,34 @@ def test_a_space_with_nothing_to_search_runs_its_one_configuration(ray_local, tm
     assert [t["status"] for t in result.trials] == ["finished"]
     assert result.trials[0]["params"] == {"halting.beta": -6.0, "optim.lr": 5e-3}
     assert result.front
+
+
+def test_no_trial_run_is_left_running_after_an_interruption_or_a_resume(tmp_path, sweep_file, mlflow_db):
+    """Ctrl-C closes the running trials' runs as KILLED with the sweep; a resume reopens the ones
+    Tune brings back; at the end, a trial Tune had not saved before a kill -9 (so it never comes
+    back) is closed as KILLED and tagged ``stopped_by = not_restored``."""
+    from types import SimpleNamespace
+
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import SweepTracker
+
+    spec = load_spec(sweep_file(tmp_path))
+    uri = mlflow_db(tmp_path)
+    objectives = [("accuracy", "max"), ("energy_mj", "min")]
+    tracker = SweepTracker(uri, "faults", "tiny", str(tmp_path / "results"), objectives)
+    tracker.start_parent(spec, "plan")
+    runs = {t: tracker.child(t, {"halting.beta": -6.0}, started=True) for t in ("a", "b", "c")}
+    tracker.trial_complete("a", {"halting.beta": -6.0}, full_budget=False)
+    tracker.fail("KILLED")  # Ctrl-C
+    status = lambda t: tracker.client.get_run(runs[t]).info.status  # noqa: E731
+    assert [status(t) for t in "abc"] == ["FINISHED", "KILLED", "KILLED"]
+    # the resume: a new tracker (Tune's restored copy); Tune restores b, never heard of c
+    again = SweepTracker(uri, "faults", "tiny", str(tmp_path / "results"), objectives)
+    again.start_parent(spec, "plan")
+    assert again.child("b", {"halting.beta": -6.0}, started=True) == runs["b"] and status("b") == "RUNNING"
+    again.trial_complete("b", {"halting.beta": -6.0}, full_budget=False)
+    trials = [{"trial_id": t, "params": {"halting.beta": -6.0}, "status": "stopped_by_moasha", "full_budget": False,
+               "error": None} for t in "ab"]
+    again.finish(SimpleNamespace(trials=trials, points=[], front=[], hypervolume=0.0))
+    assert [status(t) for t in "abc"] == ["FINISHED", "FINISHED", "KILLED"]
+    assert tracker.client.get_run(runs["c"]).data.tags["stopped_by"] == "not_restored"

@@ -38,7 +38,7 @@ class TrackerCallback(tune.Callback):
         return self._points
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.child(trial.trial_id, trial.config)
+        self.tracker.child(trial.trial_id, trial.config, started=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get(REPLAYED):  # logged by the driver that was killed (see checkpoints.py)
