@@ -353,7 +353,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .sweep.runner import SweepError, run_tracked
+    from .sweep.runner import SweepError, SweepFault, run_tracked
     from .sweep.space import describe, load_spec
     from .tracking import default_tracking_uri
 
@@ -369,6 +369,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run_tracked(spec, uri, plan, address=args.address, resume=args.resume)
     except SweepError as e:
         raise UsageError(str(e)) from None
+    except SweepFault as e:  # the machine's fault, not the input's: exit 1, one line
+        print(f"stas-sweep run: error: {e}; the sweep stopped and what it saved is kept: fix that, then "
+              f"stas-sweep run {args.file} --resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"interrupted; the sweep's state is saved. Finish it with: stas-sweep run {args.file} --resume",
               file=sys.stderr)

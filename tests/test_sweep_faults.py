@@ -138,3 +138,76 @@ def test_no_trial_run_is_left_running_after_an_interruption_or_a_resume(tmp_path
     again.finish(SimpleNamespace(trials=trials, points=[], front=[], hypervolume=0.0))
     assert [status(t) for t in "abc"] == ["FINISHED", "FINISHED", "KILLED"]
     assert tracker.client.get_run(runs["c"]).data.tags["stopped_by"] == "not_restored"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MiB tmpfs at ``tmp_path/disk`` (root only: skipped where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()[:200]})")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _filling_trial(filler: str):
+    """A synthetic trial that, at its second epoch, finds the disk filled by something else."""
+    def trial(config, *, epochs, epsilons):
+        import stas_sweep.sweep.synthetic as synthetic
+
+        report = synthetic._report
+
+        def fill_then_report(metrics, epoch):
+            if epoch == 2:
+                try:
+                    with open(filler, "ab") as f:
+                        while True:
+                            f.write(b"\0" * 65536)
+                except OSError:
+                    pass
+            report(metrics, epoch)
+
+        synthetic._report = fill_then_report
+        synthetic.sweep_trainable(config, epochs=epochs, epsilons=epsilons)
+    return trial
+
+
+@pytest.mark.slow(25)
+def test_a_disk_filling_up_mid_sweep_ends_in_one_line_with_the_runs_closed(ray_local, small_disk, tmp_path,
+                                                                           sweep_file, mlflow_db, capsys, monkeypatch):
+    """Storage on a small disk that fills during the trials: the sweep stops with SweepFault naming
+    the cause and the path (before: ``EOFError: Ran out of input`` under a Ray traceback, "No space
+    left" screens up), the parent and trial runs end FAILED with the reason; the CLI says it in one
+    line and exits 1."""
+    import mlflow
+
+    from stas_sweep.cli import main
+    from stas_sweep.sweep import runner
+    from stas_sweep.sweep.space import load_spec
+
+    spec = load_spec(sweep_file(tmp_path, storage_path=str(small_disk / "results"),
+                                search={"sampler": "random", "seed": 0, "num_samples": 2},
+                                scheduler={"type": "fifo", "max_epochs": 3}, max_concurrent_trials=2))
+    uri = mlflow_db(tmp_path)  # the store is on another disk
+    with pytest.raises(runner.SweepFault) as err:
+        runner.run_tracked(spec, uri, "plan", trainable=_filling_trial(str(small_disk / "filler")),
+                           log=lambda *_: None)
+    assert "the disk is full (No space left on device)" in str(err.value) and str(small_disk) in str(err.value)
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny-sweep").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("stas.role") == "sweep"]
+    assert [r.info.status for r in parent] == ["FAILED"] and "disk is full" in parent[0].data.tags["error"]
+    assert {r.info.status for r in runs} == {"FAILED"}
+
+    def faulty(*_args, **_kwargs):
+        raise err.value
+    monkeypatch.setattr(runner, "run_tracked", faulty)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    capsys.readouterr()  # the sweep's own output so far
+    assert main(["run", str(spec.path)]) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "disk is full" in lines[0] and "--resume" in lines[0], lines

@@ -16,6 +16,7 @@ Wiring (Ray 2.60, Optuna 5):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -33,6 +34,56 @@ from .trainable import train_stage1, train_trial
 
 class SweepError(RuntimeError):
     """The sweep cannot start or resume (message says why and what to do)."""
+
+
+class SweepFault(RuntimeError):
+    """The sweep stopped on a fault of its machine (disk full, permission, I/O): one line naming
+    the cause and the path; what was saved before it is kept for ``--resume``."""
+
+
+# OS faults a sweep cannot go on through, by errno: what to tell the user
+FAULTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+          errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+          errno.EPERM: "permission denied", errno.EIO: "an I/O error"}
+
+
+def fault_of(exc: BaseException | str, where: str | None = None) -> str | None:
+    """One line naming an OS fault (disk full, permission ...) behind ``exc``: found in its chain
+    of causes (Ray's task errors keep theirs in ``cause``) or, for an error that only carries the
+    text of one (a trial's error as Tune stores it), in its message; ``where`` names the path when
+    the error does not. None when the error is of another kind."""
+    import re
+
+    seen, todo, texts = set(), [exc], []
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in FAULTS:
+            return f"{FAULTS[e.errno]} ({e.strerror}): {e.filename or where or 'path not given'}"
+        texts.append(str(e))
+        if isinstance(e, BaseException):
+            todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    for line in (ln for text in texts for ln in text.splitlines()):
+        for code, what in FAULTS.items():
+            if os.strerror(code) in line:
+                path = re.search(r"'(/[^']+)'", line)
+                return f"{what} ({os.strerror(code)}): {path.group(1) if path else where or line.strip()[:300]}"
+    return None
+
+
+def full_storage(spec: SweepSpec) -> str | None:
+    """'the disk is full ...' when the sweep's local storage has (almost) no room left: Tune then
+    fails on files it could not write (an empty error pickle reads as ``EOFError``)."""
+    folder = Path(experiment_path(spec))
+    if not storage.local(str(folder)):
+        return None
+    try:
+        free = shutil.disk_usage(folder if folder.exists() else spec.storage_dir()).free
+    except OSError:
+        return None
+    return f"the disk is full ({os.strerror(errno.ENOSPC)}): {folder}" if free < (1 << 20) else None
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -376,7 +427,11 @@ def _run_sweep(spec: SweepSpec, address, resume: bool, callbacks, log, verbose: 
     if len(grid) < spec.num_samples or grid.num_terminated + grid.num_errors < len(grid):
         # Tune catches SIGINT itself, saves the experiment and returns early
         raise SweepInterrupted(f"{grid.num_terminated + grid.num_errors} of {plural(spec.num_samples, 'trial')} ended")
-    return summarise(grid, spec, path)
+    result = summarise(grid, spec, path)
+    faults = [f for t in result.trials if t["error"] and (f := fault_of(t["error"], path))]
+    if faults:  # trials that died of the machine's fault, not of their configuration
+        raise SweepFault(f"{faults[0]} ({plural(len(faults), 'trial')} stopped by it)")
+    return result
 
 
 def set_aside_broken_saves(path: str, log=print) -> list[str]:
@@ -423,11 +478,12 @@ def set_aside_broken_saves(path: str, log=print) -> list[str]:
 
 
 def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str | None = None,
-                resume: bool = False, log=print) -> SweepResult:
+                resume: bool = False, log=print, trainable=None) -> SweepResult:
     """The sweep as ``stas-sweep run`` makes it: its MLflow parent run (created, or reopened on
     ``resume``), the Tune callback that logs trials and the front, and the run's end state
     (FINISHED, KILLED on Ctrl-C, FAILED otherwise). Raises :class:`SweepError` for a sweep that
-    cannot start, :class:`SweepInterrupted` when stopped."""
+    cannot start, :class:`SweepInterrupted` when stopped, :class:`SweepFault` on a disk or
+    permission fault. ``trainable`` as :func:`run_sweep`'s."""
     from ..tracking import SweepTracker
     from .callbacks import TrackerCallback
 
@@ -437,16 +493,28 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
                                scheduler=spec.scheduler)
         tracker.start_parent(spec, plan)
         try:
-            result = run_sweep(spec, address=address, resume=resume, log=log,
+            result = run_sweep(spec, address=address, resume=resume, log=log, trainable=trainable,
                                callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference)])
         except KeyboardInterrupt:
-            tracker.fail("KILLED")
+            _close(tracker, "KILLED", None, log)
             raise
-        except BaseException:
-            tracker.fail()
+        except BaseException as e:
+            fault = str(e) if isinstance(e, SweepFault) else fault_of(e, experiment_path(spec)) or full_storage(spec)
+            _close(tracker, "FAILED", fault or error_reason(e), log)
+            if fault:
+                raise SweepFault(fault) from e
             raise
         tracker.finish(result)
         return result
+
+
+def _close(tracker, status: str, reason: str | None, log) -> None:
+    """End the sweep's runs; a store that fails too (on the same full disk) is said, not raised
+    over the fault that stopped the sweep."""
+    try:
+        tracker.fail(status, reason)
+    except Exception as e:  # noqa: BLE001 - the original error matters more
+        log(f"warning: the MLflow runs could not be closed as {status} ({error_reason(e)})")
 
 
 def error_reason(error) -> str:
