@@ -155,5 +155,8 @@ def test_submission_waits_for_the_job_agent_of_a_head_just_started():
     with pytest.raises(RuntimeError, match="bad runtime_env"):
         submit_when_ready(other, lines.append, wait_s=30, submission_id="s-2")
     assert other.calls == 1
-    with pytest.raises(RuntimeError, match="No available agent"):  # a head that never gets an agent
-        submit_when_ready(Head(refusals=99), lines.append, wait_s=0, submission_id="s-3")
+    lines.clear()
+    never = Head(refusals=99)  # a head that never gets an agent: progress, then one line
+    with pytest.raises(ConnectionError, match="did not come up within 2.5 s"):
+        submit_when_ready(never, lines.append, wait_s=2.5, every_s=1.0, submission_id="s-3")
+    assert never.calls >= 3 and len(lines) >= 2 and all("waited" in ln for ln in lines), lines

@@ -43,26 +43,34 @@ def staged_space(spec: SweepSpec) -> dict:
     return raw
 
 
-AGENT_WAIT_S = 120  # how long a submission waits for the job agent of a head that has just started
+AGENT_WAIT_S = 60  # how long a submission waits for the job agent of a head that has just started
 
 
-def submit_when_ready(client, log=print, wait_s: float = AGENT_WAIT_S, **job) -> str:
+def submit_when_ready(client, log=print, wait_s: float = AGENT_WAIT_S, every_s: float = 10.0, **job) -> str:
     """``client.submit_job(**job)``, waiting for the head's job agent: a head that has just
     started answers "No available agent to submit job" (HTTP 500) until its dashboard agent has
-    registered, which takes seconds, or a minute on a busy machine. Other errors are raised at once."""
-    deadline = time.monotonic() + wait_s
-    said = False
+    registered, which takes seconds, or a minute on a busy machine. It retries with a growing
+    pause, says so every ``every_s`` seconds, and after ``wait_s`` raises ``ConnectionError`` (one
+    line for the CLI). Other errors are raised at once."""
+    start = time.monotonic()
+    said, pause = -every_s, 1.0
     while True:
         try:
             return client.submit_job(**job)
         except RuntimeError as e:
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
+            if "No available agent" not in str(e):
                 raise
-            if not said:
-                log(f"the head's job agent is not up yet (a cluster that has just started); "
-                    f"retrying for up to {wait_s:g} s")
-                said = True
-            time.sleep(2)
+            waited = time.monotonic() - start
+            if waited >= wait_s:
+                raise ConnectionError(f"the Ray head's job agent did not come up within {wait_s:g} s (it answers "
+                                      f"'No available agent to submit job'); check the head with `ray status` "
+                                      f"and submit again") from None
+            if waited - said >= every_s:
+                log(f"the head's job agent is not up yet (a cluster that has just started); waited {waited:.0f} s "
+                    f"of {wait_s:g}")
+                said = waited
+            time.sleep(min(pause, max(0.0, wait_s - waited)))
+            pause = min(2 * pause, 8.0)
 
 
 def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, resume: bool = False,
