@@ -44,6 +44,22 @@ def test_energy_json_on_random_input(capsys):
     assert json.loads(capsys.readouterr().out)["epsilon"] == 0.0  # 0 is a value, not "unset"
 
 
+def test_energy_analytic_mode_json_needs_no_data(capsys):
+    """``--firing-rate``: the layers' energy sums to the total; the stem share and the static
+    figure come with it; the text form prints the table and the summary line."""
+    args = ["energy", "spikformer-2-32", "--img-size", "16", "--firing-rate", "0.2", "--token-ratio", "0.5"]
+    assert main(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"energy_mj", "energy_strict_mj", "stem_share", "layers", "static_energy_mj"} <= set(out)
+    assert all({"layer", "flops", "rate", "energy_pj"} <= set(r) for r in out["layers"])
+    assert sum(r["energy_pj"] for r in out["layers"]) * 1e-9 == pytest.approx(out["energy_mj"], rel=1e-12)
+    assert 0 < out["stem_share"] < 1 and out["energy_mj"] < out["static_energy_mj"] < out["energy_strict_mj"] * 10
+    assert out["token_ratio"] == 0.5 and out["firing_rate"] == 0.2 and out["energy"] == out["energy_mj"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "stem.convs.1.0" in text and "halting_score" in text and "stem share" in text
+
+
 def test_energy_table_output(capsys):
     assert main(["energy", "spikformer-1-16", "--img-size", "16", "--input", "random", "--batch", "2"]) == 0
     out = capsys.readouterr().out
@@ -61,6 +77,16 @@ def test_energy_table_output(capsys):
         (["energy", "vit-9-9"], "unknown model 'vit-9-9'; valid names: spikedriven-1-16"),
         (["energy", "spikformer-1-16", "--epsilon", "1.2"], "epsilon must lie in [0, 1)"),
         (["energy", "spikformer-1-16", "--img-size", "30"], "img_size=30"),
+        (["energy", "spikformer-1-16", "--firing-rate", "1.5", "--token-ratio", "0.5"],
+         "firing rate must lie in [0, 1], got 1.5"),
+        (["energy", "spikformer-1-16", "--firing-rate", "-0.1"], "firing rate must lie in [0, 1], got -0.1"),
+        (["energy", "spikformer-1-16", "--firing-rate", "0.2", "--token-ratio", "0"],
+         "token ratio must lie in (0, 1], got 0.0"),
+        (["energy", "spikformer-1-16", "--firing-rate", "0.2", "--token-ratio", "1.01"],
+         "token ratio must lie in (0, 1], got 1.01"),
+        (["energy", "spikformer-1-16", "--token-ratio", "0.5"], "--token-ratio needs --firing-rate"),
+        (["energy", "spikformer-1-16", "--firing-rate", "0.2", "--epsilon", "0.1"],
+         "--epsilon cannot be combined with --firing-rate"),
     ],
 )
 def test_bad_input_exits_2_with_message(args, message, capsys):

@@ -85,6 +85,19 @@ class HaltingConfig(_OneKnob):
 PAPER_ALPHA_BETA = {"spikformer": (-5.0, 0.0), "spikingformer": (5.0, -25.0), "spikedriven": (5.0, -25.0)}
 
 
+def halting_macs(cells: float, D: int) -> float:
+    """MACs of A-SSA's own computation for ``cells`` scored token-cells (a token scored once in a
+    block at a timestep) of width ``D`` (SPEC 2.6, App. A counts it at E_MAC):
+
+        eq. 3  h = sigmoid(alpha * X[0] + beta)   1 MAC
+        eq. 4  C += h                             1 add
+        eq. 8  rep += p * X                       D MACs (the mean field's weighted sum)
+
+    so ``D + 2`` per scored token-cell. The halting tests of eq. 5 and the choice of eq. 7 are
+    comparisons and are not counted."""
+    return float(cells) * (D + 2)
+
+
 def check_epsilon(epsilon: float) -> float:
     epsilon = float(epsilon)
     if not 0.0 <= epsilon < 1.0:
