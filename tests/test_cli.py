@@ -252,3 +252,33 @@ def test_pareto_skips_a_failed_empty_sweep_and_point_runs_follow_the_front(tmp_p
     assert main(["pareto", "--experiment", "other", "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
     assert "has front points yet" in err and "'broken'" in err and "FAILED" in err
+
+
+def test_a_resume_under_another_energy_convention_is_refused(tmp_path, sweep_file, mlflow_db):
+    """Point, trial and parent runs carry the meter's version; reopening the sweep under another
+    version (or one logged before the tag existed: version 1) is refused, naming both."""
+    import mlflow
+
+    from stas_sweep.energy import METER_VERSION
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import ENERGY_TAG, SweepTracker, TrackingError
+
+    uri = mlflow_db(tmp_path)
+    spec = load_spec(sweep_file(tmp_path / "a", name="metered"))
+    obj, ref = spec.objectives, spec.reference
+    point = {"trial_id": "t1", "epsilon": 0.0, "accuracy": 90.0, "energy_mj": 0.8, "energy_strict_mj": 1.0,
+             "token_ratio": 0.5, "energy_reduction": 10.0}
+    tracker = SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention=str(METER_VERSION))
+    tracker.start_parent(spec, "plan")
+    tracker.child("t1", {})
+    tracker.write_points([point], _front([point], obj, ref).front)
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.experiment).experiment_id])
+    assert {r.data.tags.get(ENERGY_TAG) for r in runs} == {str(METER_VERSION)} and len(runs) == 3
+    SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention=str(METER_VERSION)).start_parent(spec, "plan")
+    with pytest.raises(TrackingError, match=f"energy convention {METER_VERSION} .*meters with 99"):
+        SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention="99").start_parent(spec, "plan")
+    # a sweep logged before the tag existed (no energy_convention given) counts as version 1
+    SweepTracker(uri, spec.experiment, spec.name, "/x/old", obj).start_parent(spec, "plan")
+    with pytest.raises(TrackingError, match="energy convention 1 "):
+        SweepTracker(uri, spec.experiment, spec.name, "/x/old", obj, energy_convention="2").start_parent(spec, "plan")

@@ -22,6 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..energy import METER_VERSION
 from .checkpoints import restore_lost_checkpoints
 from .front import front_of, trial_points
 from .space import SweepSpec
@@ -349,7 +350,7 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
 
     check_can_start(spec, resume)
     tracker = SweepTracker(tracking_uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
-                           scheduler=spec.scheduler)
+                           scheduler=spec.scheduler, energy_convention=str(METER_VERSION))
     tracker.start_parent(spec, plan)
     try:
         result = run_sweep(spec, address=address, resume=resume, log=log,
