@@ -214,6 +214,18 @@ def test_sml_loss_is_the_public_codes_on_a_two_block_toy_model():
         sml.loss(torch.nn.functional.cross_entropy, out.logits, y)
 
 
+def test_sml_puts_data_parallel_slices_back_in_device_order():
+    """Under DataParallel each replica's block output is a slice of the batch on its own device;
+    SML joins them in device order, the order DataParallel scatters and gathers (CPU tensors
+    stand in for the replicas' here)."""
+    from stas_sweep.train.sml import SML
+
+    a, b, c = (torch.full((2, n, 4, 8), float(n)) for n in (1, 2, 3))  # [T', b, K, D] slices
+    parts = {torch.device("cuda", 2): c, torch.device("cuda", 0): a, torch.device("cuda", 1): b}
+    whole = SML._whole_batch(parts, torch.device("cpu"))
+    assert whole.shape == (2, 6, 4, 8) and whole[0, :, 0, 0].tolist() == [1, 2, 2, 3, 3, 3]
+
+
 def test_data_parallel_gather_merges_replica_outputs():
     """The gather of a multi-GPU trial (run here on CPU tensors: no GPU on this machine)."""
     from stas_sweep import create_model

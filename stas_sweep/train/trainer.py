@@ -104,9 +104,6 @@ class Trainer:
         self.mixup = build_mixup(d.mixup, d.cutmix, d.label_smoothing, self.model_args["num_classes"])
         self.criterion = self._criterion(mixup=self.mixup is not None)
         self.train_model = wrap_data_parallel(self.model, self.device, log=self.log)
-        if cfg.sml.enabled and self.train_model is not self.model:
-            raise ValueError("sml.enabled: SML is not supported with several GPUs per trial; give the trial "
-                             "one GPU or switch SML off")
         sml = cfg.sml
         self.sml = SML(self.model, sml.blocks, alpha=sml.alpha, lamb=sml.lamb, temperature=sml.temperature,
                        channels=sml.channels, kernels=tuple(sml.kernels)) if sml.enabled else None
