@@ -23,7 +23,7 @@ Decisions (SPEC): the p of a timestep are not renormalised in ``tb``; the counts
 ponder loss carry no gradient, the remainders r do (through h); the state is float32 even
 under autocast.
 
-The paper's baselines are configured here too (``halting.method``, docs/baselines.md):
+Two baselines are configured here too (``halting.method``, docs/baselines.md):
 :class:`TokenDropConfig` (a fixed keep ratio per block) and :class:`TimestepExitConfig` (an
 entropy test on the running-mean logits after each timestep, :func:`exit_steps`); the model
 runs them (:mod:`~stas_sweep.models.vit`). Each method has one evaluation knob (``KNOBS``).
@@ -38,7 +38,7 @@ from typing import ClassVar
 import torch
 
 ACCUMULATIONS = ("tb", "b")
-# halting.method: A-SSA (this module's eqs.) or one of the paper's baselines (docs/baselines.md)
+# halting.method: A-SSA (this module's eqs.), a STATA-style or a DT-SNN-style baseline (docs/baselines.md)
 METHODS = ("stas", "token_drop", "timestep_exit")
 # the knob each method is evaluated over at evaluation time (STAS^epsilon and its analogues)
 KNOBS = {"stas": "epsilon", "token_drop": "keep_ratio", "timestep_exit": "exit_threshold"}

@@ -188,7 +188,7 @@ class ModelConfig(_Section):
 
 
 class HaltingSection(_Section):
-    # stas: A-SSA; token_drop / timestep_exit: the paper's baselines (docs/baselines.md)
+    # stas: A-SSA; token_drop: STATA-style; timestep_exit: DT-SNN-style, ours (docs/baselines.md)
     method: Literal["stas", "token_drop", "timestep_exit"] = "stas"
     alpha: float | None = None  # None: the paper's value for the model's family (PAPER_ALPHA_BETA)
     beta: float | None = None
