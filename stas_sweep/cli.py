@@ -476,7 +476,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from .sweep.front import param_keys
     from .tracking import latest_sweep
 
-    from .sweep.paper_results import DATASETS, SOURCE, paper_rows
+    from .energy import METER_VERSION
+    from .sweep.paper_results import DATASETS, PAPER_ENERGY_CONVENTION, SOURCE, paper_rows
+    from .sweep.plots import energy_convention
 
     with _store_errors(args.tracking_uri):
         sweep = latest_sweep(args.tracking_uri, args.experiment)
@@ -489,8 +491,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             f"no front points")
     say(f"sweep {sweep['name']} (experiment {sweep['experiment']!r}, run {sweep['run_id']}, {sweep['status']}): "
         f"{len(front)} points on the front")
+    version = sweep.get("energy_convention", "1")
+    if version != str(METER_VERSION):  # a front counted by an older meter: not this code's nor the paper's reading
+        say(f"this front's energy was counted with energy convention {version}; this code counts with "
+            f"{METER_VERSION} (docs/energy.md), so its energy is not comparable with the paper's figures or "
+            f"with newer fronts")
     if args.json:
-        print(json.dumps({"front": front, "paper": paper} if args.paper else front, indent=2))
+        conventions = {"front": energy_convention("energy_mj", version), "paper": PAPER_ENERGY_CONVENTION}
+        print(json.dumps({"front": front, "paper": paper, "energy_convention": conventions} if args.paper
+                         else front, indent=2))
         return 0
     print(_front_table(front, sweep["objectives"], param_keys(front)))
     if args.paper:
@@ -498,7 +507,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             print(f"\nthe paper reports no figures for data set {sweep.get('dataset')!r} "
                   f"(it has {', '.join(DATASETS)})")
         else:
-            print(f"\nthe paper's figures, NOT measured here ({SOURCE}); energy in the paper's convention:")
+            print(f"\nthe front's energy_mj: {energy_convention('energy_mj', version)}")
+            print(f"the paper's figures, NOT measured here ({SOURCE}); energy_mj: {PAPER_ENERGY_CONVENTION}:")
             print(_paper_table(paper))
     return 0
 

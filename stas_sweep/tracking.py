@@ -606,7 +606,7 @@ class SweepTracker:
                 if final:
                     self.client.log_artifact(self.parent_id, str(plot_front_html(
                         points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=paper,
-                        title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
+                        energy_version=getattr(self, "energy_convention", None), title=f"{self.sweep}: {len(on)} of {len(points)} points on the front")))
             history = self.client.get_metric_history(self.parent_id, "hypervolume")
             if history:
                 last: dict[int, float] = {}  # finished trials -> the latest value logged at that count
@@ -646,8 +646,8 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
     """The latest sweep in the store (or in ``experiment``) that has front points.
 
     Returns ``{"run_id", "name", "experiment", "status", "objectives", "front", "dataset",
-    "skipped"}``: ``front`` is its ``pareto_front.json``; ``dataset`` the base config's data
-    set; ``skipped`` the newer sweeps passed over because they have no points yet (failed
+    "skipped", "energy_convention"}``: ``front`` is its ``pareto_front.json``; ``dataset`` the
+    base config's data set; ``energy_convention`` its ``stas.energy_convention`` tag ("1" if absent); ``skipped`` the newer sweeps passed over because they have no points yet (failed
     before a trial finished, or still running), each ``{"run_id", "name", "experiment",
     "status"}``. Raises :class:`TrackingError` when no sweep has points (naming the latest one
     and its status).
@@ -687,7 +687,8 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
                 default = '[["accuracy", "max"], ["energy_mj", "min"]]'
                 objectives = json.loads(run.data.tags.get(OBJECTIVES_TAG, default))
                 return {**describe(run), "objectives": [tuple(o) for o in objectives], "front": front,
-                        "dataset": run.data.params.get("base.data.name"), "skipped": skipped}
+                        "dataset": run.data.params.get("base.data.name"), "skipped": skipped,
+                        "energy_convention": run.data.tags.get(ENERGY_TAG, "1")}
         skipped.append(describe(run))
     latest = skipped[0]
     raise TrackingError(f"no sweep in {where} has front points yet; the latest, {latest['name']!r} "

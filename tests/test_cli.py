@@ -254,7 +254,7 @@ def test_pareto_skips_a_failed_empty_sweep_and_point_runs_follow_the_front(tmp_p
     assert "has front points yet" in err and "'broken'" in err and "FAILED" in err
 
 
-def test_a_resume_under_another_energy_convention_is_refused(tmp_path, sweep_file, mlflow_db):
+def test_a_resume_under_another_energy_convention_is_refused(tmp_path, sweep_file, mlflow_db, capsys):
     """Point, trial and parent runs carry the meter's version; reopening the sweep under another
     version (or one logged before the tag existed: version 1) is refused, naming both."""
     import mlflow
@@ -271,10 +271,10 @@ def test_a_resume_under_another_energy_convention_is_refused(tmp_path, sweep_fil
     tracker = SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention=str(METER_VERSION))
     tracker.start_parent(spec, "plan")
     tracker.child("t1", {})
-    tracker.write_points([point], _front([point], obj, ref).front)
+    tracker.write_front(_front([point], obj, ref), final=True)
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(spec.experiment).experiment_id])
-    assert {r.data.tags.get(ENERGY_TAG) for r in runs} == {str(METER_VERSION)} and len(runs) == 3
+    assert {r.data.tags.get(ENERGY_TAG) for r in runs} == {str(METER_VERSION)} and len(runs) == 3  # parent, trial, point
     SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention=str(METER_VERSION)).start_parent(spec, "plan")
     with pytest.raises(TrackingError, match=f"energy convention {METER_VERSION} .*meters with 99"):
         SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention="99").start_parent(spec, "plan")
@@ -282,3 +282,11 @@ def test_a_resume_under_another_energy_convention_is_refused(tmp_path, sweep_fil
     SweepTracker(uri, spec.experiment, spec.name, "/x/old", obj).start_parent(spec, "plan")
     with pytest.raises(TrackingError, match="energy convention 1 "):
         SweepTracker(uri, spec.experiment, spec.name, "/x/old", obj, energy_convention="2").start_parent(spec, "plan")
+    # pareto --paper names the front's convention and the paper's
+    assert main(["pareto", "--paper", "--json", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr()
+    conventions = json.loads(out.out)["energy_convention"]
+    assert f"energy convention {METER_VERSION}" in conventions["front"] and "appendix A" in conventions["paper"]
+    assert "energy convention 1" not in out.err
+    html = Path(client.download_artifacts(tracker.parent_id, "pareto_front.html")).read_text()
+    assert f"energy convention {METER_VERSION}" in html
