@@ -64,6 +64,7 @@ from torch import nn
 
 from .models.blocks import Block, SpikeMatmul
 from .models.halting import halting_macs
+from .models.registry import create_model, get_arch
 from .models.packing import Packing
 from .models.vit import SpikingViT
 
@@ -407,8 +408,6 @@ def analytic_energy(name: str, rate: float, token_ratio: float | None = None, *,
     measured run. Every synaptic input reads activity ``rate``; ``token_ratio`` ``None`` is the
     static model, a value Q in (0, 1] is A-SSA running the share Q of every block's
     token-timestep cells (halted cells silent) plus its own MACs on those cells."""
-    from .models import create_model
-
     check_rate(rate, token_ratio)
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, img_size=img_size, in_channels=in_channels,
@@ -424,9 +423,10 @@ def analytic_summary(name: str, rate: float, token_ratio: float | None = None, *
     """:func:`analytic_energy` as the JSON of ``stas-sweep energy MODEL --firing-rate R
     [--token-ratio Q]``: both conventions, the stem's share of the paper-convention energy, the
     static energy and the saving against it, A-SSA's own energy per scored token-cell, and one
-    ``{layer, flops, rate, energy_pj, ...}`` row per layer (their ``energy_pj`` sum to the total)."""
-    from .models.registry import get_arch
-
+    ``{layer, flops, rate, cells, op, energy_pj, ...}`` row per layer: ``flops`` the dense FLOPs
+    of every pass the layer stands for (T timesteps for a block layer, one pass for I-SPS's stem),
+    ``cells`` the share of them that runs, so an AC row's ``energy_pj`` is
+    ``E_AC x rate x cells x flops``; the rows' ``energy_pj`` sum to the total."""
     report = analytic_energy(name, rate, token_ratio, **shape)
     static = report if token_ratio is None else analytic_energy(name, rate, None, **shape)
     share = 1.0 if token_ratio is None else token_ratio
