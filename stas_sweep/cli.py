@@ -3,6 +3,8 @@
     stas-sweep models [--json]              named configurations and parameter counts
     stas-sweep energy MODEL [--epsilon E | --keep-ratio R | --exit-threshold H] [--convention paper|strict]
                                             energy, firing rates and token ratio on a batch
+    stas-sweep energy MODEL --firing-rate R [--token-ratio Q]
+                                            the same count with no data and no weights (analytic)
     stas-sweep train CONFIG [--set k=v]     one training run (stage 1 or stage 2)
     stas-sweep eval CHECKPOINT              accuracy / tokens / energy at several epsilons
     stas-sweep validate FILE                check a search-space file
@@ -173,6 +175,38 @@ def _progress(command: str, quiet: bool = False):
     return say
 
 
+def _cmd_energy_analytic(args: argparse.Namespace) -> int:
+    """``--firing-rate R [--token-ratio Q]``: every synaptic input at R, every block at the share
+    Q of its cells, counted on the meta device (no data, no weights)."""
+    from .energy import analytic_energy, analytic_summary, check_rate
+
+    measured_only = {"--halting": args.halting, "--epsilon": args.epsilon, "--keep-ratio": args.keep_ratio,
+                     "--exit-threshold": args.exit_threshold}
+    given = [flag for flag, value in measured_only.items() if value not in (None, False)]
+    if given:
+        raise UsageError(f"{', '.join(given)} cannot be combined with --firing-rate (the analytic mode "
+                         f"models A-SSA by --token-ratio)")
+    with _flag_errors():
+        check_rate(args.firing_rate, args.token_ratio)
+        shape = dict(img_size=args.img_size, num_classes=args.num_classes, in_channels=args.in_channels,
+                     timesteps=args.timesteps, stem=args.stem)
+        summary = analytic_summary(args.model, args.firing_rate, args.token_ratio, **shape)
+    summary["convention"] = args.convention
+    summary["energy"] = summary["energy_mj" if args.convention == "paper" else "energy_strict_mj"]
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.model} ({args.stem}, T={args.timesteps}, {args.img_size}x{args.img_size}, {args.num_classes} "
+          f"classes), analytic: every input at firing rate {args.firing_rate}, blocks at token ratio "
+          f"{summary['token_ratio']}")
+    print(analytic_energy(args.model, args.firing_rate, args.token_ratio, **shape).table(args.convention))
+    print(f"stem share {summary['stem_share']:.3f}; static {summary['static_energy_mj']:.4f} mJ "
+          f"(strict {summary['static_energy_strict_mj']:.4f}); saving {100 * summary['saving']:.1f} %; "
+          f"A-SSA's own work {summary['halting_score_mj']:.6f} mJ "
+          f"({summary['halting_score_pj_per_cell']:.1f} pJ per scored token-cell)")
+    return 0
+
+
 def cmd_energy(args: argparse.Namespace) -> int:
     import torch
 
@@ -180,6 +214,11 @@ def cmd_energy(args: argparse.Namespace) -> int:
     from .models import create_model
     from .models.diagnostics import calibrate_batchnorm, temporal_similarity
 
+    if args.firing_rate is not None:
+        return _cmd_energy_analytic(args)
+    if args.token_ratio is not None:
+        raise UsageError("--token-ratio needs --firing-rate (the analytic mode); a measured run takes "
+                         "--epsilon, --keep-ratio or --exit-threshold")
     halting = None
     baseline = {"keep_ratio": args.keep_ratio, "exit_threshold": args.exit_threshold}
     if sum(v is not None for v in baseline.values()) + bool(args.epsilon is not None or args.halting) > 1:
@@ -450,7 +489,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from .tables import plural
     from .tracking import latest_sweep
 
-    from .sweep.paper_results import DATASETS, SOURCE, paper_rows
+    from .energy import METER_VERSION
+    from .sweep.paper_results import DATASETS, PAPER_ENERGY_CONVENTION, SOURCE, paper_rows
+    from .sweep.plots import energy_convention
 
     with _store_errors(args.tracking_uri):
         sweep = latest_sweep(args.tracking_uri, args.experiment)
@@ -463,8 +504,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             f"no front points")
     say(f"sweep {sweep['name']} (experiment {sweep['experiment']!r}, run {sweep['run_id']}, {sweep['status']}): "
         f"{plural(len(front), 'point')} on the front")
+    version = sweep.get("energy_convention", "1")
+    if version != str(METER_VERSION):  # a front counted by an older meter: not this code's nor the paper's reading
+        say(f"this front's energy was counted with energy convention {version}; this code counts with "
+            f"{METER_VERSION} (docs/energy.md), so its energy is not comparable with the paper's figures or "
+            f"with newer fronts")
     if args.json:
-        print(json.dumps({"front": front, "paper": paper} if args.paper else front, indent=2))
+        conventions = {"front": energy_convention("energy_mj", version), "paper": PAPER_ENERGY_CONVENTION}
+        print(json.dumps({"front": front, "paper": paper, "energy_convention": conventions} if args.paper
+                         else front, indent=2))
         return 0
     print(_front_table(front, sweep["objectives"], param_keys(front)))
     if args.paper:
@@ -472,7 +520,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             print(f"\nthe paper reports no figures for data set {sweep.get('dataset')!r} "
                   f"(it has {', '.join(DATASETS)})")
         else:
-            print(f"\nthe paper's figures, NOT measured here ({SOURCE}); energy in the paper's convention:")
+            print(f"\nthe front's energy_mj: {energy_convention('energy_mj', version)}")
+            print(f"the paper's figures, NOT measured here ({SOURCE}); energy_mj: {PAPER_ENERGY_CONVENTION}:")
             print(_paper_table(paper))
     return 0
 
@@ -576,10 +625,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offline digits validation images (default) or random input")
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--firing-rate", type=_finite_float, metavar="R",
+                   help="analytic mode, no data and no weights: every synaptic input at firing rate R in [0, 1]")
+    p.add_argument("--token-ratio", type=_finite_float, metavar="Q",
+                   help="with --firing-rate: A-SSA running the share Q in (0, 1] of every block's "
+                        "token-timestep cells, its own work included (default: the static model)")
     p.add_argument("--convention", choices=["paper", "strict"], default="paper",
                    help="energy convention of the table's per-layer columns and of the JSON 'energy' field: "
-                        "paper (STAS eqs. 11-12, energy_mj; default) or strict (non-binary inputs at MAC, "
-                        "energy_strict_mj); both totals are always printed")
+                        "paper (STAS eqs. 11-12, energy_mj; default: the I-SPS stem one pass, every other "
+                        "input at AC) or strict (energy_strict_mj: differs in that non-binary inputs - "
+                        "Spikformer's integer stream into q/k/v/fc1, the real head input - are MAC, and "
+                        "I-SPS's rate maps count as T spike maps); both totals are always printed")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_energy)

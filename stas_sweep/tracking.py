@@ -287,6 +287,9 @@ class Tracker:
 
 SWEEP_TAG, ROLE_TAG, PATH_TAG, OBJECTIVES_TAG = "stas.sweep", "stas.role", "stas.path", "stas.objectives"
 POINT_TAG = "stas.point"  # "<trial_id>@<epsilon>": finds a point's run again after a resume
+# the energy meter's counting rules (stas_sweep.energy.METER_VERSION, handed in by the sweep) on the
+# parent, trial and point runs: fronts metered under different rules are never mixed
+ENERGY_TAG = "stas.energy_convention"
 # MLflow 3 sorts experiments into GenAI and model-training ones by this experiment tag (its UI's
 # "set experiment kind" writes it); the 3.17 UI itself opens the view of its global workflow
 # switch, which the URL parameter ``workflowType=machine_learning`` sets (see ``browse_url``)
@@ -357,7 +360,8 @@ class SweepTracker:
       resumed sweep never logs a point twice): params = the trial's searched values and
       the knob; metrics ``accuracy``, ``energy_mj``, ``energy_strict_mj``, ``token_ratio``,
       ``energy_reduction``; tags ``pareto`` (``true`` exactly on the front, retagged as the
-      front changes), ``trial_id``, ``method``. Filtering ``tags.pareto = 'true'`` lists the
+      front changes), ``trial_id``, ``method``, ``stas.energy_convention`` (the meter's version,
+      also on the parent and trial runs; a resume under another version is refused). Filtering ``tags.pareto = 'true'`` lists the
       front and a scatter of two of these metrics draws it.
 
     The points and the front come from :mod:`stas_sweep.sweep.front` (anything with ``points``,
@@ -366,8 +370,9 @@ class SweepTracker:
     """
 
     def __init__(self, uri: str | None, experiment: str, sweep: str, path: str, objectives: list,
-                 scheduler: str = "asha") -> None:
+                 scheduler: str = "asha", energy_convention: str | None = None) -> None:
         self.uri = default_tracking_uri(uri)
+        self.energy_convention = energy_convention  # the meter's version: a tag on every run
         self.scheduler = scheduler  # what stopped a trial early: the `stopped_by` tag
         self.experiment, self.sweep, self.path = experiment, sweep, path
         self.objectives = [tuple(o) for o in objectives]
@@ -420,13 +425,14 @@ class SweepTracker:
             [exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{self.sweep}' "
                                     f"AND tags.`{PATH_TAG}` = '{self.path}'", max_results=1)
         if found:
+            self._check_energy_convention(found[0].data.tags)
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             self._sync()
             return self.parent_id
         run = self.client.create_run(exp_id, run_name=f"sweep-{self.sweep}", tags={
             ROLE_TAG: "sweep", SWEEP_TAG: self.sweep, PATH_TAG: self.path, "code_version": code_version(),
-            OBJECTIVES_TAG: json.dumps(self.objectives),
+            OBJECTIVES_TAG: json.dumps(self.objectives), **self._energy_tag(),
             "mlflow.note.content": f"STAS sweep {self.sweep}: one nested run per trial (per-epoch curves) and "
                                    f"one per candidate point (trial, epsilon).\n\n" + browse_steps(self.experiment)
                                    + "\n\nenergy_mj is the paper's convention; energy_strict_mj is logged beside it."
@@ -445,6 +451,22 @@ class SweepTracker:
         self._log_json(self.parent_id, {"base": spec.base.to_dict(), "stage1": spec.stage1.to_dict(),
                                         "space": {p.key: p.describe() for p in spec.params}}, "resolved_config.json")
         return self.parent_id
+
+    def _energy_tag(self) -> dict:
+        version = getattr(self, "energy_convention", None)  # a tracker pickled before the tag: none
+        return {} if version is None else {ENERGY_TAG: str(version)}
+
+    def _check_energy_convention(self, tags: dict) -> None:
+        """A sweep resumed under other counting rules would put points of two meters on one
+        front: refuse it, naming both (a sweep without the tag was metered by version 1)."""
+        if getattr(self, "energy_convention", None) is None:
+            return
+        logged = tags.get(ENERGY_TAG, "1")
+        if logged != str(self.energy_convention):
+            raise TrackingError(
+                f"sweep {self.sweep!r} in experiment {self.experiment!r} was metered with energy convention "
+                f"{logged} ({ENERGY_TAG}); this code meters with {self.energy_convention}, so a resume would "
+                f"mix two energy axes on one front: start it afresh under another sweep name or experiment")
 
     def _load_state(self) -> None:
         """After a resume: the trial runs by trial id, the point runs by point key."""
@@ -498,6 +520,7 @@ class SweepTracker:
         run = self.client.create_run(self._experiment_id(), run_name=f"trial-{trial_id}", tags={
             "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep, ROLE_TAG: "trial",
             "full_budget": "false", "method": params.get("halting.method", getattr(self, "base_method", "stas")),
+            **self._energy_tag(),
         })
         self.runs[trial_id] = run.info.run_id
         log_params(self.client, run.info.run_id, params)
@@ -565,7 +588,7 @@ class SweepTracker:
                                      tags={"mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key,
                                            SWEEP_TAG: self.sweep, "trial_id": str(point["trial_id"]),
                                            "method": str(point.get("method") or getattr(self, "base_method", "stas")),
-                                           "pareto": pareto})
+                                           "pareto": pareto, **self._energy_tag()})
         run_id = run.info.run_id
         ts = int(time.time() * 1000)
         params = [Param(k, str(point[k])[:6000]) for k in param_keys([point])]
@@ -626,7 +649,7 @@ class SweepTracker:
                 if final:
                     self.client.log_artifact(self.parent_id, str(plot_front_html(
                         points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=paper,
-                        title=f"{self.sweep}: {len(on)} of {plural(len(points), 'point')} on the front")))
+                        energy_version=getattr(self, "energy_convention", None), title=f"{self.sweep}: {len(on)} of {plural(len(points), 'point')} on the front")))
             history = self.client.get_metric_history(self.parent_id, "hypervolume")
             if history:
                 last: dict[int, float] = {}  # finished trials -> the latest value logged at that count
@@ -688,8 +711,8 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
     """The latest sweep in the store (or in ``experiment``) that has front points.
 
     Returns ``{"run_id", "name", "experiment", "status", "objectives", "front", "dataset",
-    "skipped"}``: ``front`` is its ``pareto_front.json``; ``dataset`` the base config's data
-    set; ``skipped`` the newer sweeps passed over because they have no points yet (failed
+    "skipped", "energy_convention"}``: ``front`` is its ``pareto_front.json``; ``dataset`` the
+    base config's data set; ``energy_convention`` its ``stas.energy_convention`` tag ("1" if absent); ``skipped`` the newer sweeps passed over because they have no points yet (failed
     before a trial finished, or still running), each ``{"run_id", "name", "experiment",
     "status"}``. Raises :class:`TrackingError` when no sweep has points (naming the latest one
     and its status).
@@ -728,7 +751,8 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
                 default = '[["accuracy", "max"], ["energy_mj", "min"]]'
                 objectives = json.loads(run.data.tags.get(OBJECTIVES_TAG, default))
                 return {**describe(run), "objectives": [tuple(o) for o in objectives], "front": front,
-                        "dataset": run.data.params.get("base.data.name"), "skipped": skipped}
+                        "dataset": run.data.params.get("base.data.name"), "skipped": skipped,
+                        "energy_convention": run.data.tags.get(ENERGY_TAG, "1")}
         skipped.append(describe(run))
     latest = skipped[0]
     raise TrackingError(f"no sweep in {where} has front points yet; the latest, {latest['name']!r} "

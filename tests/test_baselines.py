@@ -316,10 +316,24 @@ def test_front_plots_colour_methods_and_draw_paper_markers(tmp_path):
     paper = paper_rows("cifar100", transformers_only=True)
     png = plot_front_png(pts, [("accuracy", "max"), ("energy_mj", "min")], tmp_path / "f.png", paper=paper)
     assert png.stat().st_size > 0
-    html = plot_front_html(pts, [("accuracy", "max"), ("energy_mj", "min")], tmp_path / "f.html", paper=paper).read_text()
+    html = plot_front_html(pts, [("accuracy", "max"), ("energy_mj", "min")], tmp_path / "f.html", paper=paper,
+                           energy_version="2").read_text()
     for name in ("token_drop", "timestep_exit", "stas", PAPER_LEGEND.split("(")[1],
                  "paper: STAS^eps Spikformer-4-384", "keep_ratio"):
         assert name in html, name
+    # one convention, and every hover says which: our points' energy and the paper's own figures
+    import html as html_lib
+
+    from stas_sweep.sweep.paper_results import PAPER_ENERGY_CONVENTION
+    from stas_sweep.sweep.plots import energy_convention
+
+    ours = html_lib.escape(energy_convention("energy_mj", "2"))
+    assert "energy convention 2" in energy_convention("energy_mj", "2")
+    titles = [t.split("</title>")[0] for t in html.split("<title>")[2:]]  # the tooltips, not the page title
+    circles, stars = [t for t in titles if "trial_id" in t], [t for t in titles if "Table 3" in t]
+    assert len(circles) == len(pts) and stars
+    assert all(f"energy_mj convention: {ours}" in t for t in circles)
+    assert all(html_lib.escape(PAPER_ENERGY_CONVENTION) in t for t in stars)
 
 
 # -- the baselines sweep end to end -----------------------------------------------------------

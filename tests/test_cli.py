@@ -45,6 +45,22 @@ def test_energy_json_on_random_input(capsys):
     assert json.loads(capsys.readouterr().out)["epsilon"] == 0.0  # 0 is a value, not "unset"
 
 
+def test_energy_analytic_mode_json_needs_no_data(capsys):
+    """``--firing-rate``: the layers' energy sums to the total; the stem share and the static
+    figure come with it; the text form prints the table and the summary line."""
+    args = ["energy", "spikformer-2-32", "--img-size", "16", "--firing-rate", "0.2", "--token-ratio", "0.5"]
+    assert main(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"energy_mj", "energy_strict_mj", "stem_share", "layers", "static_energy_mj"} <= set(out)
+    assert all({"layer", "flops", "rate", "energy_pj"} <= set(r) for r in out["layers"])
+    assert sum(r["energy_pj"] for r in out["layers"]) * 1e-9 == pytest.approx(out["energy_mj"], rel=1e-12)
+    assert 0 < out["stem_share"] < 1 and out["energy_mj"] < out["static_energy_mj"] < out["energy_strict_mj"] * 10
+    assert out["token_ratio"] == 0.5 and out["firing_rate"] == 0.2 and out["energy"] == out["energy_mj"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "stem.convs.1.0" in text and "halting_score" in text and "stem share" in text
+
+
 def test_energy_table_output(capsys):
     assert main(["energy", "spikformer-1-16", "--img-size", "16", "--input", "random", "--batch", "2"]) == 0
     out = capsys.readouterr().out
@@ -62,6 +78,16 @@ def test_energy_table_output(capsys):
         (["energy", "vit-9-9"], "unknown model 'vit-9-9'; valid names: spikedriven-1-16"),
         (["energy", "spikformer-1-16", "--epsilon", "1.2"], "epsilon must lie in [0, 1)"),
         (["energy", "spikformer-1-16", "--img-size", "30"], "img_size=30"),
+        (["energy", "spikformer-1-16", "--firing-rate", "1.5", "--token-ratio", "0.5"],
+         "firing rate must lie in [0, 1], got 1.5"),
+        (["energy", "spikformer-1-16", "--firing-rate", "-0.1"], "firing rate must lie in [0, 1], got -0.1"),
+        (["energy", "spikformer-1-16", "--firing-rate", "0.2", "--token-ratio", "0"],
+         "token ratio must lie in (0, 1], got 0.0"),
+        (["energy", "spikformer-1-16", "--firing-rate", "0.2", "--token-ratio", "1.01"],
+         "token ratio must lie in (0, 1], got 1.01"),
+        (["energy", "spikformer-1-16", "--token-ratio", "0.5"], "--token-ratio needs --firing-rate"),
+        (["energy", "spikformer-1-16", "--firing-rate", "0.2", "--epsilon", "0.1"],
+         "--epsilon cannot be combined with --firing-rate"),
     ],
 )
 def test_bad_input_exits_2_with_message(args, message, capsys):
@@ -279,3 +305,41 @@ def test_credentials_in_a_tracking_uri_are_never_printed_or_kept(tmp_path, sweep
     tracker = SweepTracker(uri, "e", "s", str(tmp_path), [("accuracy", "max"), ("energy_mj", "min")])
     assert secret.encode() not in pickle.dumps(tracker) and tracker.uri == "http://127.0.0.1:9"
     assert mask_text(f"see {uri}/x and https://tok3n@h/") == "see http://alice:***@127.0.0.1:9/x and https://***@h/"
+
+
+def test_a_resume_under_another_energy_convention_is_refused(tmp_path, sweep_file, mlflow_db, capsys):
+    """Point, trial and parent runs carry the meter's version; reopening the sweep under another
+    version (or one logged before the tag existed: version 1) is refused, naming both."""
+    import mlflow
+
+    from stas_sweep.energy import METER_VERSION
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import ENERGY_TAG, SweepTracker, TrackingError
+
+    uri = mlflow_db(tmp_path)
+    spec = load_spec(sweep_file(tmp_path / "a", name="metered"))
+    obj, ref = spec.objectives, spec.reference
+    point = {"trial_id": "t1", "epsilon": 0.0, "accuracy": 90.0, "energy_mj": 0.8, "energy_strict_mj": 1.0,
+             "token_ratio": 0.5, "energy_reduction": 10.0}
+    tracker = SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention=str(METER_VERSION))
+    tracker.start_parent(spec, "plan")
+    tracker.child("t1", {})
+    tracker.write_front(_front([point], obj, ref), final=True)
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.experiment).experiment_id])
+    assert {r.data.tags.get(ENERGY_TAG) for r in runs} == {str(METER_VERSION)} and len(runs) == 3  # parent, trial, point
+    SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention=str(METER_VERSION)).start_parent(spec, "plan")
+    with pytest.raises(TrackingError, match=f"energy convention {METER_VERSION} .*meters with 99"):
+        SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention="99").start_parent(spec, "plan")
+    # a sweep logged before the tag existed (no energy_convention given) counts as version 1
+    SweepTracker(uri, spec.experiment, spec.name, "/x/old", obj).start_parent(spec, "plan")
+    with pytest.raises(TrackingError, match="energy convention 1 "):
+        SweepTracker(uri, spec.experiment, spec.name, "/x/old", obj, energy_convention="2").start_parent(spec, "plan")
+    # pareto --paper names the front's convention and the paper's
+    assert main(["pareto", "--paper", "--json", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr()
+    conventions = json.loads(out.out)["energy_convention"]
+    assert f"energy convention {METER_VERSION}" in conventions["front"] and "appendix A" in conventions["paper"]
+    assert "energy convention 1" not in out.err
+    html = Path(client.download_artifacts(tracker.parent_id, "pareto_front.html")).read_text()
+    assert f"energy convention {METER_VERSION}" in html

@@ -23,7 +23,7 @@ Decisions (SPEC): the p of a timestep are not renormalised in ``tb``; the counts
 ponder loss carry no gradient, the remainders r do (through h); the state is float32 even
 under autocast.
 
-The paper's baselines are configured here too (``halting.method``, docs/baselines.md):
+Two baselines are configured here too (``halting.method``, docs/baselines.md):
 :class:`TokenDropConfig` (a fixed keep ratio per block) and :class:`TimestepExitConfig` (an
 entropy test on the running-mean logits after each timestep, :func:`exit_steps`); the model
 runs them (:mod:`~stas_sweep.models.vit`). Each method has one evaluation knob (``KNOBS``).
@@ -38,7 +38,7 @@ from typing import ClassVar
 import torch
 
 ACCUMULATIONS = ("tb", "b")
-# halting.method: A-SSA (this module's eqs.) or one of the paper's baselines (docs/baselines.md)
+# halting.method: A-SSA (this module's eqs.), a STATA-style or a DT-SNN-style baseline (docs/baselines.md)
 METHODS = ("stas", "token_drop", "timestep_exit")
 # the knob each method is evaluated over at evaluation time (STAS^epsilon and its analogues)
 KNOBS = {"stas": "epsilon", "token_drop": "keep_ratio", "timestep_exit": "exit_threshold"}
@@ -83,6 +83,19 @@ class HaltingConfig(_OneKnob):
 # The paper's score parameters per backbone (section 4.2). Spikformer's residual stream is
 # non-negative, so its score reads a silent first channel as "done": sigmoid(-5 * 0 + 0) = 0.5.
 PAPER_ALPHA_BETA = {"spikformer": (-5.0, 0.0), "spikingformer": (5.0, -25.0), "spikedriven": (5.0, -25.0)}
+
+
+def halting_macs(cells: float, D: int) -> float:
+    """MACs of A-SSA's own computation for ``cells`` scored token-cells (a token scored once in a
+    block at a timestep) of width ``D`` (SPEC 2.6, App. A counts it at E_MAC):
+
+        eq. 3  h = sigmoid(alpha * X[0] + beta)   1 MAC
+        eq. 4  C += h                             1 add
+        eq. 8  rep += p * X                       D MACs (the mean field's weighted sum)
+
+    so ``D + 2`` per scored token-cell. The halting tests of eq. 5 and the choice of eq. 7 are
+    comparisons and are not counted."""
+    return float(cells) * (D + 2)
 
 
 def check_epsilon(epsilon: float) -> float:

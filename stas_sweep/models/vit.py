@@ -29,7 +29,7 @@ from torch import nn
 
 from .blocks import Block
 from .halting import (METHODS, HaltingConfig, HaltingState, MethodConfig, TimestepExitConfig,
-                      TokenDropConfig, check_epsilon, check_knob, exit_steps)
+                      TokenDropConfig, check_epsilon, check_knob, exit_steps, halting_macs)
 from .layers import lif
 from .packing import Packing
 from .stems import STEM_CLASSES, check_img_size, num_tokens
@@ -325,7 +325,7 @@ class SpikingViT(nn.Module):
             halting_scores=state.h,
             halting_probs=state.p,
             method="stas",
-            decision_ops=(float(state.active.sum()), 0.0),  # one MAC per scored token and cell
+            decision_ops=(halting_macs(float(state.active.sum()), self.embed_dim), 0.0),  # eqs. 3, 4, 8 per scored cell
         )
 
     def _head(self, rep: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,9 @@ axes.
 
 from __future__ import annotations
 
+# what the paper's energy figures are: its own count in its appendix A convention (docs/energy.md
+# sets this meter's count beside them)
+PAPER_ENERGY_CONVENTION = "the paper's own figure, its appendix A count (eqs. 11-12)"
 SOURCE = "STAS paper (stas-paper.txt), Table 2 (ImageNet) and Table 3 (CIFAR-10/100); token ratios from Table 4"
 
 # dataset, table, method, model, params (M), T, energy mJ, accuracy %, transformer, token ratio, note
@@ -84,9 +87,11 @@ DATASETS = ("cifar10", "cifar100", "imagenet")
 
 def paper_rows(dataset: str | None, *, transformers_only: bool = False) -> list[dict]:
     """The paper's rows for ``dataset`` (``cifar10``, ``cifar100``, ``imagenet``; any other
-    name, e.g. ``digits``, has none), each with ``source`` and ``measured: False``."""
+    name, e.g. ``digits``, has none), each with ``source``, ``measured: False`` and
+    ``energy_convention`` (:data:`PAPER_ENERGY_CONVENTION`)."""
     dataset = str(dataset).strip().lower().replace("_", "-") if dataset else None
-    return [{**r, "source": f"{SOURCE}, Table {r['table']}", "measured": False} for r in PAPER_RESULTS
+    return [{**r, "source": f"{SOURCE}, Table {r['table']}", "measured": False,
+             "energy_convention": PAPER_ENERGY_CONVENTION} for r in PAPER_RESULTS
             if r["dataset"] == dataset and (r["transformer"] or not transformers_only)]
 
 

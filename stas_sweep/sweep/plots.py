@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .front import hover_keys as default_hover_keys
+from .paper_results import PAPER_ENERGY_CONVENTION
 from .pareto import Objective, ObjectiveLike, _number, as_objectives, non_dominated
 
 __all__ = ["plot_front_png", "plot_front_html", "plot_hypervolume_png"]
@@ -38,6 +39,19 @@ _FRONT = "#d62728"
 METHOD_COLOURS = {"stas": "#1f77b4", "token_drop": "#2ca02c", "timestep_exit": "#9467bd", "static": "#8c564b"}
 _PAPER = "#ff7f0e"
 PAPER_LEGEND = "paper's figures (Tables 2-3; not measured)"
+
+
+def energy_convention(key: str, version: str | int | None = None) -> str | None:
+    """What an energy axis of our points means (their hover and the page say it), or None for
+    another metric. ``version``: the meter's convention the points were counted in
+    (``stas.energy_convention``, :data:`stas_sweep.energy.METER_VERSION`), when known."""
+    counted = "" if version is None else f", energy convention {version}"
+    if key == "energy_mj":
+        return (f"the paper's convention (appendix A, eqs. 11-12) as this meter counts it{counted} "
+                f"(docs/energy.md)")
+    if key == "energy_strict_mj":
+        return f"the strict convention (non-binary inputs at MAC){counted}"
+    return None
 
 
 def _methods(points) -> list[str]:
@@ -241,6 +255,7 @@ def plot_front_html(
     hover_keys: Sequence[str] | None = None,
     title: str | None = None,
     paper: Sequence[Mapping] | None = None,
+    energy_version: str | None = None,
 ) -> Path:
     """A small self-contained HTML page: an SVG scatter of ``points`` with the front highlighted
     (coloured by method when they carry several; ``paper``: the paper's rows as labelled stars),
@@ -248,7 +263,9 @@ def plot_front_html(
 
     Hovering a point shows (as its SVG tooltip) the ``hover_keys`` it has (default, ``None``:
     its trial id, epsilon and every searched parameter it carries, e.g. ``halting.alpha``;
-    see :func:`stas_sweep.sweep.front.hover_keys`) followed by the objective values. No script,
+    see :func:`stas_sweep.sweep.front.hover_keys`) followed by the objective values and, for an
+    energy axis, the convention it was counted in (:func:`energy_convention`, with
+    ``energy_version``); a paper star's tooltip says its figure is the paper's own count. No script,
     no external file: about 0.26 kB per point (255 kB for 1000), so it opens at once in MLflow's artifact
     viewer. Parent folders are created.
 
@@ -265,6 +282,8 @@ def plot_front_html(
 
     W, H, L, R, T, B = 720, 480, 80, 20, 20, 56  # canvas and margins (px)
     paper_rows = _drawable_paper(paper, x, y)
+    conventions = [(f"{k} convention", c) for k in dict.fromkeys((x, y))
+                   if (c := energy_convention(k, energy_version)) is not None]
     methods = _methods(points)
     xs = [xy[i][0] for i in drawable] + [a for a, _, _ in paper_rows]
     ys = [xy[i][1] for i in drawable] + [b for _, b, _ in paper_rows]
@@ -305,6 +324,7 @@ def plot_front_html(
             if bool(front[i]) != on_front:
                 continue
             tip = _hover_text(points[i], keys_for(points[i]), obj_names + [x, y])
+            tip += "".join(f"\n{html.escape(k)}: {html.escape(c)}" for k, c in conventions)
             if methods:  # one colour per method, front points larger and ringed in black
                 colour = METHOD_COLOURS.get(points[i].get("method"), _GREY)
                 style = (f'r="7" fill="{colour}" stroke="black" stroke-width="1.2"' if on_front
@@ -337,6 +357,10 @@ def plot_front_html(
                   f'<span style="color:{_GREY}">&#9675;</span> other points ({n_other}).')
     if paper_rows:
         legend += f' &nbsp; <span style="color:{_PAPER}">&#9733;</span> {html.escape(PAPER_LEGEND)}.'
+    for k, c in conventions:
+        legend += f" Points, {html.escape(k)}: {html.escape(c)}."
+        if paper_rows:
+            legend += f" The stars: {html.escape(PAPER_ENERGY_CONVENTION)}."
 
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -360,7 +384,7 @@ def _paper_svg(rows, sx, sy) -> list[str]:
 
     out = []
     for a, b, r in rows:
-        tip = _hover_text(r, ["method", "model", "table", "note", "source", "measured"], [])
+        tip = _hover_text(r, ["method", "model", "table", "note", "source", "measured", "energy_convention"], [])
         out.append(f'<text x="{sx(a):.1f}" y="{sy(b) + 6:.1f}" text-anchor="middle" font-size="18" fill="{_PAPER}" '
                    f'stroke="black" stroke-width="0.4">&#9733;<title>{tip}</title></text>'
                    f'<text x="{sx(a) + 8:.1f}" y="{sy(b) - 6:.1f}" font-size="9" fill="#7f3f00">'

@@ -24,9 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import restore_lost_checkpoints
+from ..energy import METER_VERSION
 from ..tables import plural
 from . import storage
+from .checkpoints import restore_lost_checkpoints
 from .front import front_of, trial_points
 from .space import SweepSpec
 from .trainable import train_stage1, train_trial
@@ -490,7 +491,7 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
     preflight(spec, address=address, resume=resume, tracking_uri=tracking_uri, log=log)  # nothing is created when this fails
     with sweep_folder(spec, resume, log):  # a second driver of this sweep is refused here, before MLflow
         tracker = SweepTracker(tracking_uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
-                               scheduler=spec.scheduler)
+                               scheduler=spec.scheduler, energy_convention=str(METER_VERSION))
         tracker.start_parent(spec, plan)
         try:
             result = run_sweep(spec, address=address, resume=resume, log=log, trainable=trainable,

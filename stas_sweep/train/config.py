@@ -188,7 +188,7 @@ class ModelConfig(_Section):
 
 
 class HaltingSection(_Section):
-    # stas: A-SSA; token_drop / timestep_exit: the paper's baselines (docs/baselines.md)
+    # stas: A-SSA; token_drop: STATA-style; timestep_exit: DT-SNN-style, ours (docs/baselines.md)
     method: Literal["stas", "token_drop", "timestep_exit"] = "stas"
     alpha: float | None = None  # None: the paper's value for the model's family (PAPER_ALPHA_BETA)
     beta: float | None = None
@@ -238,9 +238,28 @@ class OptimConfig(_Section):
 
 
 class SMLConfig(_Section):
+    """Surrogate module learning as its public code has it (stas_sweep/train/sml.py); the
+    defaults are that code's training script's."""
+
     enabled: bool = False
-    weight: NonNegative = 1.0   # weight of the auxiliary branch's loss
-    block: Annotated[int, Field(ge=0)] | None = None  # block whose output feeds the branch; default: the middle one
+    # 0-based blocks whose output feeds a surrogate module; default: ResNet-18's placement scaled to L
+    blocks: list[Annotated[int, Field(ge=0)]] | None = None
+    alpha: NonNegative = 0.5          # weight of each module's cross-entropy in the hard loss
+    lamb: Annotated[float, Field(ge=0, le=1)] = 0.9  # weight of the soft (KL) loss against the hard one
+    temperature: Annotated[float, Field(gt=0)] = 3.0  # of the KL terms
+    channels: Positive = 256          # width of the modules' convolutions
+    kernels: list[Literal[3, 5, 7]] = Field(default_factory=lambda: [7, 5, 3], min_length=1)
+
+
+def check_sml_blocks(cfg, depth: int, where: str) -> None:
+    """``sml.blocks`` (or its default for the model's depth) names blocks of the model."""
+    from .sml import default_blocks
+
+    blocks = default_blocks(depth) if cfg.sml.blocks is None else cfg.sml.blocks
+    if not blocks or any(b >= depth for b in blocks):
+        given = "its default is empty" if cfg.sml.blocks is None else f"sml.blocks is {cfg.sml.blocks}"
+        raise ConfigError(f"{where}: {given}; {cfg.model.name} has blocks 0..{depth - 1} (SML needs at least "
+                          f"one block before the last: give sml.blocks, or set sml.enabled: false)")
 
 
 URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "s3", "gs")
@@ -427,8 +446,8 @@ def _check(cfg: TrainConfig, where: str) -> None:
     if cfg.model.num_classes is not None and classes is not None and cfg.model.num_classes < classes:
         raise ConfigError(f"{where}: model.num_classes is {cfg.model.num_classes} but {data} has {classes} "
                           f"classes; give at least {classes}, or leave it out to use the data set's")
-    if cfg.sml.block is not None and cfg.sml.block >= arch.depth:
-        raise ConfigError(f"{where}: sml.block is {cfg.sml.block}; {cfg.model.name} has blocks 0..{arch.depth - 1}")
+    if cfg.sml.enabled:
+        check_sml_blocks(cfg, arch.depth, where)
     if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d{1,3}", cfg.device):
         raise ConfigError(f"{where}: device is {short(cfg.device)}; accepted values: auto, cpu, cuda, cuda:N")
 

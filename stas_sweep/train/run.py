@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from ..data.errors import DataError, DatasetNotFoundError
 from ..tables import plural
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, check_sml_blocks
 from .evaluate import epsilon_table, format_table
 from .trainer import Trainer
 
@@ -56,7 +56,7 @@ def check_output_dir(out: Path, flag: str = "--output-dir") -> None:
 
 def check_model_args(cfg: TrainConfig, where: str = "config") -> None:
     """The checks of a config against this machine and the model, before any data is read, each
-    a :class:`ConfigError`: the device exists, ``sml.block`` is a block of the model, and the
+    a :class:`ConfigError`: the device exists, ``sml.blocks`` are blocks of the model, and the
     model builds on the ``meta`` device (no memory, no time) with the data's image size
     (create_model's ValueErrors are exactly its argument checks)."""
     import torch
@@ -71,9 +71,8 @@ def check_model_args(cfg: TrainConfig, where: str = "config") -> None:
         resolve_device(cfg.device)
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"{where}: device is {cfg.device!r}: {e}") from None
-    depth = get_arch(cfg.model.name).depth
-    if cfg.sml.enabled and cfg.sml.block is not None and not 0 <= cfg.sml.block < depth:
-        raise ConfigError(f"{where}: sml.block is {cfg.sml.block}; {cfg.model.name} has blocks 0..{depth - 1}")
+    if cfg.sml.enabled:
+        check_sml_blocks(cfg, get_arch(cfg.model.name).depth, where)
     name = canonical_name(cfg.data.name)
     kwargs = {"img_size": cfg.data.img_size or DEFAULT_IMG_SIZE[name], "timesteps": cfg.model.timesteps,
               "stem": cfg.model.stem, "halting": cfg.halting.model_kwargs(cfg.model.name) if cfg.halting else None,

@@ -10,7 +10,7 @@ token_ratio, energy_mj, energy_strict_mj, lr, images_per_s, epoch_time_s`` and w
 uninterrupted run: model, optimiser, schedule, scaler, RNG state and the loaders' epoch
 streams are all restored.
 
-Loss (eq. 10): ``task + delta_p * ponder`` (+ ``sml.weight * SML`` when SML is on), with the
+Loss (eq. 10): ``task + delta_p * ponder`` (with SML on, SML's loss in place of ``task``), with the
 task loss a label-smoothed cross-entropy (soft-target cross-entropy under mixup).
 """
 
@@ -104,10 +104,9 @@ class Trainer:
         self.mixup = build_mixup(d.mixup, d.cutmix, d.label_smoothing, self.model_args["num_classes"])
         self.criterion = self._criterion(mixup=self.mixup is not None)
         self.train_model = wrap_data_parallel(self.model, self.device, log=self.log)
-        if cfg.sml.enabled and self.train_model is not self.model:
-            raise ValueError("sml.enabled: SML is not supported with several GPUs per trial; give the trial "
-                             "one GPU or switch SML off")
-        self.sml = SML(self.model, cfg.sml.weight, cfg.sml.block) if cfg.sml.enabled else None
+        sml = cfg.sml
+        self.sml = SML(self.model, sml.blocks, alpha=sml.alpha, lamb=sml.lamb, temperature=sml.temperature,
+                       channels=sml.channels, kernels=tuple(sml.kernels)) if sml.enabled else None
         if self.sml is not None:
             self.sml.module.to(self.device)
 
@@ -211,9 +210,9 @@ class Trainer:
             with torch.autocast(self.device.type, enabled=self.amp):
                 out = self.train_model(x)  # data-parallel over a trial's GPUs when it has several
                 task = criterion(out.logits.float(), target)
-                loss = task + delta_p * out.ponder_loss
-                if self.sml is not None:
-                    loss = loss + self.sml.weight * self.sml.loss(criterion, target)
+                # eq. 10; with SML its loss (the model's and the surrogate modules') is the task term
+                fit = task if self.sml is None else self.sml.loss(criterion, out.logits.float(), target)
+                loss = fit + delta_p * out.ponder_loss
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1} "
                                          f"(task {task.item()}, ponder {out.ponder_loss.item()}); lower optim.lr "
