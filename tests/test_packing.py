@@ -311,3 +311,66 @@ def test_packed_forward_reads_the_host_at_most_once_per_block():
     assert 0.35 < float(out.token_ratio) < 0.65
     extra = len(packed.reads) - len(static.reads)
     assert extra <= m.depth, (packed.reads, static.reads)
+
+
+@pytest.mark.parametrize("accumulation", ["b", "tb"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_halting_state_is_float32_under_bf16_autocast(accumulation, packed):
+    """Under CPU bfloat16 autocast the blocks compute in bfloat16, the halting state (scores,
+    cumulative sums, remainders, masks, p) in float32: in ``b`` each token's p over the blocks
+    sums to 1 within 1e-6 at every timestep (in ``tb`` to at most 1, SPEC 2.3)."""
+    torch.manual_seed(0)
+    m = create_model("spikingformer-2-32", img_size=16, halting=dict(alpha=5.0, beta=-5.0, epsilon=0.1,
+                                                                     accumulation=accumulation)).train()
+    m.packed_halting = packed
+    seen = []
+    m.blocks[0].register_forward_hook(lambda _m, _a, out: seen.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+        (out.logits.float().sum() + out.ponder_loss).backward()
+    assert seen == [torch.bfloat16] and out.halting_probs.dtype == torch.float32
+    assert out.ponder_loss.dtype == torch.float32 and float(out.token_ratio) < 1.0
+    sums = out.halting_probs.sum(2)  # [B, T, K]: over the blocks
+    if accumulation == "b":
+        torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-6)
+    else:
+        assert (sums <= 1 + 1e-6).all() and (out.halting_probs >= 0).all()
+
+
+@pytest.mark.slow(15)
+def test_compiled_blocks_recompile_once_per_bucket():
+    """torch.compile of the parts (Dynamo with the eager backend: the recompiles are Dynamo's,
+    whatever the backend) over training steps and evaluations at several epsilons: at most one
+    graph per capacity bucket met (and per train/eval mode), plus the stem's."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    m = create_model("spikingformer-2-32", img_size=16, timesteps=2, halting=dict(alpha=5.0, beta=-5.0))
+    m.pack_buckets = 3  # thirds: few graphs keep the test short; eighths behave alike
+    m.compile_parts(backend="eager", dynamic=False)
+    buckets, sizes = set(), set()
+
+    def record(blk, args):
+        buckets.add((args[1].cap, args[1].ucap, args[1].full, blk.training))
+        sizes.add((args[1].R, args[1].full))
+
+    for b in m.blocks:
+        b.register_forward_pre_hook(record)
+    ratios = []
+    for i, eps in enumerate((0.0, 0.1, 0.2, 0.3, 0.4, 0.1)):
+        m.train(i < 5)  # five training steps, then an evaluation
+        x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(i))
+        out = m(x, epsilon=eps)
+        if m.training:
+            (out.logits.sum() + out.ponder_loss).backward()
+        ratios.append(float(out.token_ratio))
+    assert len(set(ratios[:5])) == 5, ratios  # the running rows differed from batch to batch
+    cells = 2 * 4 * m.num_tokens
+    assert {b[0] for b in buckets} <= {-(-cells // 3) * i for i in (1, 2)} | {cells}  # thirds, or all cells
+    # more running-row counts than buffer shapes: the buckets merged them
+    assert len({R for R, full in sizes if not full}) > len({b[:2] for b in buckets if not b[2]})
+    graphs = counters["stats"]["unique_graphs"]
+    assert 0 < graphs <= len(buckets) + 2, (graphs, sorted(buckets))  # + the stem in train and eval

@@ -69,7 +69,7 @@ class Packing:
     src: torch.Tensor     # [cap] the same with padding -> 0 (a row to read and then mask)
     cells: torch.Tensor   # [cap] grid cell t*Ucap + slot of each row; padding -> 0
     grid: torch.Tensor    # [T*Ucap] row of each grid cell (a running one's own row, else any row)
-    pad: torch.Tensor | None       # [cap, 1] True on padding rows; None when cap == R
+    pad: torch.Tensor | None       # [cap, 1] True on padding rows; None when sized exactly (no buckets)
     grid_off: torch.Tensor | None  # [T*Ucap, 1] True on grid cells that do not run; None in tb
 
     @classmethod
@@ -107,7 +107,7 @@ class Packing:
         real = torch.arange(cap, device=dev) < R                          # [cap]
         src = torch.where(real, flat.index_select(0, cells), 0)
         rows = torch.where(real, src, T * BK)
-        pad = None if cap == R else ~real.unsqueeze(1)
+        pad = None if buckets <= 0 else ~real.unsqueeze(1)  # bucketed: always a mask, one graph per bucket
         grid_off = None if prefix else ~runs.unsqueeze(1)
         return cls(T, B, K, R, cap, False, R < 2, rows, src, cells, row.clamp(min=0), pad, grid_off)
 

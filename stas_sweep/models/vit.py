@@ -145,6 +145,19 @@ class SpikingViT(nn.Module):
             raise ValueError("set_knob needs a model with a halting method; this one is static")
         self.halting = self.halting.with_knob(check_knob(self.method, value))
 
+    def compile_parts(self, **kwargs) -> None:
+        """``torch.compile`` the stem and every block in place (``kwargs`` go to it; the state dict
+        keeps its keys). The block loop stays eager: it reads each block's two counts back and
+        picks the capacity bucket, so a block is compiled once per bucket it meets (and per
+        train/eval mode), not once per batch. Dynamo's recompile limit is raised to that bound."""
+        import torch._dynamo.config as dynamo_config
+
+        steps = max(self.pack_buckets, 1) + 1  # capacities per size, and the full block
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * steps * steps + 4)
+        self.stem.compile(**kwargs)
+        for block in self.blocks:
+            block.compile(**kwargs)
+
     def forward(self, x: torch.Tensor, epsilon: float | None = None, *, knob: float | None = None) -> STASOutput:
         """``x`` images ``[B, C, H, W]`` or frames ``[B, T, C, H, W]``. ``epsilon`` (A-SSA) or
         ``knob`` (any method: epsilon, keep_ratio or exit_threshold) for this call only."""
