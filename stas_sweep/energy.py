@@ -293,10 +293,11 @@ class EnergyMeter:
         if self.rate is not None:  # analytic: the block runs the share of its cells
             self._running = self.share
             return
-        # packed blocks see only their running rows: every row they compute is counted, and the
-        # dense FLOPs (the activity's denominator) still cover the halted cells, as silent ones
+        # packed blocks see their running rows and cap - R zero padding rows: the running share of
+        # the rows is counted, and the dense FLOPs (the activity's denominator) still cover the
+        # halted cells, as silent ones
         if isinstance(mask, Packing):
-            self._running, self._cover = 1.0, mask.T * mask.B * mask.K / max(mask.R, 1)
+            self._running, self._cover = mask.R / mask.cap, mask.T * mask.B * mask.K / mask.cap
         else:
             self._running = 1.0 if mask is None else float(mask.float().mean())
 

@@ -93,9 +93,7 @@ def test_token_drop_keeps_the_tokens_with_most_input_spikes():
     pk = seen["pk"]
     K, n = m.num_tokens, max(1, round(0.25 * m.num_tokens))
     score = tokens.abs().sum((0, 3))  # spike count of block 1's input per token, [B, K]
-    kept = torch.zeros(x.shape[0] * K, dtype=torch.bool)
-    kept[pk.tokens] = True
-    kept = kept.view(-1, K)
+    kept = pk.unpack(torch.ones(pk.cap, 1))[0, ..., 0].bool()  # [B, K] the tokens that run at t = 0
     for b in range(x.shape[0]):
         assert int(kept[b].sum()) == n
         assert score[b][kept[b]].min() >= score[b][~kept[b]].max()

@@ -1,4 +1,4 @@
-"""FusedLIF and lif_prefix against spikingjelly's LIFNode: identical spikes, gradients within 1e-6."""
+"""FusedLIF and lif_grid against spikingjelly's LIFNode: identical spikes, gradients within 1e-6."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 from spikingjelly.activation_based import functional, neuron, surrogate
 
 from stas_sweep.models.layers import lif
-from stas_sweep.models.neuron import FusedLIF, lif_multi_step, lif_prefix
+from stas_sweep.models.neuron import FusedLIF, lif_grid, lif_multi_step
+from stas_sweep.models.packing import Packing
 
 SHAPES = [(4, 3, 16, 24), (4, 2, 6, 8, 8)]  # [T, B, K, C] tokens and [T, B, C, H, W] stem maps
 
@@ -80,37 +81,27 @@ def test_inference_needs_no_graph():
     assert not out.requires_grad and set(out.unique().tolist()) <= {0.0, 1.0}
 
 
-def _dense_and_packed(counts, C, seed):
-    T, K = len(counts), counts[0]
-    dense = _input((T, K, C), seed)
-    packed = torch.cat([dense[t, :n] for t, n in enumerate(counts)])
-    return dense, packed
-
-
-def _pack(dense, counts):
-    return torch.cat([dense[t, :n] for t, n in enumerate(counts)])
+def _prefix_mask(counts, K):
+    """[T, 1, K]: token k runs timestep t when k < counts[t] (counts non-increasing)."""
+    return (torch.arange(K).view(1, 1, K) < torch.tensor(counts).view(-1, 1, 1)).float()
 
 
 @pytest.mark.parametrize("counts", [[9, 9, 9, 9], [9, 7, 4, 1], [6, 6, 2, 0], [5]])
 @pytest.mark.parametrize("v_threshold", [1.0, 0.5])
-def test_lif_prefix_equals_the_dense_neuron_on_running_rows(counts, v_threshold):
-    C = 12
-    dense, packed = _dense_and_packed(counts, C, seed=sum(counts))
-    grad = _input(packed.shape, 11)
-    dense = dense.requires_grad_()
-    ref = _pack(_reference(v_threshold)(dense), counts)
+@pytest.mark.parametrize("buckets", [0, 4])
+def test_lif_grid_equals_the_dense_neuron_on_running_rows(counts, v_threshold, buckets):
+    """The packed tb neuron (rows gathered on the device grid, padding rows included) against
+    spikingjelly's LIFNode on the dense sequence: the same spikes, gradients within 1e-6."""
+    C, K = 12, 10
+    mask = _prefix_mask(counts, K)  # [T, 1, K]
+    pk = Packing.from_mask(mask, buckets=buckets, prefix=True)
+    dense = _input((len(counts), 1, K, C), sum(counts)).requires_grad_()
+    grad = _input(dense.shape, 11) * mask.unsqueeze(-1)  # halted cells: no gradient reaches them
+    ref = _reference(v_threshold)(dense) * mask.unsqueeze(-1)
     (ref * grad).sum().backward()
-    packed = packed.requires_grad_()
-    out = lif_prefix(packed, counts, v_threshold)
-    (out * grad).sum().backward()
-    assert torch.equal(out, ref)
-    torch.testing.assert_close(packed.grad, _pack(dense.grad, counts), rtol=0, atol=1e-6)
-    dense_fused = FusedLIF(v_threshold=v_threshold)(dense.detach())
-    assert torch.equal(out.detach(), _pack(dense_fused, counts))
-
-
-def test_lif_prefix_rejects_bad_counts():
-    with pytest.raises(ValueError, match="non-increasing"):
-        lif_prefix(torch.zeros(7, 3), [3, 4], 1.0)
-    with pytest.raises(ValueError, match="rows"):
-        lif_prefix(torch.zeros(7, 3), [3, 3], 1.0)
+    packed = pk.pack(dense.detach()).requires_grad_()
+    out = lif_grid(packed, pk.grid, pk.cells, pk.pad, pk.T, v_threshold)
+    (out * pk.pack(grad)).sum().backward()
+    assert torch.equal(pk.unpack(out), ref.detach())
+    assert (out[pk.R:] == 0).all() and (packed.grad[pk.R:] == 0).all()
+    torch.testing.assert_close(pk.unpack(packed.grad), dense.grad * mask.unsqueeze(-1), rtol=0, atol=1e-6)

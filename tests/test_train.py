@@ -389,3 +389,34 @@ def test_checkpoint_integrity_and_permissions(trained_stage1, tmp_path):
     assert load_checkpoint(tmp_path / "old.pt")["epoch"] == state["epoch"]
     path = save_checkpoint({k: v for k, v in old.items() if k != "format"}, tmp_path / "again.pt")
     assert load_checkpoint(path)["sha256"] == state["sha256"]
+
+
+@pytest.mark.slow(12)
+def test_bf16_autocast_in_training_and_evaluation(tmp_path, tiny_config):
+    """``amp: bf16``: the blocks run in bfloat16 in training and in evaluation (no GradScaler),
+    the halting state in float32, and the losses stay finite."""
+    cfg = config_from_dict(dict(tiny_config, epochs=1, amp="bf16",
+                                halting={"alpha": 5.0, "beta": -8.0, "epsilon": 0.01, "delta_p": 0.01}))
+    trainer = Trainer(cfg, tmp_path / "bf16", progress=False, log=None)
+    assert trainer.amp and not trainer.scaler.is_enabled()
+    seen = []
+    trainer.model.blocks[-1].register_forward_hook(lambda m, _a, out: seen.append((m.training, out.dtype)))
+    probs = []
+    trainer.model.register_forward_hook(lambda _m, _a, out: probs.append(out.halting_probs.dtype))
+    (metrics,) = trainer.fit()
+    assert set(seen) == {(True, torch.bfloat16), (False, torch.bfloat16)}
+    assert set(probs) == {torch.float32}
+    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("train_loss", "ponder_loss", "energy_mj"))
+
+
+def test_compile_option_compiles_the_stem_and_blocks_in_place(tmp_path, tiny_config):
+    """``compile: true`` compiles the parts whose shapes repeat (the stem, every block); the state
+    dict keeps its keys, so checkpoints load into an uncompiled model. (Running inductor on the
+    CPU compiles for minutes; the recompile bound is tested in test_packing.py.)"""
+    trainer = Trainer(config_from_dict(dict(tiny_config, epochs=1, compile=True)), tmp_path / "c",
+                      progress=False, log=None)
+    model = trainer.model
+    assert all(part._compiled_call_impl is not None for part in (model.stem, *model.blocks))
+    plain = Trainer(config_from_dict(dict(tiny_config, epochs=1)), tmp_path / "p", progress=False, log=None)
+    assert plain.model.blocks[0]._compiled_call_impl is None
+    assert list(model.state_dict()) == list(plain.model.state_dict())

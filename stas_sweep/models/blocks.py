@@ -7,7 +7,7 @@ a zero input; every LIF layer in the block gives them no input current and zero 
 they neither attend nor are attended, and they fire nothing.
 
 Given a :class:`~stas_sweep.models.packing.Packing` instead of a mask, a block maps the
-running rows ``[R, D]`` to ``[R, D]``: the same layers on the running tokens only.
+running rows ``[cap, D]`` to ``[cap, D]``: the same layers on the running tokens only.
 
 * ``spikformer`` (Zhou et al. 2022): SSA with LIF on q/k/v, ``x = (q k^T v) * 0.125`` (no
   softmax), ``attn_lif`` (V_th 0.5), proj -> BN -> LIF; spike outputs added to an integer
@@ -76,10 +76,11 @@ class Attention(nn.Module):
         self.proj_lif = lif() if family == "spikformer" else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
-        s = x if self.entry_lif is None else fire(self.entry_lif, x, mask)  # [T, B, K, D] or [R, D]
-        q, k, v = (fire(node, lin(s), mask) for node, lin in
-                   ((self.q_lif, self.q), (self.k_lif, self.k), (self.v_lif, self.v)))
         packed = isinstance(mask, Packing)
+        pk = mask if packed else None
+        s = x if self.entry_lif is None else fire(self.entry_lif, x, mask)  # [T, B, K, D] or [cap, D]
+        q, k, v = (fire(node, lin(s, pk), mask) for node, lin in
+                   ((self.q_lif, self.q), (self.k_lif, self.k), (self.v_lif, self.v)))
         if packed:  # the products sum over each image's tokens: run them on [T, B, K, D]
             q, k, v = mask.unpack(q), mask.unpack(k), mask.unpack(v)
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))  # [T, B, heads, K, d]
@@ -89,8 +90,8 @@ class Attention(nn.Module):
             a = mask.pack(a) if packed else a
         else:
             a = _merge(a)
-            a = fire(self.attn_lif, mask.pack(a) if packed else a, mask)  # [T, B, K, D] or [R, D]
-        y = self.proj(a)
+            a = fire(self.attn_lif, mask.pack(a) if packed else a, mask)  # [T, B, K, D] or [cap, D]
+        y = self.proj(a, pk)
         if self.proj_lif is not None:
             y = fire(self.proj_lif, y, mask)
         return y
@@ -108,8 +109,9 @@ class MLP(nn.Module):
         self.fc2_lif = lif() if family == "spikformer" else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
+        pk = mask if isinstance(mask, Packing) else None
         s = x if self.entry_lif is None else fire(self.entry_lif, x, mask)
-        y = self.fc2(fire(self.fc1_lif, self.fc1(s), mask))
+        y = self.fc2(fire(self.fc1_lif, self.fc1(s, pk), mask), pk)
         if self.fc2_lif is not None:
             y = fire(self.fc2_lif, y, mask)
         return y
@@ -129,7 +131,7 @@ class Block(nn.Module):
         self.mlp = MLP(family, dim, dim * mlp_ratio)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None = None) -> torch.Tensor:
-        if isinstance(mask, Packing):  # running rows [R, D] only
+        if isinstance(mask, Packing):  # running rows [cap, D] only
             x = x + self.attn(x, mask)
             return x + self.mlp(x, mask)
         m = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # [T, B, K, 1]

@@ -60,14 +60,40 @@ class TokenLinear(nn.Module):
         self.fc = nn.Linear(in_features, out_features, bias=bias)
         self.bn = nn.BatchNorm1d(out_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # packed rows [R, C_in]
+    def forward(self, x: torch.Tensor, pk: Packing | None = None) -> torch.Tensor:
+        if x.dim() == 2:  # packed rows [cap, C_in]
             y = self.fc(x)
-            if self.training and y.shape[0] < 2:  # too few rows for batch statistics
+            if not self.training:
+                return self.bn(y)
+            if (pk.few if pk is not None else y.shape[0] < 2):  # too few running rows for batch statistics
                 bn = self.bn
                 return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-            return self.bn(y)
+            if pk is None or pk.pad is None:
+                return self.bn(y)
+            return masked_batch_norm(self.bn, y, pk.pad)
         T, B, K, _ = x.shape
         y = self.fc(x.flatten(0, 2))  # [T*B*K, C_out]
         y = self.bn(y)  # BN over channels; statistics over time, batch and tokens
         return y.reshape(T, B, K, -1)
+
+
+def masked_batch_norm(bn: nn.BatchNorm1d, y: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Training-mode batch norm of ``y`` ``[cap, C]`` with statistics over the rows where ``pad``
+    ``[cap, 1]`` is False: ``bn`` on those rows alone (running statistics updated alike), without
+    reading their number back to the host. Statistics in float32 (``y`` may be half under AMP)."""
+    keep = (~pad).to(torch.float32)                           # [cap, 1]
+    n = keep.sum()
+    y32 = y.float()
+    mean = (y32 * keep).sum(0) / n                            # [C]
+    d = (y32 - mean) * keep
+    var = (d * d).sum(0) / n                                  # biased, as batch norm normalises
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.float()
+            bn.running_mean.lerp_(mean, m)
+            bn.running_var.lerp_(var * n / (n - 1), m)        # unbiased, as batch norm stores
+    out = (y32 - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        out = out * bn.weight + bn.bias
+    return out.to(y.dtype)

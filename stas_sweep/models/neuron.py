@@ -1,4 +1,4 @@
-"""A fused multi-step LIF neuron with a hand-written backward, and its packed-prefix form.
+"""A fused multi-step LIF neuron with a hand-written backward, and its packed-grid form.
 
 spikingjelly 2.0 runs its LIF on CPU as the Python reference loop registered at AutogradCPU: every
 timestep records about eleven autograd nodes (charge, surrogate spike, reset). Here the whole
@@ -23,12 +23,10 @@ with the sigmoid surrogate :math:`\\partial S/\\partial H = \\alpha\\,\\sigma(\\
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-
 import torch
 from spikingjelly.activation_based import base
 
-__all__ = ["FusedLIF", "lif_multi_step", "lif_prefix"]
+__all__ = ["FusedLIF", "lif_grid", "lif_multi_step"]
 
 
 def _charge(x: torch.Tensor, v: torch.Tensor, tau: float, decay_input: bool, v_reset: float | None,
@@ -167,62 +165,62 @@ class FusedLIF(base.MemoryModule):
         return spikes
 
 
-class _PrefixLIF(torch.autograd.Function):
-    """LIF over timestep-major packed rows whose running set shrinks to a prefix (see :func:`lif_prefix`)."""
+class _GridLIF(torch.autograd.Function):
+    """LIF over packed rows whose running timesteps are a prefix per token (see :func:`lif_grid`)."""
 
     @staticmethod
-    def forward(ctx, x, counts, v_threshold, tau, alpha):
-        keep = ctx.needs_input_grad[0]
-        ctx.dtype = x.dtype
-        x = x.float()
-        h_all = torch.empty_like(x, memory_format=torch.contiguous_format) if keep else None
-        fired = torch.empty(x.shape, dtype=torch.bool, device=x.device)
-        v = x.new_zeros((counts[0], *x.shape[1:]))  # V[-1] = v_reset = 0 for every token
-        start = 0
-        for n in counts:
-            rows = slice(start, start + n)
-            h = _charge(x[rows], v[:n], tau, True, 0.0, out=h_all[rows] if keep else None)
-            torch.ge(h, v_threshold, out=fired[rows])
-            v = h.masked_fill(fired[rows], 0.0) if keep else h.masked_fill_(fired[rows], 0.0)
-            start += n
-        ctx.params = (tuple(counts), v_threshold, tau, alpha)
+    def forward(ctx, x, grid, cells, pad, T, v_threshold, tau, alpha):
+        ctx.dtype, C = x.dtype, x.shape[-1]
+        seq = x.float().index_select(0, grid).view(T, -1, C)     # [T, Ucap, C] the rows on the grid
+        h_grid = torch.empty_like(seq)
+        v = seq.new_zeros(seq.shape[1:])                          # V[-1] = v_reset = 0 for every token
+        for t in range(T):
+            h = _charge(seq[t], v, tau, True, 0.0, out=h_grid[t])
+            v = h.masked_fill(h >= v_threshold, 0.0)              # (h - v_th >= 0) == (h >= v_th)
+        h_rows = h_grid.view(-1, C).index_select(0, cells)        # [cap, C] each row's charged potential
+        fired = h_rows >= v_threshold
+        if pad is not None:
+            fired.masked_fill_(pad, False)
         spikes = fired.to(ctx.dtype)
-        if keep:
-            ctx.save_for_backward(h_all, spikes)
+        if ctx.needs_input_grad[0]:  # the rows only: halted cells keep nothing for the backward
+            ctx.save_for_backward(h_rows, spikes, cells, pad)
+            ctx.params = (seq.shape[0] * seq.shape[1], T, v_threshold, tau, alpha)
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        counts, v_threshold, tau, alpha = ctx.params
-        h_all, spikes = ctx.saved_tensors
-        s = (h_all - v_threshold).mul_(alpha).sigmoid_()
-        gh = torch.ops.aten.sigmoid_backward(grad_spikes.float(), s).mul_(alpha)  # spike path of every row
-        running = torch.sub(1.0, spikes.float())  # dV/dH with the reset detached: 1 - S
+        n_grid, T, v_threshold, tau, alpha = ctx.params
+        h_rows, spikes, cells, pad = ctx.saved_tensors
+        C = h_rows.shape[-1]
+        s = (h_rows - v_threshold).mul_(alpha).sigmoid_()
+        gh_rows = torch.ops.aten.sigmoid_backward(grad_spikes.float(), s).mul_(alpha)  # spike path of every row
+        running = torch.sub(1.0, spikes.float())                  # dV/dH with the reset detached: 1 - S
+        if pad is not None:  # padding rows: no gradient, and they add nothing where they land
+            gh_rows.masked_fill_(pad, 0.0)
+            running.masked_fill_(pad, 0.0)
+        # back on the grid; a cell that does not run holds 0 and passes nothing on (it follows the
+        # token's prefix, so no running cell comes after it)
+        gh = h_rows.new_zeros(n_grid, C).index_put_((cells,), gh_rows, accumulate=True).view(T, -1, C)
+        keep = h_rows.new_zeros(n_grid, C).index_put_((cells,), running, accumulate=True).view(T, -1, C)
         keep_v = 1.0 - 1.0 / tau
-        starts = [sum(counts[:t]) for t in range(len(counts))]
-        for t in range(len(counts) - 2, -1, -1):
-            # the m tokens that ran on at t+1 are the first m rows of step t: gh[t] += keep_v gh[t+1] (1 - S[t])
-            m, a, b = counts[t + 1], starts[t], starts[t + 1]
-            gh[a: a + m].addcmul_(gh[b: b + m], running[a: a + m], value=keep_v)
-        return gh.div_(tau).to(ctx.dtype), None, None, None, None
+        for t in range(T - 2, -1, -1):  # gh[t] += dL/dV[t] dV[t]/dH[t], dL/dV[t] = keep_v gh[t+1]
+            gh[t].addcmul_(gh[t + 1], keep[t], value=keep_v)
+        grad_x = gh.view(n_grid, C).index_select(0, cells).div_(tau)
+        if pad is not None:
+            grad_x.masked_fill_(pad, 0.0)
+        return grad_x.to(ctx.dtype), None, None, None, None, None, None, None
 
 
-def lif_prefix(x: torch.Tensor, counts: Sequence[int], v_threshold: float, tau: float = 2.0,
-               alpha: float = 4.0) -> torch.Tensor:
-    """LIF on packed running tokens: ``x [R, C]`` -> spikes ``[R, C]``, ``R = sum(counts)``.
+def lif_grid(x: torch.Tensor, grid: torch.Tensor, cells: torch.Tensor, pad: torch.Tensor | None, T: int,
+             v_threshold: float, tau: float = 2.0, alpha: float = 4.0) -> torch.Tensor:
+    """LIF on packed running rows whose running timesteps are a prefix per token (``tb`` halting).
 
-    Rows are timestep-major: rows ``[0, counts[0])`` are timestep 0, the next ``counts[1]`` rows
-    timestep 1, and so on. ``counts`` is non-increasing and the rows of timestep t are the *first*
-    ``counts[t]`` tokens of timestep t-1 (a token that stops running never comes back). Every
-    membrane starts at 0 and is carried per token; the result equals :class:`FusedLIF` (hard reset
-    to 0, detached reset, sigmoid surrogate) on the dense ``[T, counts[0], C]`` sequence with the
-    halted rows dropped. One autograd node, hand-written backward.
+    ``x`` ``[cap, C]``: the rows; ``grid`` ``[T*Ucap]``: the row of every (timestep, token slot)
+    cell (any row where the cell does not run); ``cells`` ``[cap]``: each row's grid cell;
+    ``pad`` ``[cap, 1]``: True on padding rows (or None). Every membrane starts at 0 and is carried
+    per token over the grid; spikes ``[cap, C]`` (0 on padding) equal :class:`FusedLIF` (hard reset
+    to 0, detached reset, sigmoid surrogate) on the dense sequence with the halted cells dropped,
+    because what a cell after a token's prefix holds never reaches one of its running cells. One
+    autograd node; it saves the rows' potentials only, and no index leaves the device.
     """
-    counts = [int(n) for n in counts]
-    if sum(counts) != x.shape[0]:
-        raise ValueError(f"lif_prefix: counts sum to {sum(counts)} but x has {x.shape[0]} rows")
-    if any(b > a for a, b in zip(counts, counts[1:])) or (counts and counts[-1] < 0):
-        raise ValueError(f"lif_prefix: counts must be non-increasing and non-negative, got {counts}")
-    if not counts or counts[0] == 0:
-        return torch.zeros_like(x)
-    return _PrefixLIF.apply(x, counts, float(v_threshold), float(tau), float(alpha))
+    return _GridLIF.apply(x, grid, cells, pad, int(T), float(v_threshold), float(tau), float(alpha))

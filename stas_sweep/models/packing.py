@@ -5,8 +5,15 @@ packed block gathers the running rows once and runs its token-wise layers (linea
 norm, LIF, MLP) on those rows alone, so halted tokens cost no time. Shapes:
 
     mask  [T, B, K]  1 = the token runs this block at timestep t   (from HaltingState.mask)
-    rows  [R]        flat index t*B*K + b*K + k of every running cell, timestep-major
-    x     [R, C]     the running rows of a token tensor [T, B, K, C]
+    rows  [cap]      flat index t*B*K + b*K + k of every running cell, timestep-major, then padding
+    x     [cap, C]   the running rows of a token tensor [T, B, K, C], then zero padding rows
+
+No data-dependent host read happens inside a block: every index stays on the device. Building
+the packing of a block reads two numbers back once (R running cells, U running tokens) and
+sizes the buffers by capacity buckets (``buckets`` equal steps of the full size, R <= cap), so
+the tensor shapes take few values (torch.compile compiles each once) and the R - cap padding
+rows are excluded by masks: they are zero where a layer reads them, batch norm takes no
+statistics from them, and no result is read from them.
 
 Two parts are not token-wise:
 
@@ -15,13 +22,14 @@ Two parts are not token-wise:
   ``[T, B, K, D]`` (halted tokens are silent, exactly as in the dense path) and the products
   run there: they are about 1 % of a block's multiply-accumulates, so this costs little, and
   the energy meter sees the same tensors as in the dense path.
-* the LIF membranes, which carry state over timesteps. In ``tb`` a token's running timesteps
-  in a block are a prefix 1..n_k (masks only shrink over time). Ordering the running tokens
-  by n_k, longest first, makes the rows of timestep t the first ``counts[t]`` tokens of the
-  rows of t-1, so the membrane state is carried for the running rows only by slicing. In
-  ``b`` a token can halt at one timestep and run at the next; there the rows are scattered
-  into ``[T, U, C]`` (U: tokens that run the block at any timestep) and the neuron runs as in
-  the dense path, where a skipped timestep only leaks.
+* the LIF membranes, which carry state over timesteps. The rows are gathered into a grid
+  ``[T, Ucap, C]`` (slot s: one of the U tokens that run the block at any timestep, longest
+  running first), the neuron runs there as in the dense path and the spikes are gathered back.
+  In ``tb`` a token's running timesteps are a prefix 1..n_k (masks only shrink over time), so
+  what the grid holds after a token's prefix never reaches a running cell and needs no
+  masking, and the backward keeps the running rows' potentials only
+  (:func:`~stas_sweep.models.neuron.lif_grid`); in ``b`` a token can halt at one timestep and run at the next, so the grid cells
+  that do not run get zero input, where a skipped timestep only leaks as in the dense path.
 
 Batch norm in training takes its statistics over the running rows only (in the dense path the
 halted tokens' zeros pull the statistics toward zero). In eval mode the packed path gives the
@@ -35,86 +43,124 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .neuron import lif_prefix
+from .neuron import lif_grid
+
+
+def capacity(n: int, full: int, buckets: int) -> int:
+    """``n`` rounded up to the next of ``buckets`` equal steps of ``full`` (``buckets`` 0: ``n``)."""
+    if buckets <= 0 or n >= full:
+        return n
+    step = -(-full // buckets)
+    return min(full, -(-n // step) * step)
 
 
 @dataclass
 class Packing:
-    """Which cells of one block run, and how their rows are laid out."""
+    """Which cells of one block run, and how their rows are laid out (all indices on the device)."""
 
     T: int
     B: int
     K: int
-    rows: torch.Tensor    # [R] flat cell index t*B*K + b*K + k, timestep-major
-    slots: torch.Tensor   # [R] the row's token among the U tokens that run this block at all
-    tokens: torch.Tensor  # [U] flat token index b*K + k of each slot, longest-running first
-    counts: list[int]     # rows per timestep
-    prefix: bool          # rows of timestep t are the first counts[t] slots (tb)
+    R: int                # running cells (rows that hold a cell)
+    cap: int              # rows of a packed tensor: R, then cap - R padding rows
+    full: bool            # every cell runs: rows are 0..T*B*K-1 in order and need no indexing
+    few: bool             # fewer than 2 running rows: too few for batch statistics
+    rows: torch.Tensor    # [cap] flat cell index t*B*K + b*K + k of each row; padding -> T*B*K
+    src: torch.Tensor     # [cap] the same with padding -> 0 (a row to read and then mask)
+    cells: torch.Tensor   # [cap] grid cell t*Ucap + slot of each row; padding -> 0
+    grid: torch.Tensor    # [T*Ucap] row of each grid cell (a running one's own row, else any row)
+    pad: torch.Tensor | None       # [cap, 1] True on padding rows; None when sized exactly (no buckets)
+    grid_off: torch.Tensor | None  # [T*Ucap, 1] True on grid cells that do not run; None in tb
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> "Packing":
-        """Pack the running cells of ``mask`` ``[T, B, K]``."""
+    def everything(cls, T: int, B: int, K: int, device) -> "Packing":
+        """Every cell runs (block 1): known without reading anything back."""
+        n = T * B * K
+        rows = torch.arange(n, device=device)
+        return cls(T, B, K, n, n, True, n < 2, rows, rows, rows, rows, None, None)
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, buckets: int = 0, prefix: bool = False,
+                  sizes: tuple[int, int] | None = None) -> "Packing":
+        """Pack the running cells of ``mask`` ``[T, B, K]``.
+
+        ``buckets``: capacities in that many equal steps of the full size (0: exact sizes).
+        ``prefix``: every token runs a prefix of the timesteps (``tb`` halting, token dropping).
+        ``sizes``: (running cells, running tokens) where the caller knows them; otherwise they
+        are read back from the device, the one host read of this call.
+        """
         T, B, K = mask.shape
-        run = mask.reshape(T, B * K) > 0                         # [T, BK]
-        n = run.sum(0)                                           # [BK] timesteps run per token
-        order = torch.argsort(n, descending=True, stable=True)
-        tokens = order[: int((n > 0).sum())]                     # [U]
-        run_u = run[:, tokens]                                   # [T, U]
-        t, slots = run_u.nonzero(as_tuple=True)                  # timestep-major
-        counts = run_u.sum(1).tolist()
-        shrinking = all(a >= b for a, b in zip(counts, counts[1:]))
-        prefix = shrinking and bool((slots == _ramp(counts, slots.device)).all())
-        return cls(T, B, K, t * (B * K) + tokens[slots], slots, tokens, counts, prefix)
+        BK, dev = B * K, mask.device
+        run = mask.reshape(T, BK) > 0                                     # [T, BK]
+        n = run.sum(0)                                                    # [BK] timesteps each token runs
+        R, U = sizes if sizes is not None else torch.stack((n.sum(), (n > 0).sum())).tolist()
+        if R == T * BK:
+            return cls.everything(T, B, K, dev)
+        cap, ucap = capacity(R, T * BK, buckets), capacity(U, BK, buckets)
+        tokens = torch.argsort(n, descending=True, stable=True)[:ucap]   # [Ucap] running tokens first
+        runs = run.index_select(1, tokens).reshape(-1)                    # [T*Ucap] grid cell (t, slot) runs
+        row = runs.cumsum(0) - 1                                          # [T*Ucap] its row, timestep-major
+        dest = torch.where(runs, row, cap)                                # cap: not a row (dropped below)
+        cells = torch.zeros(cap + 1, dtype=torch.long, device=dev).scatter_(
+            0, dest, torch.arange(T * ucap, device=dev))[:cap]           # [cap] grid cell of each row
+        flat = (torch.arange(T, device=dev).unsqueeze(1) * BK + tokens).reshape(-1)  # [T*Ucap] cell index
+        real = torch.arange(cap, device=dev) < R                          # [cap]
+        src = torch.where(real, flat.index_select(0, cells), 0)
+        rows = torch.where(real, src, T * BK)
+        pad = None if buckets <= 0 else ~real.unsqueeze(1)  # bucketed: always a mask, one graph per bucket
+        grid_off = None if prefix else ~runs.unsqueeze(1)
+        return cls(T, B, K, R, cap, False, R < 2, rows, src, cells, row.clamp(min=0), pad, grid_off)
 
     @property
-    def R(self) -> int:
-        return int(self.rows.numel())
+    def ucap(self) -> int:
+        return self.grid.shape[0] // self.T
 
-    @property
-    def full(self) -> bool:
-        """Every cell runs: the rows are then 0..T*B*K-1 in order and need no indexing."""
-        return self.R == self.T * self.B * self.K
+    def _clear(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero the padding rows of ``x`` ``[cap, C]``."""
+        return x if self.pad is None else x.masked_fill(self.pad, 0)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """``[T, B, K, C]`` -> running rows ``[R, C]``."""
+        """``[T, B, K, C]`` -> running rows ``[cap, C]`` (padding rows zero)."""
         x = x.reshape(self.T * self.B * self.K, -1)
-        return x if self.full else x.index_select(0, self.rows)
+        return x if self.full else self._clear(x.index_select(0, self.src))
+
+    def take(self, previous: "Packing", x: torch.Tensor) -> torch.Tensor:
+        """Rows ``x`` ``[previous.cap, C]`` packed as ``previous`` -> this packing's rows ``[cap, C]``
+        (this packing's cells are a subset of ``previous``'s)."""
+        if self.full:
+            return x
+        where = torch.zeros(self.T * self.B * self.K + 1, dtype=torch.long, device=x.device)
+        where = where.index_put_((previous.rows,), torch.arange(previous.cap, device=x.device))
+        return self._clear(x.index_select(0, where.index_select(0, self.src)))
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
-        """Running rows ``[R, C]`` -> ``[T, B, K, C]`` with zeros for the halted cells."""
+        """Running rows ``[cap, C]`` -> ``[T, B, K, C]`` with zeros for the halted cells."""
+        n = self.T * self.B * self.K
         if self.full:
             return x.view(self.T, self.B, self.K, -1)
-        out = x.new_zeros(self.T * self.B * self.K, x.shape[-1])
+        out = x.new_zeros(n + 1, x.shape[-1])  # row n takes the padding rows' writes
         # index_put, not index_copy: its backward keeps no copy of x
-        return out.index_put((self.rows,), x).view(self.T, self.B, self.K, -1)
+        return out.index_put((self.rows,), x)[:n].view(self.T, self.B, self.K, -1)
 
-    def index_in(self, previous: "Packing") -> torch.Tensor:
-        """Positions of this packing's rows among ``previous``'s rows (a subset of them)."""
-        where = torch.full((self.T * self.B * self.K,), -1, dtype=torch.long, device=self.rows.device)
-        where[previous.rows] = torch.arange(previous.R, device=self.rows.device)
-        return where[self.rows]
+    def gather(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-cell values ``[T, B, K]`` -> ``[cap]`` (0 on padding rows)."""
+        v = v.reshape(-1)
+        if self.full:
+            return v
+        v = v.index_select(0, self.src)
+        return v if self.pad is None else v.masked_fill(self.pad[:, 0], 0)
 
     def groups(self) -> torch.Tensor:
-        """``[R]`` index t*B + b of each row's (timestep, image)."""
-        return self.rows // self.K
+        """``[cap]`` index t*B + b of each row's (timestep, image) (padding: image 0 of step 0)."""
+        return self.src // self.K
 
     def fire(self, node: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """A multi-step LIF layer on running rows ``[R, C]``; spikes ``[R, C]``."""
-        if self.prefix:
-            return lif_prefix(x, self.counts, node.v_threshold, node.tau, node.alpha)
-        U = int(self.tokens.numel())                             # b: dense over the U tokens
-        seq = x.new_zeros(self.T * U, x.shape[-1])
-        flat = _ramp_offsets(self.counts, U, x.device) + self.slots  # t*U + slot per row
-        seq = seq.index_put((flat,), x).view(self.T, U, -1)
-        return node(seq).reshape(self.T * U, -1).index_select(0, flat)
-
-
-def _ramp(counts: list[int], device) -> torch.Tensor:
-    """0..counts[0]-1, 0..counts[1]-1, ... as one tensor."""
-    return torch.cat([torch.arange(n, device=device) for n in counts]) if counts else torch.zeros(0, dtype=torch.long)
-
-
-def _ramp_offsets(counts: list[int], U: int, device) -> torch.Tensor:
-    """t*U for every row of timestep t."""
-    return torch.repeat_interleave(torch.arange(len(counts), device=device) * U,
-                                   torch.tensor(counts, device=device))
+        """A multi-step LIF layer on running rows ``[cap, C]``; spikes ``[cap, C]``, 0 on padding."""
+        T, C = self.T, x.shape[-1]
+        if self.full:
+            return node(x.reshape(T, -1, C)).reshape(-1, C)
+        if self.grid_off is None:  # tb: prefixes, the rows' potentials alone kept for backward
+            return lif_grid(x, self.grid, self.cells, self.pad, T, node.v_threshold, node.tau, node.alpha)
+        seq = x.index_select(0, self.grid).masked_fill(self.grid_off, 0)  # [T*Ucap, C]; b: a skipped step leaks
+        spikes = node(seq.view(T, -1, C)).reshape(-1, C)         # [T*Ucap, C]
+        return self._clear(spikes.index_select(0, self.cells))

@@ -70,7 +70,9 @@ class SpikingViT(nn.Module):
 
     Attribute ``packed_halting`` (default True): a halting model runs each block on its
     running tokens only (:mod:`~stas_sweep.models.packing`); False runs every token and zeroes
-    the halted ones, the reference the packed path is tested against.
+    the halted ones, the reference the packed path is tested against. ``pack_buckets``
+    (default 8): packed buffers take one of that many sizes (eighths of the full size), so
+    their shapes repeat across batches (torch.compile compiles each once); 0 sizes them exactly.
     """
 
     def __init__(self, family: str = "spikformer", depth: int = 4, embed_dim: int = 384,
@@ -91,6 +93,7 @@ class SpikingViT(nn.Module):
         self.stem_mode = stem
         self.halting = self._halting_config(halting)
         self.packed_halting = True
+        self.pack_buckets = 8
         self.probing = False  # True while timestep_exit runs its unmetered decision pass
 
         self.stem = STEM_CLASSES[family](in_channels, embed_dim, img_size, timesteps, stem)
@@ -141,6 +144,19 @@ class SpikingViT(nn.Module):
         if self.halting is None:
             raise ValueError("set_knob needs a model with a halting method; this one is static")
         self.halting = self.halting.with_knob(check_knob(self.method, value))
+
+    def compile_parts(self, **kwargs) -> None:
+        """``torch.compile`` the stem and every block in place (``kwargs`` go to it; the state dict
+        keeps its keys). The block loop stays eager: it reads each block's two counts back and
+        picks the capacity bucket, so a block is compiled once per bucket it meets (and per
+        train/eval mode), not once per batch. Dynamo's recompile limit is raised to that bound."""
+        import torch._dynamo.config as dynamo_config
+
+        steps = max(self.pack_buckets, 1) + 1  # capacities per size, and the full block
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * steps * steps + 4)
+        self.stem.compile(**kwargs)
+        for block in self.blocks:
+            block.compile(**kwargs)
 
     def forward(self, x: torch.Tensor, epsilon: float | None = None, *, knob: float | None = None) -> STASOutput:
         """``x`` images ``[B, C, H, W]`` or frames ``[B, T, C, H, W]``. ``epsilon`` (A-SSA) or
@@ -212,22 +228,28 @@ class SpikingViT(nn.Module):
         return self._halting_output(state)
 
     def _forward_packed(self, x: torch.Tensor, state: HaltingState) -> STASOutput:
-        """The same, each block on its running rows ``[R, D]`` only (halted tokens cost nothing)."""
-        pk = Packing.from_mask(state.mask)  # every cell runs block 1
-        x = pk.pack(x)  # [R, D]
+        """The same, each block on its running rows ``[cap, D]`` only (halted tokens cost nothing).
+        Building each later block's packing reads two counts back (its one host read); nothing
+        else in the loop waits for the device."""
+        T, B, K, _ = x.shape
+        prefix = state.cfg.accumulation == "tb"  # masks only shrink over time
+        pk = Packing.everything(T, B, K, x.device)  # every cell runs block 1
+        x = pk.pack(x)  # [cap, D]
+        scored = 0  # cells scored, summed over blocks (the count of state.active, known on the host)
         for l, block in enumerate(self.blocks):
             if l > 0:
-                nxt = Packing.from_mask(state.mask)  # a subset of the cells that ran block l-1
+                nxt = Packing.from_mask(state.mask, self.pack_buckets, prefix)  # a subset of block l-1's cells
                 if nxt.R == 0:
                     break  # every token has halted: the later blocks have nothing to run
-                x, pk = (x if nxt.full else x.index_select(0, nxt.index_in(pk))), nxt
-            x = block(x, pk)  # [R, D]
+                x, pk = nxt.take(pk, x), nxt
+            x = block(x, pk)  # [cap, D]
+            scored += pk.R
             p = state.update(l, state.score(pk.unpack(x[:, :1])[..., 0]))  # [T, B, K]
             if pk.full:
                 state.add_mean_field(p, pk.unpack(x))
             else:
-                state.add_mean_field_rows(p.reshape(-1).index_select(0, pk.rows), x, pk.groups())
-        return self._halting_output(state)
+                state.add_mean_field_rows(pk.gather(p), x, pk.groups())
+        return self._halting_output(state, scored)
 
     def _forward_token_drop(self, x: torch.Tensor, cfg: TokenDropConfig) -> STASOutput:
         """Static token dropping: block l runs the ``n = cfg.kept(K)`` tokens of each image with
@@ -245,7 +267,7 @@ class SpikingViT(nn.Module):
             if not self.packed_halting:
                 x = block(x, mask)  # dropped tokens: no input current, residual unchanged
                 continue
-            pk = Packing.from_mask(mask)
+            pk = Packing.from_mask(mask, prefix=True, sizes=(T * B * n, B * n))  # sizes known: no host read
             y = block(pk.pack(x), pk)  # [R, D]: the kept tokens only
             x = y.view(T, B, K, D) if pk.full else x.reshape(T * B * K, D).index_put((pk.rows,), y).view(T, B, K, D)
         return STASOutput(
@@ -313,8 +335,10 @@ class SpikingViT(nn.Module):
             exit_steps=e,
         )
 
-    def _halting_output(self, state: HaltingState) -> STASOutput:
+    def _halting_output(self, state: HaltingState, scored: int | None = None) -> STASOutput:
+        """``scored``: the cells scored, where the caller knows it without reading the device."""
         N = state.N.transpose(0, 1)  # [B, T, K]
+        scored = float(state.active.sum()) if scored is None else float(scored)
         return STASOutput(
             logits=self._head(state.representation()),  # mean field per timestep [T, B, D]
             ponder_loss=state.ponder(),
@@ -325,7 +349,7 @@ class SpikingViT(nn.Module):
             halting_scores=state.h,
             halting_probs=state.p,
             method="stas",
-            decision_ops=(halting_macs(float(state.active.sum()), self.embed_dim), 0.0),  # eqs. 3, 4, 8 per scored cell
+            decision_ops=(halting_macs(scored, self.embed_dim), 0.0),  # eqs. 3, 4, 8 per scored cell
         )
 
     def _head(self, rep: torch.Tensor) -> torch.Tensor:

@@ -320,7 +320,10 @@ class TrainConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
     batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 64
-    amp: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    # auto: on for CUDA. on: autocast's default half type (float16 on CUDA, with a GradScaler).
+    # bf16: bfloat16 autocast on any device, in training and evaluation, no GradScaler needed.
+    amp: Literal["auto", "on", "off", "bf16"] = "auto"
+    compile: bool = False  # torch.compile the stem and every block (SpikingViT.compile_parts)
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     init_from: str | None = None  # checkpoint whose model weights start this run (stage 1 -> 2)

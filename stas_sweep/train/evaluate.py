@@ -41,14 +41,16 @@ def _batches(loader, max_batches: int | None) -> str:
 @torch.no_grad()
 def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, epsilon: float | None = None,
              knob: float | None = None, energy: bool = True, energy_batches: int | None = None,
-             max_batches: int | None = None, progress: Progress | None = None, every_s: float = 10.0) -> dict:
+             max_batches: int | None = None, progress: Progress | None = None, every_s: float = 10.0,
+             amp_dtype: torch.dtype | None = None) -> dict:
     """Top-1 accuracy (%), mean token ratio and energy (mJ/image, ``energy_mj`` in the paper's
     convention and ``energy_strict_mj``) over ``loader``.
 
     The energy meter sees the first ``energy_batches`` batches (all when None); accuracy and
     token ratio use every batch (or the first ``max_batches``). ``epsilon`` (A-SSA) or ``knob``
     (any method's knob) applies to this evaluation only. ``progress``, when given, is called
-    with a line such as ``"batch 12/40"`` at most every ``every_s`` seconds.
+    with a line such as ``"batch 12/40"`` at most every ``every_s`` seconds. ``amp_dtype``: run
+    the model under ``torch.autocast`` with that dtype (the halting state stays float32).
     """
     model.eval()
     total = _batches(loader, max_batches) if progress else ""
@@ -61,7 +63,8 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         metering = meter is not None and (energy_batches is None or i < energy_batches)
-        with meter if metering else contextlib.nullcontext():
+        amp = torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        with meter if metering else contextlib.nullcontext(), amp:
             out = model(x, epsilon=epsilon, knob=knob)
         if metering:
             meter.observe(out)

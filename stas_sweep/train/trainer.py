@@ -78,7 +78,8 @@ class Trainer:
         self.out = Path(output_dir)
         self.progress, self.log = progress, log or (lambda _msg: None)
         self.device = resolve_device(cfg.device)
-        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and self.device.type == "cuda")
+        self.amp = cfg.amp in ("on", "bf16") or (cfg.amp == "auto" and self.device.type == "cuda")
+        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else None  # None: autocast's default for the device
         seed_everything(cfg.seed)
 
         d = cfg.data
@@ -97,6 +98,8 @@ class Trainer:
             "halting": cfg.halting.model_kwargs(cfg.model.name) if cfg.halting else None,
         }
         self.model = build_model(self.model_args).to(self.device)
+        if cfg.compile:
+            self.model.compile_parts()
         self.train_loader, self.val_loader = build_loaders(
             self.train_ds, self.val_ds, cfg.batch_size, d.workers, cfg.seed,
             pin_memory=self.device.type == "cuda",
@@ -120,7 +123,8 @@ class Trainer:
             self.optimizer, t_initial=cfg.epochs, lr_min=o.min_lr, warmup_t=o.warmup_epochs,
             warmup_lr_init=o.warmup_lr, t_in_epochs=True,
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        # bfloat16 has float32's range: its gradients need no scaling
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype is None)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
         self.best_accuracy = -math.inf
@@ -207,7 +211,7 @@ class Trainer:
             target = y
             if mixup is not None:
                 x, target = mixup(x, y)
-            with torch.autocast(self.device.type, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 out = self.train_model(x)  # data-parallel over a trial's GPUs when it has several
                 task = criterion(out.logits.float(), target)
                 # eq. 10; with SML its loss (the model's and the surrogate modules') is the task term
@@ -243,7 +247,7 @@ class Trainer:
 
     def evaluate(self, epsilon: float | None = None) -> dict:
         r = evaluate(self.model, self.val_loader, self.device, epsilon=epsilon,
-                     energy_batches=self.cfg.energy_batches)
+                     energy_batches=self.cfg.energy_batches, amp_dtype=self.amp_dtype)
         return {"accuracy": r["accuracy"], "token_ratio": r["token_ratio"], "energy_mj": r["energy_mj"],
                 "energy_strict_mj": r["energy_strict_mj"]}
 
