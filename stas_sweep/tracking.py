@@ -817,7 +817,8 @@ def register_point(uri: str | None, point: dict, name: str | None = None, force:
         model = point["tags"][MODEL_URI_TAG]
         with _global_tracking_uri(uri):
             version = client.create_model_version(name, source=model, run_id=point["run_id"],
-                                                  tags=version_tags(point), model_id=model.rsplit("/", 1)[-1])
+                                                  tags=version_tags(point), model_id=model.rsplit("/", 1)[-1],
+                                                  await_creation_for=0)  # ready at once outside Databricks
     except MlflowException as e:
         if e.error_code == "INVALID_PARAMETER_VALUE":
             raise TrackingError(f"--name {name!r}: MLflow refuses it ({_first_line(e)})") from None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Mapping, NamedTuple, Sequence
 
-from .pareto import hypervolume, pareto_front
+from .pareto import as_objectives, hypervolume, pareto_front
 
 # what a search-space file may name as an objective (or as the scheduler's metric)
 OBJECTIVE_METRICS = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")
@@ -88,7 +88,7 @@ NATURAL_DIRECTIONS = {"accuracy": "max", "energy_mj": "min", "energy_strict_mj":
 def best_point(front: Sequence[Mapping], objective: str, objectives) -> dict:
     """The front point with the best ``objective`` (its direction from ``objectives``, else the
     natural one); the first of equals, in the front's order."""
-    direction = dict(objectives).get(objective, NATURAL_DIRECTIONS.get(objective))
+    direction = {o.name: o.mode for o in as_objectives(objectives)}.get(objective, NATURAL_DIRECTIONS.get(objective))
     if direction is None or not front:
         raise ValueError(f"best:{objective}: accepted objectives: {', '.join(NATURAL_DIRECTIONS)}")
     sign = 1.0 if direction == "max" else -1.0
@@ -109,7 +109,8 @@ def knee_point(front: Sequence[Mapping], objectives) -> dict:
     if not front:
         raise ValueError("the front is empty: no knee")
     dist = [0.0] * len(front)
-    for name, direction in objectives:
+    for o in as_objectives(objectives):
+        name, direction = o.name, o.mode
         values = [float(p[name]) for p in front]
         lo, hi = min(values), max(values)
         for i, v in enumerate(values):
