@@ -90,7 +90,7 @@ def best_point(front: Sequence[Mapping], objective: str, objectives) -> dict:
     natural one); the first of equals, in the front's order."""
     direction = {o.name: o.mode for o in as_objectives(objectives)}.get(objective, NATURAL_DIRECTIONS.get(objective))
     if direction is None or not front:
-        raise ValueError(f"best:{objective}: accepted objectives: {', '.join(NATURAL_DIRECTIONS)}")
+        raise ValueError(f"unknown objective {objective!r}; accepted objectives: {', '.join(NATURAL_DIRECTIONS)}")
     sign = 1.0 if direction == "max" else -1.0
     return dict(max(front, key=lambda p: sign * float(p[objective])))
 
