@@ -753,10 +753,12 @@ def front_point_run(uri: str | None, sweep_run_id: str, key: str) -> dict:
     return point_run(uri, runs[0].info.run_id)
 
 
-class _global_tracking_uri:
-    """MLflow's sqlite registry looks a ``models:/<id>`` source up through the *global* tracking
-    URI (``MlflowClient()`` in ``SqlAlchemyStore.create_model_version``, marked TODO there), so
-    that URI is ``uri`` while a version is created, and what it was afterwards."""
+class global_tracking_uri:
+    """MLflow 3.17 looks a ``models:/<model id>`` URI up through the *global* tracking URI, not the
+    client's: the sqlite registry when it creates a version from one (``MlflowClient()`` in
+    ``SqlAlchemyStore.create_model_version``, marked TODO there), and ``download_artifacts`` of one
+    (its ``tracking_uri`` argument notwithstanding). Within this context that URI is ``uri``;
+    afterwards it is what it was, the ``MLFLOW_TRACKING_URI`` variable included."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -815,7 +817,7 @@ def register_point(uri: str | None, point: dict, name: str | None = None, force:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         model = point["tags"][MODEL_URI_TAG]
-        with _global_tracking_uri(uri):
+        with global_tracking_uri(uri):
             version = client.create_model_version(name, source=model, run_id=point["run_id"],
                                                   tags=version_tags(point), model_id=model.rsplit("/", 1)[-1],
                                                   await_creation_for=0)  # ready at once outside Databricks

@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from ..tracking import TrackingError, default_tracking_uri, flatten
+from ..tracking import TrackingError, default_tracking_uri, flatten, global_tracking_uri
 from .checkpoint import load_checkpoint, save_checkpoint
 
 CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -181,8 +181,8 @@ def load_logged_model(uri: str, tracking_uri: str | None = None, device="cpu"):
     info = resolve_model_uri(uri, tracking_uri)
     with tempfile.TemporaryDirectory() as d:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=info["model_uri"], dst_path=d,
-                                                        tracking_uri=default_tracking_uri(tracking_uri))
+            with global_tracking_uri(default_tracking_uri(tracking_uri)):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=info["model_uri"], dst_path=d)
             flavor = Model.load(local).flavors.get("python_function", {})
             path = Path(local) / flavor["artifacts"]["checkpoint"]["path"]
         except (KeyError, TypeError, OSError) as e:
