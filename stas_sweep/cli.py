@@ -11,6 +11,7 @@
     stas-sweep run FILE [--dry-run]         a sweep: Ray Tune + Optuna + ASHA, front in MLflow
     stas-sweep submit FILE --address URL    the same sweep as a Ray job on a cluster
     stas-sweep pareto [--json] [--paper]    the front of the latest sweep, from MLflow (--paper: the paper's figures)
+    stas-sweep pick POINT [--name NAME]     register a front point's model (run id, best:<objective>, knee)
     stas-sweep ui                           the MLflow UI on 127.0.0.1 for the default store
 
 Bad input (a file, key or value that cannot be used) prints one line naming it and exits 2.
@@ -219,6 +220,11 @@ def cmd_energy(args: argparse.Namespace) -> int:
     if args.token_ratio is not None:
         raise UsageError("--token-ratio needs --firing-rate (the analytic mode); a measured run takes "
                          "--epsilon, --keep-ratio or --exit-threshold")
+
+    from .train.mlflow_model import is_model_uri
+
+    if is_model_uri(args.model):
+        return _energy_of_logged_model(args)
     halting = None
     baseline = {"keep_ratio": args.keep_ratio, "exit_threshold": args.exit_threshold}
     if sum(v is not None for v in baseline.values()) + bool(args.epsilon is not None or args.halting) > 1:
@@ -278,6 +284,62 @@ def cmd_energy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _energy_of_logged_model(args: argparse.Namespace) -> int:
+    """``energy`` of a logged model (``models:/`` or ``runs:/``): its trained weights, read with safe
+    weights and built from its own config (no batch-norm calibration), at its picked point's knob
+    unless --epsilon, --keep-ratio or --exit-threshold gives another."""
+    import torch
+
+    from .data.events import EVENT_DATASETS
+    from .energy import measure_energy
+    from .models.halting import KNOBS
+    from .train.mlflow_model import load_logged_model
+
+    given = {k: v for k, v in (("epsilon", args.epsilon), ("keep_ratio", args.keep_ratio),
+                               ("exit_threshold", args.exit_threshold)) if v is not None}
+    if len(given) > 1 or args.halting or args.alpha is not None or args.beta is not None:
+        raise UsageError(f"{args.model}: a logged model keeps its own halting; give at most one of --epsilon, "
+                         f"--keep-ratio or --exit-threshold, the value of its knob")
+    say = _progress("energy", args.quiet)
+    say(f"loading {args.model}")
+    with _store_errors(args.tracking_uri):
+        model, state, info = load_logged_model(args.model, args.tracking_uri)
+    knob = info["knob"]
+    if given:
+        knob = next(iter(given.items()))
+        if KNOBS.get(model.method) != knob[0]:
+            raise UsageError(f"--{knob[0].replace('_', '-')}: {args.model} is a {model.method} model"
+                             + (f"; its knob is --{KNOBS[model.method].replace('_', '-')}" if model.method in KNOBS else ""))
+    a = state["model_args"]
+    args.img_size, args.in_channels = a["img_size"], a["in_channels"]
+    if (state.get("data") or {}).get("name") in EVENT_DATASETS:  # frames [B, T, 2, S, S]
+        torch.manual_seed(args.seed)
+        x, source = torch.rand(args.batch, a["timesteps"], a["in_channels"], a["img_size"], a["img_size"]), "random frames"
+    else:
+        x, source = _input_batch(args)
+    value = None if knob is None else knob[1]
+    say(f"measuring energy on {source}" + ("" if knob is None else f" at {knob[0]} {value:g}"))
+    with _flag_errors():
+        report = measure_energy(model, x, knob=value)
+        with torch.no_grad():
+            out = model.eval()(x, knob=value)
+    result = {"model": args.model, "backbone": a["name"], "stem": a.get("stem"), "timesteps": a.get("timesteps"),
+              "input": source, "method": model.method, **dict.fromkeys(KNOBS.values()),
+              **({} if knob is None else {knob[0]: value}), "convention": args.convention,
+              "energy": report.energy(args.convention), "energy_mj": report.energy_mj,
+              "energy_strict_mj": report.energy_strict_mj, "mac_ops": report.mac_ops, "ac_ops": report.ac_ops,
+              "mac_ops_strict": report.mac_ops_strict, "ac_ops_strict": report.ac_ops_strict,
+              "token_ratio": report.token_ratio, "active_tokens": out.active_tokens.mean(0).tolist(),
+              "layers": [vars(r) for r in report.layers]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.model}: {a['name']} ({a.get('stem')}, T={a.get('timesteps')}, {model.method}"
+          + ("" if knob is None else f", {knob[0]} {value:g}") + f") on {source}; trained weights")
+    print(report.table(args.convention))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_config
     from .train.run import train_run
@@ -312,7 +374,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         check_output_dir(Path(args.halting_maps), "--halting-maps")
     say(f"loading {args.checkpoint} on {device}")
-    model, state = model_from_checkpoint(args.checkpoint, device)
+    model, state, knob = _load_eval_model(args, device, model_from_checkpoint)
     cfg = config_from_dict(state.get("config") or {}, f"{args.checkpoint} (its config)")
     _, val, info = build_datasets(
         cfg.data.name, args.data_root or cfg.data.root, img_size=model.img_size,
@@ -320,8 +382,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     _, loader = build_loaders(val, val, args.batch_size, cfg.data.workers, drop_last=False)
     epsilons = _parse_epsilons(args.epsilons) if args.epsilons else cfg.eval_epsilons
+    grids = None
+    if knob is not None and not args.epsilons:  # a picked point: at its knob
+        epsilons, grids = [knob[1]], {model.method: [knob[1]]}
     say(f"{len(val)} validation images of {info.name}")
-    rows = epsilon_table(model, loader, epsilons, device, max_batches=args.max_batches, progress=say)
+    rows = epsilon_table(model, loader, epsilons, device, max_batches=args.max_batches, progress=say, grids=grids)
     result: dict = {"rows": rows}
     if args.similarity:
         say("temporal similarity of block inputs")
@@ -345,6 +410,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.halting_maps:
         print(f"halting maps: {result['halting_maps'][0]} (+{len(result['halting_maps']) - 1} per-sample files)")
     return 0
+
+
+def _load_eval_model(args: argparse.Namespace, device, from_file):
+    """``(model, state, knob)`` of ``eval``'s CHECKPOINT: a file (knob None), or a ``models:/`` /
+    ``runs:/`` URI of a logged model, read with safe weights, built from its own config; ``knob``
+    is ``(name, value)`` of a picked point (a registered version's or a point run's)."""
+    from .train.mlflow_model import is_model_uri, load_logged_model
+
+    if not is_model_uri(args.checkpoint):
+        model, state = from_file(args.checkpoint, device)
+        return model, state, None
+    with _store_errors(args.tracking_uri):
+        model, state, info = load_logged_model(args.checkpoint, args.tracking_uri, device)
+    return model, state, info["knob"]
 
 
 def _eval_device(name: str, resolve):
@@ -526,6 +605,42 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pick(args: argparse.Namespace) -> int:
+    """Register the model of one point (a point run id, ``best:<objective>`` or ``knee`` of the
+    latest sweep's front) in the Model Registry; prints ``models:/NAME/VERSION``."""
+    import re
+
+    from .sweep.front import best_point, knee_point
+    from .tracking import default_tracking_uri, front_point_run, latest_sweep, point_run, register_point
+
+    point = args.point.strip()
+    if point != "knee" and not point.startswith("best:") and not re.fullmatch(r"[0-9a-f]{32}", point):
+        raise UsageError(f"POINT {args.point!r}: give a point run id (32 hex digits, from the MLflow UI's "
+                         f"tags.pareto = 'true' runs), best:<objective> (e.g. best:accuracy) or knee")
+    uri = default_tracking_uri(args.tracking_uri)
+    with _store_errors(args.tracking_uri):
+        if point == "knee" or point.startswith("best:"):
+            from .tracking import SweepTracker
+
+            sweep = latest_sweep(uri, args.experiment)
+            try:
+                chosen = (knee_point(sweep["front"], sweep["objectives"]) if point == "knee"
+                          else best_point(sweep["front"], point[5:], sweep["objectives"]))
+            except ValueError as e:
+                raise UsageError(f"POINT {args.point!r}: {e}") from None
+            picked = front_point_run(uri, sweep["run_id"], SweepTracker.point_key(chosen))
+        else:
+            picked = point_run(uri, point)
+        registered, created = register_point(uri, picked, args.name, args.force)
+    t = picked["tags"]
+    print(f"{'registered' if created else 'already registered (--force registers it again)'}: point "
+          f"{t.get('stas.point')} of sweep {t.get('stas.sweep')} ({t.get('knob')}, accuracy "
+          f"{picked['metrics'].get('accuracy', float('nan')):.2f}, energy_mj "
+          f"{picked['metrics'].get('energy_mj', float('nan')):.4g}), run {picked['run_id']}", file=sys.stderr)
+    print(registered)
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """The MLflow UI as a child process in its own process group; when this command stops
     (Ctrl-C, SIGTERM, SIGHUP) the whole group (``mlflow ui`` and its uvicorn workers) is stopped too."""
@@ -608,7 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("energy", help="energy per image, firing rates and token ratio of a model")
-    p.add_argument("model", help="a name from `stas-sweep models`")
+    p.add_argument("model", help="a name from `stas-sweep models` (untrained), or a logged model: models:/NAME/VERSION "
+                                 "(from stas-sweep pick; at its point's knob) or runs:/RUN_ID")
     _add_shape_args(p)
     p.add_argument("--timesteps", type=_positive_int, default=4)
     p.add_argument("--stem", choices=["sps", "isps"], default="isps")
@@ -638,6 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "I-SPS's rate maps count as T spike maps); both totals are always printed")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--tracking-uri", type=_tracking_uri, help="MLflow store of a models:/ or runs:/ MODEL "
+                   "(default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.set_defaults(func=cmd_energy)
 
     p = sub.add_parser("train", help="train one model from a YAML config (stage 1 or 2)")
@@ -653,7 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint at several epsilons")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint file, or a logged model: models:/NAME/VERSION (from stas-sweep "
+                   "pick; evaluated at its point's knob unless --epsilons) or runs:/RUN_ID")
     p.add_argument("--epsilons", help="comma-separated, e.g. 0,0.05,0.1,0.2 (default: the config's)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--halting-maps", metavar="DIR", help="write PNG halting maps of a few validation images")
@@ -663,6 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=_positive_int, help="evaluate on the first N batches only")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--tracking-uri", type=_tracking_uri, help="MLflow store of a models:/ or runs:/ CHECKPOINT "
+                   "(default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("validate", help="check a search-space file and print its resolved plan")
@@ -693,6 +814,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", action="store_true",
                    help="also list the paper's own figures (Tables 2-3) for the sweep's data set, marked as not measured")
     p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("pick", help="register a front point's model in the MLflow Model Registry")
+    p.add_argument("point", metavar="POINT", help="a point run id, best:<objective> (best:accuracy, best:energy_mj, "
+                   "...) or knee (nearest the ideal point, each objective scaled to [0, 1] over the front) of the "
+                   "latest sweep")
+    p.add_argument("--name", help="registered model name (default: the sweep's name)")
+    p.add_argument("--force", action="store_true", help="register a new version even if this point has one")
+    p.add_argument("--experiment", help="MLflow experiment of the sweep (default: the latest sweep of any)")
+    p.add_argument("--tracking-uri", type=_tracking_uri)
+    p.set_defaults(func=cmd_pick)
 
     p = sub.add_parser("ui", help="start the MLflow UI for the default store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")

@@ -294,6 +294,8 @@ ENERGY_TAG = "stas.energy_convention"
 # "set experiment kind" writes it); the 3.17 UI itself opens the view of its global workflow
 # switch, which the URL parameter ``workflowType=machine_learning`` sets (see ``browse_url``)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# a trial run's and its point runs' logged model (``models:/<id>``); the sweep run's stage-1 model
+MODEL_URI_TAG, STAGE1_MODEL_TAG = "model_uri", "stage1_model_uri"
 POINT_METRIC_NAMES = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio", "energy_reduction")
 FILTER = "tags.pareto = 'true'"
 
@@ -381,6 +383,7 @@ class SweepTracker:
         self.point_runs: dict[str, str] = {}  # point key (trial@epsilon) -> point run id
         self.point_pareto: dict[str, str] = {}  # point key -> its pareto tag as logged
         self.ended: dict[str, tuple] = {}    # trial id -> the end tags this driver wrote (full_budget, error)
+        self.models: dict[str, str] = {}     # trial id -> the URI of its logged model
         self.finished = 0
         self._client = None
         self._synced = False  # runs read back from MLflow since this object was built
@@ -478,6 +481,8 @@ class SweepTracker:
                 self.point_pareto[tags[POINT_TAG]] = tags.get("pareto", "")
             elif tags.get("trial_id"):
                 self.runs[tags["trial_id"]] = run.info.run_id
+                if tags.get(MODEL_URI_TAG):
+                    self.models[tags["trial_id"]] = tags[MODEL_URI_TAG]
 
     def saved_points(self) -> list[dict]:
         """The candidate points logged so far (``candidates.json``): where a resumed sweep goes on."""
@@ -588,7 +593,7 @@ class SweepTracker:
                                      tags={"mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key,
                                            SWEEP_TAG: self.sweep, "trial_id": str(point["trial_id"]),
                                            "method": str(point.get("method") or getattr(self, "base_method", "stas")),
-                                           "pareto": pareto, **self._energy_tag()})
+                                           "pareto": pareto, **self._energy_tag(), **self._model_tags(point)})
         run_id = run.info.run_id
         ts = int(time.time() * 1000)
         params = [Param(k, str(point[k])[:6000]) for k in param_keys([point])]
@@ -604,6 +609,38 @@ class SweepTracker:
         self.point_runs[key] = run_id
         self.point_pareto[key] = pareto
         return run_id
+
+    def _model_tags(self, point: dict) -> dict[str, str]:
+        """A point run's tags ``model_uri`` (its trial's model, when logged) and ``knob``
+        (``epsilon=0.2``: the value the model was evaluated at)."""
+        from .models.halting import KNOBS
+
+        knob = KNOBS.get(point.get("method") or "stas", "epsilon")
+        tags = {"knob": f"{knob}={point.get(knob)}"}
+        model = getattr(self, "models", {}).get(str(point["trial_id"]))  # absent in a tracker pickled before models
+        if model:
+            tags[MODEL_URI_TAG] = model
+        return tags
+
+    # -- logged models ------------------------------------------------------------------------
+    def model_of(self, trial_id: str) -> str | None:
+        """The URI of the trial's logged model (also one a driver before a resume logged)."""
+        self._sync()
+        return getattr(self, "models", {}).get(trial_id)
+
+    def trial_model(self, trial_id: str, params: dict, model_uri: str) -> None:
+        """The trial's final weights were logged as ``model_uri``: its run's tag, and its points' from now on."""
+        if not hasattr(self, "models"):
+            self.models = {}
+        self.models[trial_id] = model_uri
+        self.client.set_tag(self.child(trial_id, params), MODEL_URI_TAG, model_uri)
+
+    def stage1_model(self) -> str | None:
+        """The URI of the sweep's stage-1 model, once logged (the parent run's tag)."""
+        return self.client.get_run(self.parent_id).data.tags.get(STAGE1_MODEL_TAG) if self.parent_id else None
+
+    def set_stage1_model(self, model_uri: str) -> None:
+        self.client.set_tag(self.parent_id, STAGE1_MODEL_TAG, model_uri)
 
     def write_points(self, points: list[dict], front: list[dict]) -> None:
         """One run per candidate point (created once), ``pareto`` retagged where the front changed;
@@ -758,3 +795,122 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
     raise TrackingError(f"no sweep in {where} has front points yet; the latest, {latest['name']!r} "
                         f"(experiment {latest['experiment']!r}, run {latest['run_id']}), is {latest['status']}"
                         + (f" and {len(skipped) - 1} older ones have none either" if len(skipped) > 1 else ""))
+
+
+# -- picking a point: its trial's model into the Model Registry ---------------------------------
+
+# what a registered version carries of its point (besides the knob, ``sweep`` and the run ids)
+VERSION_METRICS = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")
+
+
+def point_run(uri: str | None, run_id: str) -> dict:
+    """The point run ``run_id``: ``{"run_id", "tags", "metrics"}``. :class:`TrackingError` for a
+    run the store does not hold, a run that is not a sweep's point, or a point without a model."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = default_tracking_uri(uri)
+    try:
+        run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise TrackingError(f"no run {run_id} in {uri}; list a sweep's front points with stas-sweep pareto "
+                                f"(their runs: tags.pareto = 'true' in the MLflow UI)") from None
+        raise
+    tags = run.data.tags
+    if tags.get(ROLE_TAG) != "point":
+        raise TrackingError(f"run {run_id} ({tags.get('mlflow.runName')!r}, {tags.get(ROLE_TAG) or 'not a sweep run'}) "
+                            f"is not a point of a sweep's front; give a point run (tags.`{ROLE_TAG}` = 'point'), "
+                            f"knee or best:<objective>")
+    if not tags.get(MODEL_URI_TAG):
+        raise TrackingError(f"point run {run_id} ({tags.get(POINT_TAG)}) has no logged model (tag {MODEL_URI_TAG}): "
+                            f"its sweep ran before stas-sweep logged trained models; run the sweep again")
+    return {"run_id": run_id, "tags": dict(tags), "metrics": dict(run.data.metrics)}
+
+
+def front_point_run(uri: str | None, sweep_run_id: str, key: str) -> dict:
+    """The point run of the sweep ``sweep_run_id`` whose point key (``stas.point``) is ``key``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=default_tracking_uri(uri))
+    exp = client.get_run(sweep_run_id).info.experiment_id
+    runs = client.search_runs([exp], max_results=10, filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run_id}' "
+                                                                    f"AND tags.`{POINT_TAG}` = '{key}'")
+    if not runs:
+        raise TrackingError(f"sweep run {sweep_run_id} has no point run {key!r} (tag {POINT_TAG})")
+    return point_run(uri, runs[0].info.run_id)
+
+
+class global_tracking_uri:
+    """MLflow 3.17 looks a ``models:/<model id>`` URI up through the *global* tracking URI, not the
+    client's: the sqlite registry when it creates a version from one (``MlflowClient()`` in
+    ``SqlAlchemyStore.create_model_version``, marked TODO there), and ``download_artifacts`` of one
+    (its ``tracking_uri`` argument notwithstanding). Within this context that URI is ``uri``;
+    afterwards it is what it was, the ``MLFLOW_TRACKING_URI`` variable included."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def __enter__(self):
+        import mlflow
+
+        self.saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+        self.saved = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+        mlflow.set_tracking_uri(self.uri)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.saved)
+        if self.saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = self.saved_env
+        return False
+
+
+def version_tags(point: dict) -> dict[str, str]:
+    """A registered version's tags: its point's knob, method, metrics, sweep and runs."""
+    t = point["tags"]
+    knob, _, value = t.get("knob", "epsilon=").partition("=")
+    tags = {"knob": t.get("knob", ""), knob: value, "method": t.get("method", "stas"), "sweep": t.get(SWEEP_TAG, ""),
+            "trial_id": t.get("trial_id", ""), "point": t.get(POINT_TAG, ""), "point_run_id": point["run_id"],
+            "sweep_run_id": t.get("mlflow.parentRunId", "")}
+    tags.update({m: repr(point["metrics"][m]) for m in VERSION_METRICS if m in point["metrics"]})
+    return tags
+
+
+def register_point(uri: str | None, point: dict, name: str | None = None, force: bool = False) -> tuple[str, bool]:
+    """Register the model of ``point`` (:func:`point_run`) as a version of ``name`` (default: its
+    sweep's name), tagged :func:`version_tags`. Returns ``(models:/NAME/VERSION, created)``: the
+    version this point already has, unless ``force``. A name MLflow refuses: :class:`TrackingError`,
+    nothing registered."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = default_tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    name = name if name is not None else point["tags"].get(SWEEP_TAG) or "stas-sweep"
+    try:
+        if not force:
+            # the point's versions, by the point run they name (a run id: hex, safe in a filter)
+            for v in sorted(client.search_model_versions(f"run_id = '{point['run_id']}'"), key=lambda v: int(v.version)):
+                if v.name == name and v.tags.get("point_run_id") == point["run_id"]:
+                    return f"models:/{name}/{v.version}", False
+        try:
+            client.create_registered_model(name, description="stas-sweep: models picked on a sweep's front; each "
+                                                             "version's tags hold its point's knob and metrics")
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        model = point["tags"][MODEL_URI_TAG]
+        with global_tracking_uri(uri):
+            version = client.create_model_version(name, source=model, run_id=point["run_id"],
+                                                  tags=version_tags(point), model_id=model.rsplit("/", 1)[-1],
+                                                  await_creation_for=0)  # ready at once outside Databricks
+    except MlflowException as e:
+        if e.error_code == "INVALID_PARAMETER_VALUE":
+            raise TrackingError(f"--name {name!r}: MLflow refuses it ({_first_line(e)})") from None
+        raise
+    return f"models:/{name}/{version.version}", True

@@ -8,7 +8,9 @@ appear unless the case says ``makes_out``).
 To add a case, append a :class:`Case` to ``CASES``: ``files`` maps paths (relative to the case
 folder) to text, bytes, a mapping (dumped as YAML) or a callable ``f(path)`` that writes it;
 ``argv`` may use ``{d}`` for the case folder and ``{ckpt}`` for a tiny valid checkpoint (kept
-outside the folder); ``hold`` is a context manager factory ``f(folder)`` kept open around the
+outside the folder); ``extra={"store": True}`` copies the :func:`sweep_store` database into the
+folder as ``mlflow.db`` (so an unchanged file means nothing was registered) and fills ``{point}``
+and ``{sweep_run}`` with its run ids; ``hold`` is a context manager factory ``f(folder)`` kept open around the
 call (a lock, a busy port). ``STAS_SHOW_MESSAGES=1 pytest -s tests/test_bad_input.py`` prints each
 case's message. The case of a locked store waits 1 s for it, not MLflow's 20 s (the
 ``short_sqlite_busy_timeout`` fixture).
@@ -153,13 +155,24 @@ def busy_port(folder: Path):
 
 
 def _flip(data: bytes) -> bytes:
+    """One bit flipped in the middle of the largest tensor the checkpoint stores (torch's zip
+    format: a byte of zip padding or metadata may change nothing that is read)."""
+    import io
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        big = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<HH", data[big.header_offset + 26:big.header_offset + 30])
+    start = big.header_offset + 30 + name_len + extra_len
     b = bytearray(data)
-    b[len(b) // 2] ^= 0x01
+    b[start + big.file_size // 2] ^= 0x01
     return bytes(b)
 
 
 TRAIN = ["train", "{d}/c.yaml", "--output-dir", "{d}/out", "--no-progress"]
 CORRUPT_DB = b"SQLite format 3\x00" + b"\x13" * 4000
+STORE = "sqlite:///{d}/mlflow.db"
 
 CASES = [
     # -- YAML: alias amplification, recursion, unhashable keys, syntax --------------------------------
@@ -407,6 +420,25 @@ CASES = [
          ["validate", "{d}/s.yaml"], ["s.yaml", "stage1.config: model.name is 'spikformer-2-32'"]),
     Case("validate_stage1_config_missing", {"s.yaml": space_file(stage1={"config": "nope.yaml"}), "base.yaml": TINY},
          ["validate", "{d}/s.yaml"], ["s.yaml", "stage1.config: no such training config", "nope.yaml"]),
+    # -- picking a front point's model (a store with a sweep: sweep_store) ---------------------------
+    Case("pick_unknown_run_id", {}, ["pick", "0" * 32, "--tracking-uri", STORE],
+         ["no run " + "0" * 32, "mlflow.db"], extra={"store": True}),
+    Case("pick_a_run_that_is_not_a_point", {}, ["pick", "{sweep_run}", "--tracking-uri", STORE],
+         ["run {sweep_run}", "is not a point"], extra={"store": True}),
+    Case("pick_knee_of_a_sweep_without_front", {}, ["pick", "knee", "--experiment", "bare", "--tracking-uri", STORE],
+         ["'bare'", "has front points yet"], extra={"store": True}),
+    Case("pick_name_mlflow_refuses", {}, ["pick", "{point}", "--name", "a/b", "--tracking-uri", STORE],
+         ["--name 'a/b'", "refuses"], extra={"store": True}),
+    Case("pick_unknown_objective", {}, ["pick", "best:speed", "--tracking-uri", STORE],
+         ["best:speed", "accepted objectives: accuracy"], extra={"store": True}),
+    Case("pick_not_a_point", {}, ["pick", "middle"], ["POINT 'middle'", "best:<objective>", "knee"]),
+    Case("eval_unknown_registered_model", {}, ["eval", "models:/nope/1", "--tracking-uri", STORE],
+         ["models:/nope/1", "not found", "mlflow.db"], extra={"store": True}),
+    Case("eval_run_without_a_model", {}, ["eval", "runs:/{sweep_run}", "--tracking-uri", STORE],
+         ["runs:/{sweep_run}", "has no logged model"], extra={"store": True}),
+    Case("energy_of_a_logged_model_at_another_knob", {},
+         ["energy", "runs:/{point}", "--keep-ratio", "0.5", "--tracking-uri", STORE],
+         ["--keep-ratio", "is a static model"], extra={"store": True}),
 ]
 
 
@@ -415,7 +447,9 @@ def _digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*"))}
 
 
-def _fill(text: str, d: Path, ckpt: str, port: str = "") -> str:
+def _fill(text: str, d: Path, ckpt: str, port: str = "", ids: dict | None = None) -> str:
+    for key, value in (ids or {}).items():
+        text = text.replace("{" + key + "}", value)
     return text.replace("{d}", str(d)).replace("{ckpt}", ckpt).replace("{port}", port)
 
 
@@ -443,6 +477,37 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     return str(save_checkpoint(trainer.state(), folder / "last.pt"))
 
 
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory, _mlflow_template, tiny_checkpoint) -> tuple[Path, dict]:
+    """A real MLflow sqlite store with sweep ``good`` (experiment ``picks``): one front point whose
+    trial logged ``tiny_checkpoint`` as its model, and sweep ``bare`` (experiment ``bare``), started,
+    without a front. Returns its folder and ``{"point": point run id, "sweep_run": good's run id}``."""
+    import shutil
+
+    from stas_sweep.sweep.front import front_of
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import SweepTracker
+    from stas_sweep.train.mlflow_model import log_checkpoint_model
+
+    folder = tmp_path_factory.mktemp("store")
+    shutil.copyfile(_mlflow_template, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    trackers = {}
+    with contextlib.chdir(folder):  # the experiments' artifacts: ./mlruns here
+        for name, experiment in (("good", "picks"), ("bare", "bare")):
+            (folder / f"{name}.yaml").write_text(yaml.safe_dump(space_file(base=tiny(halting={}), name=name,
+                                                                           mlflow={"experiment": experiment})))
+            spec = load_spec(folder / f"{name}.yaml")
+            trackers[name] = SweepTracker(uri, experiment, name, str(folder / name), spec.objectives)
+            trackers[name].start_parent(spec, "plan")
+        good = trackers["good"]
+        good.trial_model("t1", {}, log_checkpoint_model(uri, good.child("t1", {}), tiny_checkpoint))
+        point = {"trial_id": "t1", "method": "stas", "epsilon": 0.1, "accuracy": 50.0, "energy_mj": 0.5,
+                 "energy_strict_mj": 0.6, "token_ratio": 0.9, "energy_reduction": 1.0}
+        good.write_front(front_of([point], spec.objectives, spec.reference), final=False)
+    return folder, {"point": good.point_runs["t1@0.1"], "sweep_run": good.parent_id}
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
 def test_bad_input_exits_2_naming_it(case: Case, tmp_path, tiny_checkpoint, capsys, monkeypatch, request):
     if case.extra.get("short_busy_timeout"):
@@ -456,12 +521,18 @@ def test_bad_input_exits_2_naming_it(case: Case, tmp_path, tiny_checkpoint, caps
     d.mkdir()
     monkeypatch.chdir(d)  # nothing may land in the working directory either (./mlflow.db, ./runs)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ids = {}
+    if case.extra.get("store"):
+        import shutil
+
+        store, ids = request.getfixturevalue("sweep_store")
+        shutil.copyfile(store / "mlflow.db", d / "mlflow.db")
     _write(d, case.files, tiny_checkpoint)
     ckpt_before = hashlib.sha256(Path(tiny_checkpoint).read_bytes()).hexdigest()
     with (case.hold(d) if case.hold else contextlib.nullcontext()):
         port = (d / "port").read_text() if (d / "port").exists() else ""
         before = _digest(d)
-        argv = [_fill(a, d, tiny_checkpoint, port) for a in case.argv]
+        argv = [_fill(a, d, tiny_checkpoint, port, ids) for a in case.argv]
         try:
             rc = main(argv)
         except SystemExit as e:  # argparse rejects a flag's value itself: usage line + one message, exit 2
@@ -475,7 +546,7 @@ def test_bad_input_exits_2_naming_it(case: Case, tmp_path, tiny_checkpoint, caps
     message = [line for line in err.splitlines() if line.startswith("stas-sweep ")]
     assert message, err[-2000:]
     for word in case.expect:
-        assert _fill(word, d, tiny_checkpoint) in message[0], (word, message[0][:1000])
+        assert _fill(word, d, tiny_checkpoint, ids=ids) in message[0], (word, message[0][:1000])
     assert len(message[0]) < 4200  # a long value is cut, not echoed whole
     if case.extra.get("one_line"):
         assert [line for line in err.splitlines() if line.strip()] == message[:1], err[-2000:]

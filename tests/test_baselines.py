@@ -366,6 +366,14 @@ def test_baselines_sweep_end_to_end(ray_local, tmp_path, sweep_file, mlflow_db, 
     assert len(point_runs) == 6 and {r.data.tags["method"] for r in point_runs} == set(methods)
     assert any(r.data.tags["stas.point"].endswith("@keep_ratio=0.5") for r in point_runs)
     assert any(r.data.params.get("exit_threshold") == "0.9" for r in point_runs)
+    # each names its trial's logged model and its own knob; a runs:/ URI of one loads that model at that knob
+    models = {c.data.tags["trial_id"]: c.data.tags["model_uri"] for c in children}
+    assert all(r.data.tags["model_uri"] == models[r.data.tags["trial_id"]] and r.data.tags["knob"] ==
+               f"{KNOBS[r.data.tags['method']]}={r.data.params[KNOBS[r.data.tags['method']]]}" for r in point_runs)
+    drop = next(r for r in point_runs if r.data.tags["knob"] == "keep_ratio=0.5")
+    assert main(["energy", f"runs:/{drop.info.run_id}", "--json", "--quiet"]) == 0
+    energy = json.loads(capsys.readouterr().out)
+    assert (energy["method"], energy["keep_ratio"]) == ("token_drop", 0.5) and energy["token_ratio"] == pytest.approx(0.5)
     parent = parents[0].info.run_id
     candidates = json.loads(Path(client.download_artifacts(parent, "candidates.json")).read_text())
     knobs = {(p["method"], p[KNOBS[p["method"]]]) for p in candidates}

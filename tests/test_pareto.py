@@ -442,3 +442,36 @@ def test_front_hover_shows_the_searched_parameters(tmp_path):
     text = plot_front_html(pts, ACC_ENERGY, tmp_path / "front.html").read_text(encoding="utf-8")
     for key in ("halting.alpha: 5.25", "halting.beta: -7.5", "halting.delta_p: 0.00125", "trial_id: t0"):
         assert key in text
+
+
+def test_knee_is_nearest_the_ideal_point_after_scaling_each_objective():
+    """Scaled to [0, 1] over the front, B (0.95, 0.5) is nearest (1, 1); unscaled, accuracy in %
+    would swamp energy in mJ and A would be chosen. Directions come from the objectives."""
+    from stas_sweep.sweep.front import knee_point
+
+    a = {"trial_id": "a", "accuracy": 90.0, "energy_mj": 0.9}
+    b = {"trial_id": "b", "accuracy": 88.0, "energy_mj": 0.5}
+    c = {"trial_id": "c", "accuracy": 50.0, "energy_mj": 0.1}
+    assert knee_point([a, b, c], ACC_ENERGY)["trial_id"] == "b"
+    # s_acc = (1, 0.95, 0), s_energy = (0, 0.5, 1): squared distances 1, 0.2525, 1
+    assert knee_point([a, b, c], [("accuracy", "max"), ("energy_mj", "min")])["trial_id"] == "b"
+    # energy maximised instead: the ideal is (90, 0.9), which A is
+    assert knee_point([a, b, c], [("accuracy", "max"), ("energy_mj", "max")])["trial_id"] == "a"
+    # an objective all points share scales to 1 and decides nothing; ties go to the first
+    assert knee_point([dict(p, token_ratio=0.5) for p in (a, b, c)], THREE)["trial_id"] == "b"
+    assert knee_point([c, a], ACC_ENERGY)["trial_id"] == "c" and knee_point([a, c], ACC_ENERGY)["trial_id"] == "a"
+    with pytest.raises(ValueError):
+        knee_point([], ACC_ENERGY)
+
+
+def test_best_point_per_objective():
+    from stas_sweep.sweep.front import best_point
+
+    front = [{"trial_id": "a", "accuracy": 90.0, "energy_mj": 0.9, "token_ratio": 0.4},
+             {"trial_id": "b", "accuracy": 80.0, "energy_mj": 0.2, "token_ratio": 0.7}]
+    assert best_point(front, "accuracy", ACC_ENERGY)["trial_id"] == "a"
+    assert best_point(front, "energy_mj", ACC_ENERGY)["trial_id"] == "b"
+    assert best_point(front, "token_ratio", ACC_ENERGY)["trial_id"] == "a"  # not searched: fewer tokens is better
+    assert best_point(front, "energy_mj", [("energy_mj", "max")])["trial_id"] == "a"  # the sweep's direction wins
+    with pytest.raises(ValueError, match="accepted objectives"):
+        best_point(front, "speed", ACC_ENERGY)

@@ -54,7 +54,7 @@ def head_and_mlflow(tmp_path, free_port, mlflow_db, stop_ray):
 
 
 @pytest.mark.slow(120)
-def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflow, sweep_file, mlflow_runs):
+def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflow, sweep_file, mlflow_runs, capsys):
     folder, env, address, mlflow_url = head_and_mlflow
     space = sweep_file(folder, name="submitted", search={"sampler": "tpe", "seed": 0, "num_samples": 2},
                        space={"halting.beta": {"uniform": [-8.0, -4.0]}}, scheduler={"type": "fifo", "max_epochs": 1},
@@ -80,6 +80,44 @@ def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflo
     assert len(trials) == 2 and len(points) == 2 * 3
     assert {c.data.tags["pareto"] for c in points} <= {"true", "false"}
     assert any(c.data.tags["pareto"] == "true" for c in points)
+    _pick_the_knee_and_evaluate_it(mlflow_url, parents[0], trials, points, capsys)
+
+
+def _pick_the_knee_and_evaluate_it(url, parent, trials, points, capsys):
+    """The README's "Picking a model" on the server: every trial logged its model and each point
+    run names it with its knob; `pick knee` registers the knee of `pareto --json` with that
+    point's knob and metrics as tags, once; `eval` of it gives the point's accuracy at its knob."""
+    import json
+
+    import mlflow
+
+    from stas_sweep.cli import main
+    from stas_sweep.sweep.front import knee_point
+
+    models = {t.data.tags["trial_id"]: t.data.tags["model_uri"] for t in trials}
+    assert len(set(models.values())) == 2 and all(m.startswith("models:/m-") for m in models.values())
+    assert all(p.data.tags["model_uri"] == models[p.data.tags["trial_id"]]
+               and p.data.tags["knob"] == f"epsilon={p.data.params['epsilon']}" for p in points)
+    assert parent.data.tags["stage1_model_uri"].startswith("models:/m-")  # the shared stage 1, once
+
+    assert main(["pareto", "--json", "--tracking-uri", url]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert main(["pick", "knee", "--tracking-uri", url]) == 0
+    uri = capsys.readouterr().out.strip()
+    assert uri == "models:/submitted/1"  # named after the sweep
+    knee = knee_point(front, [("accuracy", "max"), ("energy_mj", "min")])
+    tags = mlflow.MlflowClient(url).get_model_version("submitted", "1").tags
+    assert (tags["trial_id"], tags["knob"], tags["method"], tags["sweep"]) == \
+        (knee["trial_id"], f"epsilon={knee['epsilon']}", "stas", "submitted")
+    assert {k: float(tags[k]) for k in ("epsilon", "accuracy", "energy_mj", "token_ratio")} == \
+        {k: knee[k] for k in ("epsilon", "accuracy", "energy_mj", "token_ratio")}
+
+    assert main(["eval", uri, "--json", "--quiet", "--tracking-uri", url]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["epsilon"], r["accuracy"]) for r in rows] == [(knee["epsilon"], pytest.approx(knee["accuracy"], abs=1e-9))]
+    assert main(["pick", "knee", "--tracking-uri", url]) == 0 and capsys.readouterr().out.strip() == uri  # once
+    assert main(["pick", "0" * 32, "--tracking-uri", url]) == 2
+    assert "no run " + "0" * 32 in capsys.readouterr().err
 
 
 def test_submit_to_an_unreachable_address_fails_clearly(tmp_path, sweep_file, free_port, monkeypatch, capsys):

@@ -146,3 +146,72 @@ def test_sweep_end_to_end_through_ctrl_c_and_resume(sweep_env, sweep_file, ray_l
     # a second run of the same file refuses to overwrite it
     assert main(["run", str(folder / "space.yaml")]) == 2
     assert "--resume" in capsys.readouterr().err
+    _front_points_become_registered_models(client, exp, parent, children, point_runs, printed, capsys)
+
+
+def _front_points_become_registered_models(client, exp, parent, children, point_runs, front, capsys):
+    """On the sqlite store, across the Ctrl-C and the resume: each full-budget trial logged its model
+    once, stage 1 once; `pick` of a point run id and of best:<objective>, once unless --force;
+    `eval` of a runs:/ and `energy` of a models:/ URI at the point's knob."""
+    full = {c.data.tags["trial_id"]: c.data.tags["model_uri"] for c in children
+            if c.data.tags.get("full_budget") == "true"}
+    assert all(p.data.tags["model_uri"] == full[p.data.tags["trial_id"]]
+               and p.data.tags["knob"] == f"epsilon={p.data.params['epsilon']}" for p in point_runs)
+    logged = client.search_logged_models([exp.experiment_id], max_results=1000)
+    assert sorted(m.name for m in logged) == sorted(["stage1"] + ["model"] * len(full))
+    assert sorted(f"models:/{m.model_id}" for m in logged if m.name == "model") == sorted(full.values())
+    assert parent.data.tags["stage1_model_uri"].startswith("models:/m-")
+
+    best = max(front, key=lambda p: p["accuracy"])
+    run = next(r for r in point_runs if r.data.tags["stas.point"] == f"{best['trial_id']}@{best['epsilon']:g}")
+    assert main(["pick", run.info.run_id, "--name", "digits-stas"]) == 0
+    assert capsys.readouterr().out.strip() == "models:/digits-stas/1"
+    assert main(["pick", "best:accuracy", "--name", "digits-stas"]) == 0  # the same point: no new version
+    assert capsys.readouterr().out.strip() == "models:/digits-stas/1"
+    assert main(["pick", "best:accuracy", "--name", "digits-stas", "--force"]) == 0
+    assert capsys.readouterr().out.strip() == "models:/digits-stas/2"
+    assert main(["pick", "best:energy_mj"]) == 0
+    assert capsys.readouterr().out.strip() == "models:/tiny/1"
+    low = min(front, key=lambda p: p["energy_mj"])
+    assert client.get_model_version("tiny", "1").tags["point"] == f"{low['trial_id']}@{low['epsilon']:g}"
+
+    assert main(["eval", f"runs:/{run.info.run_id}", "--json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["epsilon"], r["accuracy"]) for r in rows] == [(best["epsilon"], pytest.approx(best["accuracy"], abs=1e-9))]
+    assert main(["energy", "models:/tiny/1", "--json", "--quiet"]) == 0
+    energy = json.loads(capsys.readouterr().out)
+    assert energy["epsilon"] == low["epsilon"] and energy["method"] == "stas" and energy["energy_mj"] > 0
+
+
+def test_a_trial_model_that_cannot_be_logged_is_a_warning(tmp_path, sweep_file, sweep_stage1, mlflow_db, capsys):
+    """Real MLflow (sqlite), a real Tune checkpoint: the driver callback logs a finished trial's
+    ``last.pt`` as an MLflow model of its run, once; when the store fails meanwhile, it warns in
+    one line and returns None instead of raising into Tune."""
+    import shutil
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from stas_sweep.sweep.callbacks import TrackerCallback
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import SweepTracker
+
+    uri = mlflow_db(tmp_path)
+    spec = load_spec(sweep_file(tmp_path))
+    tracker = SweepTracker(uri, spec.experiment, spec.name, str(tmp_path / "results"), spec.objectives)
+    tracker.start_parent(spec, "plan")
+    (tmp_path / "ckpt").mkdir()
+    shutil.copyfile(sweep_stage1[0] / "checkpoints" / "last.pt", tmp_path / "ckpt" / "last.pt")
+    callback = TrackerCallback(tracker, spec.objectives, spec.reference)
+    trial = SimpleNamespace(trial_id="t1", config={}, last_result={"epoch": 2},
+                            checkpoint=tune.Checkpoint.from_directory(str(tmp_path / "ckpt")))
+    model = callback.log_model(trial)
+    assert model.startswith("models:/m-") and callback.log_model(trial) == model  # once
+    assert tracker.client.get_run(tracker.runs["t1"]).data.tags["model_uri"] == model
+    assert tracker.client.get_logged_model(model.split("/")[-1]).source_run_id == tracker.runs["t1"]
+
+    (tmp_path / "broken.db").write_bytes(b"SQLite format 3\x00" + b"\x13" * 4000)
+    tracker.uri, tracker._client = f"sqlite:///{tmp_path / 'broken.db'}", None
+    assert callback.log_model(SimpleNamespace(**{**vars(trial), "trial_id": "t2"})) is None
+    err = capsys.readouterr().err
+    assert "warning: trial t2: its model was not logged to MLflow" in err and "Traceback" not in err

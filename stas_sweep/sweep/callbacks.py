@@ -5,7 +5,11 @@ The callback keeps the sweep's candidate points, computes the front once per fin
 ``child(trial_id, params)``, ``trial_result(trial_id, params, metrics, step)``,
 ``trial_complete(trial_id, params, full_budget, epsilon_rows)``, ``trial_failed(trial_id,
 params, reason)``, ``saved_points()`` and ``write_front(front, final)`` (e.g.
-:class:`stas_sweep.tracking.SweepTracker`). Module level, so Tune can pickle it with the
+:class:`stas_sweep.tracking.SweepTracker`). A tracker with ``uri``, ``model_of(trial_id)`` and
+``trial_model(trial_id, params, model_uri)`` also gets every full-budget trial's final weights
+as an MLflow model (:func:`stas_sweep.train.mlflow_model.log_checkpoint_model`), logged here on
+the driver from the trial's last Tune checkpoint before its points are written, so each point
+run names its model; a failure to log one is a warning and the sweep goes on. Module level, so Tune can pickle it with the
 experiment state and a resumed sweep gets it back (its points are then read back from the
 tracker).
 """
@@ -13,6 +17,8 @@ tracker).
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 from ray import tune
 
@@ -53,6 +59,8 @@ class TrackerCallback(tune.Callback):
         rows = json.loads(last["epsilon_table"]) if full and last.get("epsilon_table") else None
         if rows and any(p["trial_id"] == trial.trial_id for p in self.points):
             rows = None  # logged by the driver before a resume
+        if full:
+            self.log_model(trial)
         self.tracker.trial_complete(trial.trial_id, trial.config, full, rows)
         if rows:
             self.points.extend(trial_points(trial.trial_id, trial.config, rows))
@@ -62,3 +70,28 @@ class TrackerCallback(tune.Callback):
         from .runner import error_reason
 
         self.tracker.trial_failed(trial.trial_id, trial.config, error_reason(trial.get_error() or ""))
+
+    def log_model(self, trial) -> str | None:
+        """Log the trial's final weights (``last.pt`` of its last Tune checkpoint) as an MLflow model of
+        its run, once; returns the model's URI, None when there is nothing to log or logging failed."""
+        from ..train.mlflow_model import log_checkpoint_model
+
+        if not hasattr(self.tracker, "trial_model") or trial.checkpoint is None:
+            return None
+        try:
+            logged = self.tracker.model_of(trial.trial_id)  # by the driver before a resume
+            if logged:
+                return logged
+            with trial.checkpoint.as_directory() as d:
+                path = Path(d) / "last.pt"
+                if not path.is_file():
+                    return None
+                run_id = self.tracker.child(trial.trial_id, trial.config)
+                step = int((trial.last_result or {}).get("epoch", 0))
+                uri = log_checkpoint_model(self.tracker.uri, run_id, path, name="model", step=step)
+            self.tracker.trial_model(trial.trial_id, trial.config, uri)
+            return uri
+        except Exception as e:  # noqa: BLE001 - a tracking failure must not stop the sweep
+            print(f"warning: trial {trial.trial_id}: its model was not logged to MLflow ({type(e).__name__}: "
+                  f"{(str(e).splitlines() or [''])[0][:300]}); the sweep goes on", file=sys.stderr, flush=True)
+            return None

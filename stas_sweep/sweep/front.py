@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Mapping, NamedTuple, Sequence
 
-from .pareto import hypervolume, pareto_front
+from .pareto import as_objectives, hypervolume, pareto_front
 
 # what a search-space file may name as an objective (or as the scheduler's metric)
 OBJECTIVE_METRICS = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")
@@ -79,3 +79,41 @@ def hover_keys(point: Mapping) -> list[str]:
     if "method" not in point:
         return ["trial_id", "epsilon", *param_keys([point])]
     return ["trial_id", "method", knob_of(point)[0], *param_keys([point])]
+
+
+# the direction of an objective a sweep does not name (``best:token_ratio`` on an accuracy/energy front)
+NATURAL_DIRECTIONS = {"accuracy": "max", "energy_mj": "min", "energy_strict_mj": "min", "token_ratio": "min"}
+
+
+def best_point(front: Sequence[Mapping], objective: str, objectives) -> dict:
+    """The front point with the best ``objective`` (its direction from ``objectives``, else the
+    natural one); the first of equals, in the front's order."""
+    direction = {o.name: o.mode for o in as_objectives(objectives)}.get(objective, NATURAL_DIRECTIONS.get(objective))
+    if direction is None or not front:
+        raise ValueError(f"unknown objective {objective!r}; accepted objectives: {', '.join(NATURAL_DIRECTIONS)}")
+    sign = 1.0 if direction == "max" else -1.0
+    return dict(max(front, key=lambda p: sign * float(p[objective])))
+
+
+def knee_point(front: Sequence[Mapping], objectives) -> dict:
+    """The front point nearest the ideal point once each objective is scaled to [0, 1] over the front.
+
+    For objective m with values v_m over the front, the scaled value of point p is
+
+        s_m(p) = (v_m(p) - min v_m) / (max v_m - min v_m)    for a maximised objective,
+        s_m(p) = (max v_m - v_m(p)) / (max v_m - min v_m)    for a minimised one,
+
+    so 1 is the best value on the front and the ideal point is (1, ..., 1); an objective all
+    points share scales to 1. The knee is argmin_p sqrt(sum_m (1 - s_m(p))^2), the first of equals.
+    """
+    if not front:
+        raise ValueError("the front is empty: no knee")
+    dist = [0.0] * len(front)
+    for o in as_objectives(objectives):
+        name, direction = o.name, o.mode
+        values = [float(p[name]) for p in front]
+        lo, hi = min(values), max(values)
+        for i, v in enumerate(values):
+            s = 1.0 if hi == lo else ((v - lo) if direction == "max" else (hi - v)) / (hi - lo)
+            dist[i] += (1.0 - s) ** 2
+    return dict(front[min(range(len(front)), key=dist.__getitem__)])

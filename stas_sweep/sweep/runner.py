@@ -505,6 +505,7 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
             if fault:
                 raise SweepFault(fault) from e
             raise
+        log_stage1_model(tracker, spec, log=log)
         tracker.finish(result)
         return result
 
@@ -516,6 +517,28 @@ def _close(tracker, status: str, reason: str | None, log) -> None:
         tracker.fail(status, reason)
     except Exception as e:  # noqa: BLE001 - the original error matters more
         log(f"warning: the MLflow runs could not be closed as {status} ({error_reason(e)})")
+
+
+def log_stage1_model(tracker, spec: SweepSpec, log=print) -> str | None:
+    """The shared stage-1 model as an MLflow model of the sweep's parent run, once per sweep
+    (tag ``stage1_model_uri``), from its checkpoint in storage. Stage 1 kept in memory only
+    (remote storage) is not logged. A tracking failure is a warning; returns the URI or None."""
+    from ..train.mlflow_model import log_checkpoint_model
+
+    if "://" in spec.storage_path:
+        return None
+    path = Path(spec.storage_dir()) / f"stage1-{spec.stage1_key()}" / "checkpoints" / "last.pt"
+    try:
+        uri = tracker.stage1_model()
+        if uri or not path.is_file():
+            return uri
+        uri = log_checkpoint_model(tracker.uri, tracker.parent_id, path, name="stage1")
+        tracker.set_stage1_model(uri)
+        return uri
+    except Exception as e:  # noqa: BLE001 - a tracking failure must not fail a finished sweep
+        log(f"warning: the stage-1 model was not logged to MLflow ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:300]})")
+        return None
 
 
 def error_reason(error) -> str:
