@@ -61,6 +61,10 @@ def test_stage1_then_stage2_end_to_end(trained_stage1, tmp_path, capsys, tiny_co
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert run.data.params["model.name"] == "spikingformer-2-32"
+    from stas_sweep.energy import METER_VERSION
+    from stas_sweep.tracking import ENERGY_TAG
+
+    assert run.data.tags[ENERGY_TAG] == str(METER_VERSION)  # the meter's convention travels with the run
     assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 3
     assert len(client.get_metric_history(run.info.run_id, "energy_strict_mj")) == 3
     assert run.info.status == "FINISHED"

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..data.errors import DataError, DatasetNotFoundError
+from ..energy import METER_VERSION
 from ..tables import plural
+from ..tracking import ENERGY_TAG
 from .config import ConfigError, TrainConfig, check_sml_blocks
 from .evaluate import epsilon_table, format_table
 from .trainer import Trainer
@@ -134,7 +136,8 @@ def train_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progre
     enabled = cfg.tracking.enabled and mlflow
     run_id = trainer.extra.get("mlflow_run_id") if resume else None
     tracker = Tracker(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment, out.name,
-                      tags={"stage": cfg.stage, "output_dir": str(out.resolve())}, run_id=run_id, enabled=enabled)
+                      tags={"stage": cfg.stage, "output_dir": str(out.resolve()), ENERGY_TAG: str(METER_VERSION)},
+                      run_id=run_id, enabled=enabled)
     if tracker.replaced_run_id:
         log(f"--resume: MLflow store {tracker.uri} has no run {tracker.replaced_run_id} (the run this training "
             f"started in); logging to a new run {tracker.run_id} with the {len(trainer.history)} epoch(s) so far")
