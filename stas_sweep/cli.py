@@ -509,7 +509,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print("note: no --tracking-uri: the job logs to a sqlite file on the head node; give the URL of a shared "
               "`mlflow server` to browse the front from here", file=sys.stderr)
     try:
-        job_id, status = submit(spec, args.address, tracking_uri=uri, resume=args.resume, wait=not args.no_wait)
+        job_id, status = submit(spec, args.address, tracking_uri=uri, resume=args.resume, wait=not args.no_wait,
+                                agent_wait_s=args.agent_wait)
     except ConnectionError as e:  # the dashboard did not answer: the --address is wrong or the cluster down
         raise UsageError(str(e)) from None
     if args.no_wait:
@@ -805,6 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", type=_tracking_uri, help="MLflow server every node can reach, e.g. http://HEAD:5000")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep of the same file")
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument("--agent-wait", type=_positive_int, default=60, metavar="SECONDS",
+                   help="how long to retry while a head that has just started has no job agent (default 60)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("pareto", help="print the Pareto front of the latest sweep from MLflow")

@@ -64,7 +64,7 @@ def test_submit_runs_the_sweep_on_the_head_and_logs_to_the_server(head_and_mlflo
     secret = "S3cr3t-pw"
     with_user = mlflow_url.replace("http://", f"http://stasuser:{secret}@")
     proc = subprocess.run([sys.executable, "-m", "stas_sweep.cli", "submit", str(space), "--address", address,
-                           "--tracking-uri", with_user], env=env, cwd=folder, capture_output=True, text=True,
+                           "--tracking-uri", with_user, "--agent-wait", "240"], env=env, cwd=folder, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "SUCCEEDED" in proc.stdout and "on the front" in proc.stdout  # the job's own output was streamed

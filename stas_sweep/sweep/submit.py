@@ -74,7 +74,8 @@ def submit_when_ready(client, log=print, wait_s: float = AGENT_WAIT_S, every_s: 
 
 
 def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, resume: bool = False,
-           wait: bool = True, log=print, env_vars: dict | None = None) -> tuple[str, str]:
+           wait: bool = True, log=print, env_vars: dict | None = None,
+           agent_wait_s: float = AGENT_WAIT_S) -> tuple[str, str]:
     """Submit the sweep; returns (submission id, final status or 'SUBMITTED' with ``wait=False``)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -105,7 +106,7 @@ def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, re
         "excludes": _EXCLUDES,
         "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_WAIT_POLICY": "PASSIVE", **secrets, **(env_vars or {})},
     }
-    job_id = submit_when_ready(client, log, entrypoint=entry, runtime_env=runtime_env,
+    job_id = submit_when_ready(client, log, agent_wait_s, entrypoint=entry, runtime_env=runtime_env,
                                submission_id=f"stas-{spec.name}-{int(time.time())}",
                                metadata={"stas.sweep": spec.name})
     log(f"submitted {job_id} to {mask_text(address)}: {entry}")
