@@ -246,7 +246,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="source tree of the earlier version, for before/after")
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the before/after workers")
     ap.add_argument("--digits-ckpt", help="a trained digits stage-2 checkpoint for the epsilon-grid timing")
-    ap.add_argument("--buckets", type=int, help="pack_buckets of the halting model (default: the model's, 8)")
+    ap.add_argument("--buckets", type=int, help="pack_buckets of the halting model (default: the model's: "
+                    "exact sizes in eager mode)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.worker:
@@ -272,7 +273,7 @@ def main() -> None:
                       "| version | seconds |", "| --- | --- |"]
             lines += [f"| {k} | {statistics.median(v):.1f} |" for k, v in t.items()] + [""]
     lines += [f"Packed halting against the static model and the dense masked path (interleaved, median of "
-              f"{args.repeats}; pack_buckets {args.buckets if args.buckets is not None else 'default (8)'}; "
+              f"{args.repeats}; pack_buckets {args.buckets if args.buckets is not None else 'default (exact sizes)'}; "
               f"{load()}). Targets: inference <= ratio + 0.15 (<= 1.1 at ratio 1); "
               "training step <= ratio + 0.25 (<= 1.1 at ratio 1). Memory: bytes autograd saves for one "
               "training step, packed / dense.", "",

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .neuron import lif_grid
+from .neuron import lif_grid, lif_prefix
 
 
 def capacity(n: int, full: int, buckets: int) -> int:
@@ -71,6 +71,7 @@ class Packing:
     grid: torch.Tensor    # [T*Ucap] row of each grid cell (a running one's own row, else any row)
     pad: torch.Tensor | None       # [cap, 1] True on padding rows; None when sized exactly (no buckets)
     grid_off: torch.Tensor | None  # [T*Ucap, 1] True on grid cells that do not run; None in tb
+    counts: tuple[int, ...] | None = None  # rows per timestep (tb, eager): the LIF slices rows by them
 
     @classmethod
     def everything(cls, T: int, B: int, K: int, device) -> "Packing":
@@ -80,20 +81,26 @@ class Packing:
         return cls(T, B, K, n, n, True, n < 2, rows, rows, rows, rows, None, None)
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor, buckets: int = 0, prefix: bool = False,
-                  sizes: tuple[int, int] | None = None) -> "Packing":
+    def from_mask(cls, mask: torch.Tensor, buckets: int = 0, prefix: bool = False, counts: bool = False,
+                  sizes: tuple[int, int, tuple[int, ...] | None] | None = None) -> "Packing":
         """Pack the running cells of ``mask`` ``[T, B, K]``.
 
         ``buckets``: capacities in that many equal steps of the full size (0: exact sizes).
         ``prefix``: every token runs a prefix of the timesteps (``tb`` halting, token dropping).
-        ``sizes``: (running cells, running tokens) where the caller knows them; otherwise they
-        are read back from the device, the one host read of this call.
+        ``counts``: also keep the rows per timestep on the host (``prefix`` only), for the LIF's
+        row slices; a compiled block is given none, so its code never depends on them.
+        ``sizes``: (running cells, running tokens, rows per timestep or None) where the caller
+        knows them; otherwise they are read back from the device, the one host read of this call.
         """
         T, B, K = mask.shape
         BK, dev = B * K, mask.device
         run = mask.reshape(T, BK) > 0                                     # [T, BK]
         n = run.sum(0)                                                    # [BK] timesteps each token runs
-        R, U = sizes if sizes is not None else torch.stack((n.sum(), (n > 0).sum())).tolist()
+        counts = counts and prefix
+        if sizes is None:
+            read = torch.cat((torch.stack((n.sum(), (n > 0).sum())), run.sum(1) if counts else n[:0])).tolist()
+            sizes = (read[0], read[1], tuple(read[2:]) if counts else None)
+        R, U, steps = sizes
         if R == T * BK:
             return cls.everything(T, B, K, dev)
         cap, ucap = capacity(R, T * BK, buckets), capacity(U, BK, buckets)
@@ -109,7 +116,8 @@ class Packing:
         rows = torch.where(real, src, T * BK)
         pad = None if buckets <= 0 else ~real.unsqueeze(1)  # bucketed: always a mask, one graph per bucket
         grid_off = None if prefix else ~runs.unsqueeze(1)
-        return cls(T, B, K, R, cap, False, R < 2, rows, src, cells, row.clamp(min=0), pad, grid_off)
+        return cls(T, B, K, R, cap, False, R < 2, rows, src, cells, row.clamp(min=0), pad, grid_off,
+                   steps if counts else None)
 
     @property
     def ucap(self) -> int:
@@ -160,6 +168,8 @@ class Packing:
         if self.full:
             return node(x.reshape(T, -1, C)).reshape(-1, C)
         if self.grid_off is None:  # tb: prefixes, the rows' potentials alone kept for backward
+            if self.counts is not None:  # eager: slices of the rows, no gathers
+                return lif_prefix(x, self.counts, node.v_threshold, node.tau, node.alpha)
             return lif_grid(x, self.grid, self.cells, self.pad, T, node.v_threshold, node.tau, node.alpha)
         seq = x.index_select(0, self.grid).masked_fill(self.grid_off, 0)  # [T*Ucap, C]; b: a skipped step leaks
         spikes = node(seq.view(T, -1, C)).reshape(-1, C)         # [T*Ucap, C]
