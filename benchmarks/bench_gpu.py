@@ -34,12 +34,12 @@ the order they run:
    at ratio 0.5, batch 256, under autocast (forward + backward, no scaler).
 4b. Halting without host round trips (issue 27): spikformer-4-384, static against packed halting
    at token ratios 0.5, 1.0, 0.3, 0.75, batch 256 and 64, bfloat16 autocast and float32, eager
-   and ``SpikingViT.compile_parts`` (torch.compile of the stem and blocks, one graph per capacity
-   bucket); inference and training step (forward + backward); host synchronisations per call
+   (exact sizes), ``SpikingViT.compile_parts`` (torch.compile of the stem and blocks, eighths of
+   the full size as capacity buckets, one graph per bucket) and eager with those buckets; inference and training step (forward + backward); host synchronisations per call
    counted by the CUDA profiler. Most wanted first; ``--budget`` skips the rest and lists it.
    Issue 27 alone in one call (about 8 minutes at most)::
 
-       PYTHONPATH=.:benchmarks python3 benchmarks/bench_gpu.py --only fast_halting --budget 420 \
+       PYTHONPATH=.:benchmarks python3 benchmarks/bench_gpu.py --only fast_halting --budget 360 \
            --out gpu27.md
 5. ``torch.compile`` of the default model (batch 64, float32): compile time and ms per step
    against eager, in a child process stopped after ``--compile-timeout`` seconds. Last, since
@@ -78,7 +78,9 @@ from bench_halting import sync  # benchmarks/ is on the path when a script there
 
 ROOT = Path(__file__).resolve().parents[1]
 # issue 27's cases, most wanted first (the budget skips from the end): bf16 and fp32 eager, then compiled
-FAST_PLAN = (("eager", "bf16"), ("eager", "fp32"), ("compiled", "bf16"), ("compiled", "fp32"))
+# eager: exact sizes, rows sliced per timestep; compiled: compile_parts, eighths, gathered rows;
+# eager-b8: eager with the compiled path's buckets (what the padding costs without compiling)
+FAST_PLAN = (("eager", "bf16"), ("eager", "fp32"), ("compiled", "bf16"), ("eager-b8", "bf16"), ("compiled", "fp32"))
 FULL = {"model": "spikformer-4-384", "families": ("spikformer", "spikingformer", "spikedriven"), "L-D": "4-384",
         "halting_models": ("spikformer-4-384", "spikingformer-4-384"), "batches": (64, 256), "amp_batch": 256,
         "neuron_shape": (4, 64, 384), "check_batch": 8, "repeats": 5, "halting_repeats": 3,
@@ -570,9 +572,9 @@ def _autocast(fn, device: torch.device, dtype):
 
 
 def fast_halting_section(sz: dict, device: torch.device, budget: Budget) -> tuple[list[str], dict]:
-    """Static against packed halting (the default ``pack_buckets``) at each token ratio, batch,
-    precision (float32; bfloat16 autocast) and mode (eager; ``compile_parts``): inference and
-    training-step time (forward + backward), and host syncs per call counted by the profiler."""
+    """Static against packed halting at each token ratio, batch, precision (float32; bfloat16
+    autocast) and mode (``FAST_PLAN``): inference and training-step time (forward + backward), and
+    host syncs per call counted by the profiler."""
     import bench_halting
 
     lines = [f"{sz['fast_model']}, 32x32, T=4, I-SPS; static and packed halting with the same weights, batch norm "
@@ -597,16 +599,22 @@ def fast_halting_section(sz: dict, device: torch.device, budget: Budget) -> tupl
                 if not budget.allows(f"fast halting, batch {batch}, {prec}, {mode}"):
                     continue
                 if mode == "compiled" and not compiled:
+                    from spikingjelly.activation_based import functional
+
+                    for m in (static, halting):
+                        functional.reset_net(m)  # the membranes of the last call are not leaves: no deepcopy
                     compiled = {"static": copy.deepcopy(static), "halting": copy.deepcopy(halting)}
                     for m in compiled.values():
                         m.compile_parts(**({"backend": sz["compile_backend"]} if sz["compile_backend"] else {}))
                 st, ha = (compiled["static"], compiled["halting"]) if mode == "compiled" else (static, halting)
+                ha.pack_buckets = 8 if mode == "eager-b8" else None
                 for ratio in sz["fast_ratios"]:
                     row = {"batch": batch, "precision": prec, "mode": mode, "target": ratio, "beta": betas[ratio]}
                     lines.append(f"| {prec} | {mode} | {batch} | " + measured(
                         row, lambda r: _fast_case(r, st, ha, x, y, dtypes[prec], sz, device), 7))
                     raw.append(row)
                     print(lines[-1], flush=True)
+                ha.pack_buckets = None
             del compiled
         except Exception:
             errors.append(f"batch {batch}: {traceback.format_exc()}")

@@ -9,11 +9,13 @@ norm, LIF, MLP) on those rows alone, so halted tokens cost no time. Shapes:
     x     [cap, C]   the running rows of a token tensor [T, B, K, C], then zero padding rows
 
 No data-dependent host read happens inside a block: every index stays on the device. Building
-the packing of a block reads two numbers back once (R running cells, U running tokens) and
-sizes the buffers by capacity buckets (``buckets`` equal steps of the full size, R <= cap), so
-the tensor shapes take few values (torch.compile compiles each once) and the R - cap padding
-rows are excluded by masks: they are zero where a layer reads them, batch norm takes no
-statistics from them, and no result is read from them.
+the packing of a block reads a few numbers back, once (R running cells, U running tokens and,
+in eager ``tb``, the rows per timestep). Eager mode sizes the buffers exactly (cap = R). Once the
+model is compiled (:meth:`~stas_sweep.models.vit.SpikingViT.compile_parts`) they are sized by
+capacity buckets (``buckets`` equal steps of the full size, R <= cap), so the tensor shapes take
+few values and each is compiled once; the cap - R padding rows are excluded by masks: they are
+zero where a layer reads them, batch norm takes no statistics from them, and no result is read
+from them.
 
 Two parts are not token-wise:
 
@@ -22,14 +24,16 @@ Two parts are not token-wise:
   ``[T, B, K, D]`` (halted tokens are silent, exactly as in the dense path) and the products
   run there: they are about 1 % of a block's multiply-accumulates, so this costs little, and
   the energy meter sees the same tensors as in the dense path.
-* the LIF membranes, which carry state over timesteps. The rows are gathered into a grid
-  ``[T, Ucap, C]`` (slot s: one of the U tokens that run the block at any timestep, longest
-  running first), the neuron runs there as in the dense path and the spikes are gathered back.
-  In ``tb`` a token's running timesteps are a prefix 1..n_k (masks only shrink over time), so
-  what the grid holds after a token's prefix never reaches a running cell and needs no
-  masking, and the backward keeps the running rows' potentials only
-  (:func:`~stas_sweep.models.neuron.lif_grid`); in ``b`` a token can halt at one timestep and run at the next, so the grid cells
-  that do not run get zero input, where a skipped timestep only leaks as in the dense path.
+* the LIF membranes, which carry state over timesteps. In ``tb`` a token's running timesteps
+  are a prefix 1..n_k (masks only shrink over time); ordering the running tokens by n_k,
+  longest first, makes the rows of timestep t the first ``counts[t]`` tokens of the rows of
+  t-1. Eager blocks carry the membranes by slicing the rows with those host counts
+  (:func:`~stas_sweep.models.neuron.lif_prefix`); compiled blocks, which must not depend on
+  them, gather the rows into a grid ``[T, Ucap, C]`` (slot s: one of the U tokens that run the
+  block at any timestep) on the device (:func:`~stas_sweep.models.neuron.lif_grid`); both keep
+  only the running rows' potentials for the backward. In ``b`` a token can halt at one timestep
+  and run at the next; there the grid cells that do not run get zero input and the neuron runs
+  as in the dense path, where a skipped timestep only leaks.
 
 Batch norm in training takes its statistics over the running rows only (in the dense path the
 halted tokens' zeros pull the statistics toward zero). In eval mode the packed path gives the
