@@ -32,6 +32,15 @@ the order they run:
    dense masked halting and the static model at token ratios near 1.0, 0.75, 0.5, 0.3) for
    spikformer-4-384 and spikingformer-4-384 at batch 64 and 256, float32; then one row per model
    at ratio 0.5, batch 256, under autocast (forward + backward, no scaler).
+4b. Halting without host round trips (issue 27): spikformer-4-384, static against packed halting
+   at token ratios 0.5, 1.0, 0.3, 0.75, batch 256 and 64, bfloat16 autocast and float32, eager
+   (exact sizes), ``SpikingViT.compile_parts`` (torch.compile of the stem and blocks, eighths of
+   the full size as capacity buckets, one graph per bucket) and eager with those buckets; inference and training step (forward + backward); host synchronisations per call
+   counted by the CUDA profiler. Most wanted first; ``--budget`` skips the rest and lists it.
+   Issue 27 alone in one call (about 8 minutes at most)::
+
+       PYTHONPATH=.:benchmarks python3 benchmarks/bench_gpu.py --only fast_halting --budget 360 \
+           --out gpu27.md
 5. ``torch.compile`` of the default model (batch 64, float32): compile time and ms per step
    against eager, in a child process stopped after ``--compile-timeout`` seconds. Last, since
    compiling may take long.
@@ -41,7 +50,7 @@ with the defaults the whole run takes about 6 minutes at most (189 s on an H200,
 A GPU machine without this project's dependencies needs spikingjelly 2.0.0, loguru, pydantic (and
 pydantic-core, annotated-types, typing-inspection, typing-extensions) and scikit-learn's wheel (only
 for its digits file) installed with ``pip install --no-deps --target``. ``--only`` runs some sections
-(``correctness, speed, trainer, halting, compile``). ``--quick`` runs tiny models and sizes, one
+(``correctness, speed, trainer, halting, fast_halting, compile``). ``--quick`` runs tiny models and sizes, one
 repeat, so the whole script checks itself on a CPU in well under a minute (the compile section
 aside: compiling on a CPU takes minutes; ``--compile-timeout`` stops it).
 """
@@ -68,14 +77,22 @@ import torch.nn.functional as F
 from bench_halting import sync  # benchmarks/ is on the path when a script there runs
 
 ROOT = Path(__file__).resolve().parents[1]
+# issue 27's cases, most wanted first (the budget skips from the end): bf16 and fp32 eager, then compiled
+# eager: exact sizes, rows sliced per timestep; compiled: compile_parts, eighths, gathered rows;
+# eager-b8: eager with the compiled path's buckets (what the padding costs without compiling)
+FAST_PLAN = (("eager", "bf16"), ("eager", "fp32"), ("compiled", "bf16"), ("eager-b8", "bf16"), ("compiled", "fp32"))
 FULL = {"model": "spikformer-4-384", "families": ("spikformer", "spikingformer", "spikedriven"), "L-D": "4-384",
         "halting_models": ("spikformer-4-384", "spikingformer-4-384"), "batches": (64, 256), "amp_batch": 256,
         "neuron_shape": (4, 64, 384), "check_batch": 8, "repeats": 5, "halting_repeats": 3,
-        "ratios": (1.0, 0.75, 0.5, 0.3), "compile_batch": 64, "epochs": 2, "trainer_set": []}
+        "ratios": (1.0, 0.75, 0.5, 0.3), "compile_batch": 64, "epochs": 2, "trainer_set": [],
+        "fast_model": "spikformer-4-384", "fast_batches": (256, 64), "fast_ratios": (0.5, 1.0, 0.3, 0.75),
+        "fast_plan": FAST_PLAN, "compile_backend": None}
 QUICK = {"model": "spikformer-2-32", "families": ("spikformer", "spikingformer", "spikedriven"), "L-D": "2-32",
          "halting_models": ("spikformer-2-32", "spikingformer-2-32"), "batches": (2,), "amp_batch": 2,
          "neuron_shape": (4, 4, 16), "check_batch": 2, "repeats": 1, "halting_repeats": 1,
-         "ratios": (1.0, 0.5), "compile_batch": 2, "epochs": 1, "trainer_set": ["model.name=spikformer-1-16"]}
+         "ratios": (1.0, 0.5), "compile_batch": 2, "epochs": 1, "trainer_set": ["model.name=spikformer-1-16"],
+         "fast_model": "spikformer-2-32", "fast_batches": (4,), "fast_ratios": (0.5, 1.0),
+         "fast_plan": FAST_PLAN, "compile_backend": "eager"}
 LIF_SETTINGS = [  # v_threshold, v_reset, detach_reset, where it is used (tau 2, sigmoid surrogate alpha 4 in all)
     (1.0, 0.0, True, "every LIF of the backbones"),
     (0.5, 0.0, True, "attn_lif (all three families)"),
@@ -522,6 +539,117 @@ def halting_section(sz: dict, device: torch.device, budget: Budget) -> tuple[lis
     return lines, {"rows": raw, "errors": errors}
 
 
+# -- 4b. halting without host round trips (issue 27) ------------------------------------------------
+
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def host_syncs(fn, device: torch.device) -> int | None:
+    """Host synchronisations during one call of ``fn``, as the CUDA profiler records them (runtime
+    API calls that wait for the device: every ``.item()``, ``.tolist()``, ``nonzero`` or copy to
+    the host makes one); None off CUDA (the profiler runs there too, so a dry run tries it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+    sync(device)
+    n = sum(1 for e in prof.events() if e.name in SYNC_EVENTS)
+    return n if device.type == "cuda" else None
+
+
+def _amp(device: torch.device, dtype):
+    """``torch.autocast`` to ``dtype``, or nothing for float32 (None)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _autocast(fn, device: torch.device, dtype):
+    def run():
+        with _amp(device, dtype):
+            fn()
+    return run
+
+
+def fast_halting_section(sz: dict, device: torch.device, budget: Budget) -> tuple[list[str], dict]:
+    """Static against packed halting at each token ratio, batch, precision (float32; bfloat16
+    autocast) and mode (``FAST_PLAN``): inference and training-step time (forward + backward), and
+    host syncs per call counted by the profiler."""
+    import bench_halting
+
+    lines = [f"{sz['fast_model']}, 32x32, T=4, I-SPS; static and packed halting with the same weights, batch norm "
+             f"calibrated on the batch; beta searched in float32 eager per batch and ratio, the ratio measured in "
+             f"each case. Interleaved, median of {sz['halting_repeats']} after a warm-up (compiled: the warm-up "
+             "compiles each capacity bucket met). Training step = forward + backward. Host syncs: CUDA runtime "
+             "synchronisations in one call (profiler). Targets (issue 27, batch 256, bf16): packed / static "
+             "inference <= ratio + 0.15, training <= ratio + 0.25 at ratios 0.3-0.75; <= 1.05 at ratio 1.", "",
+             "| precision | mode | batch | beta | token ratio | static infer ms | packed / static infer | "
+             "host syncs static / packed infer | static train ms | packed / static train | "
+             "host syncs static / packed train |", "|" + " --- |" * 11]
+    raw, errors = [], []
+    dtypes = {"fp32": None, "bf16": torch.bfloat16}
+    for batch in sz["fast_batches"]:
+        if not budget.allows(f"fast halting, batch {batch}"):
+            continue
+        try:
+            static, halting, x, y = bench_halting.build(sz["fast_model"], batch, device=device)
+            betas = {r: bench_halting.beta_for(halting, x, r) for r in sz["fast_ratios"]}
+            compiled = {}
+            for mode, prec in sz["fast_plan"]:
+                if not budget.allows(f"fast halting, batch {batch}, {prec}, {mode}"):
+                    continue
+                if mode == "compiled" and not compiled:
+                    from spikingjelly.activation_based import functional
+
+                    for m in (static, halting):
+                        functional.reset_net(m)  # the membranes of the last call are not leaves: no deepcopy
+                    compiled = {"static": copy.deepcopy(static), "halting": copy.deepcopy(halting)}
+                    for m in compiled.values():
+                        m.compile_parts(**({"backend": sz["compile_backend"]} if sz["compile_backend"] else {}))
+                st, ha = (compiled["static"], compiled["halting"]) if mode == "compiled" else (static, halting)
+                ha.pack_buckets = 8 if mode == "eager-b8" else None
+                for ratio in sz["fast_ratios"]:
+                    row = {"batch": batch, "precision": prec, "mode": mode, "target": ratio, "beta": betas[ratio]}
+                    lines.append(f"| {prec} | {mode} | {batch} | " + measured(
+                        row, lambda r: _fast_case(r, st, ha, x, y, dtypes[prec], sz, device), 7))
+                    raw.append(row)
+                    print(lines[-1], flush=True)
+                ha.pack_buckets = None
+            del compiled
+        except Exception:
+            errors.append(f"batch {batch}: {traceback.format_exc()}")
+            print(errors[-1], flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if errors:
+        lines += ["", "Cases that failed:", "", "```", *errors, "```"]
+    return lines, {"rows": raw, "errors": errors}
+
+
+def _fast_case(row: dict, static, halting, x, y, dtype, sz: dict, device: torch.device) -> str:
+    import bench_halting
+
+    halting.halting.beta = row["beta"]
+    with torch.no_grad(), _amp(device, dtype):
+        halting.eval()
+        ratio = row["token_ratio"] = float(halting(x).token_ratio)
+    cases = {"static_infer": bench_halting.infer(static, x), "packed_infer": bench_halting.infer(halting, x),
+             "static_train": bench_halting.train_step(static, x, y), "packed_train": bench_halting.train_step(halting, x, y)}
+    cases = {k: _autocast(fn, device, dtype) for k, fn in cases.items()}
+    if row["mode"] == "compiled":  # compile every bucket these calls meet before timing
+        for fn in cases.values():
+            fn()
+    t = row["seconds"] = bench_halting.interleaved(cases, sz["halting_repeats"], device)
+    syncs = row["host_syncs"] = {k: host_syncs(fn, device) for k, fn in cases.items()}
+    ri, rt = t["packed_infer"] / t["static_infer"], t["packed_train"] / t["static_train"]
+    full = ratio >= 0.99
+    ok_i = "yes" if (ri <= 1.05 if full else ri <= ratio + 0.15) else "no"
+    ok_t = "yes" if (rt <= 1.05 if full else rt <= ratio + 0.25) else "no"
+    return (f"{row['beta']:.2f} | {ratio:.3f} | {t['static_infer'] * 1e3:.2f} | {ri:.2f} ({ok_i}) | "
+            f"{fmt(syncs['static_infer'], 'd')} / {fmt(syncs['packed_infer'], 'd')} | {t['static_train'] * 1e3:.2f} | "
+            f"{rt:.2f} ({ok_t}) | {fmt(syncs['static_train'], 'd')} / {fmt(syncs['packed_train'], 'd')} |")
+
+
 # -- 5. torch.compile, in a child process ------------------------------------------------------------
 
 def compile_worker(args) -> None:
@@ -642,6 +770,8 @@ def main() -> None:
                 ("speed", "Model-core speed (issue 15)", lambda: speed_section(sz, device, budget)),
                 ("trainer", "The Trainer on the device with AMP", lambda: trainer_section(sz, device)),
                 ("halting", "Halting wall time (issue 9)", lambda: halting_section(sz, device, budget)),
+                ("fast_halting", "Halting without host round trips (issue 27)",
+                 lambda: fast_halting_section(sz, device, budget)),
                 ("compile", "torch.compile", lambda: compile_section(sz, device, args))]
     only = set(args.only.split(",")) if args.only else {key for key, _, _ in sections}
     unknown = only - {key for key, _, _ in sections}

@@ -148,9 +148,12 @@ def saved_bytes(model, x, y) -> int:
     return sum(seen.values())
 
 
-def packed_section(name, batch, ratios, repeats, device="cpu") -> list[dict]:
-    """One measurement per target ratio: the numbers, and ``row``, their line of the table."""
+def packed_section(name, batch, ratios, repeats, device="cpu", buckets: int | None = None) -> list[dict]:
+    """One measurement per target ratio: the numbers, and ``row``, their line of the table.
+    ``buckets``: the halting model's ``pack_buckets`` (None: its default)."""
     static, halting, x, y = build(name, batch, device=device)
+    if buckets is not None:
+        halting.pack_buckets = buckets
     rows = []
     for target in ratios:
         beta = beta_for(halting, x, target)
@@ -243,6 +246,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="source tree of the earlier version, for before/after")
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the before/after workers")
     ap.add_argument("--digits-ckpt", help="a trained digits stage-2 checkpoint for the epsilon-grid timing")
+    ap.add_argument("--buckets", type=int, help="pack_buckets of the halting model (default: the model's: "
+                    "exact sizes in eager mode)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.worker:
@@ -268,7 +273,8 @@ def main() -> None:
                       "| version | seconds |", "| --- | --- |"]
             lines += [f"| {k} | {statistics.median(v):.1f} |" for k, v in t.items()] + [""]
     lines += [f"Packed halting against the static model and the dense masked path (interleaved, median of "
-              f"{args.repeats}; {load()}). Targets: inference <= ratio + 0.15 (<= 1.1 at ratio 1); "
+              f"{args.repeats}; pack_buckets {args.buckets if args.buckets is not None else 'default (exact sizes)'}; "
+              f"{load()}). Targets: inference <= ratio + 0.15 (<= 1.1 at ratio 1); "
               "training step <= ratio + 0.25 (<= 1.1 at ratio 1). Memory: bytes autograd saves for one "
               "training step, packed / dense.", "",
               "| model | batch | beta | token ratio | static inference ms/img | packed / static inference | "
@@ -278,7 +284,7 @@ def main() -> None:
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             lines += [r["row"] for r in packed_section(name, batch, [float(r) for r in args.ratios.split(",")],
-                                                       args.repeats)]
+                                                       args.repeats, buckets=args.buckets)]
     lines.append(f"\n({load()} at the end.)")
     text = "\n".join(lines) + "\n"
     print(text)

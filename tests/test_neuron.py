@@ -1,4 +1,4 @@
-"""FusedLIF and lif_grid against spikingjelly's LIFNode: identical spikes, gradients within 1e-6."""
+"""FusedLIF, lif_prefix and lif_grid against spikingjelly's LIFNode: identical spikes, gradients within 1e-6."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from spikingjelly.activation_based import functional, neuron, surrogate
 
 from stas_sweep.models.layers import lif
-from stas_sweep.models.neuron import FusedLIF, lif_grid, lif_multi_step
+from stas_sweep.models.neuron import FusedLIF, lif_grid, lif_multi_step, lif_prefix
 from stas_sweep.models.packing import Packing
 
 SHAPES = [(4, 3, 16, 24), (4, 2, 6, 8, 8)]  # [T, B, K, C] tokens and [T, B, C, H, W] stem maps
@@ -105,3 +105,42 @@ def test_lif_grid_equals_the_dense_neuron_on_running_rows(counts, v_threshold, b
     assert torch.equal(pk.unpack(out), ref.detach())
     assert (out[pk.R:] == 0).all() and (packed.grad[pk.R:] == 0).all()
     torch.testing.assert_close(pk.unpack(packed.grad), dense.grad * mask.unsqueeze(-1), rtol=0, atol=1e-6)
+
+
+def _dense_and_packed(counts, C, seed):
+    T, K = len(counts), counts[0]
+    dense = _input((T, K, C), seed)
+    packed = torch.cat([dense[t, :n] for t, n in enumerate(counts)])
+    return dense, packed
+
+
+def _pack(dense, counts):
+    return torch.cat([dense[t, :n] for t, n in enumerate(counts)])
+
+
+@pytest.mark.parametrize("counts", [[9, 9, 9, 9], [9, 7, 4, 1], [6, 6, 2, 0], [5]])
+@pytest.mark.parametrize("v_threshold", [1.0, 0.5])
+@pytest.mark.parametrize("pad", [0, 3])
+def test_lif_prefix_equals_the_dense_neuron_on_running_rows(counts, v_threshold, pad):
+    """Rows sliced by host counts, then ``pad`` padding rows (spikes 0, no gradient)."""
+    C = 12
+    dense, packed = _dense_and_packed(counts, C, seed=sum(counts))
+    grad = _input((packed.shape[0] + pad, C), 11)
+    dense = dense.requires_grad_()
+    ref = _pack(_reference(v_threshold)(dense), counts)
+    (ref * grad[:packed.shape[0]]).sum().backward()
+    packed = torch.cat((packed, _input((pad, C), 5))).requires_grad_()
+    out = lif_prefix(packed, counts, v_threshold)
+    (out * grad).sum().backward()
+    R = sum(counts)
+    assert torch.equal(out[:R], ref) and (out[R:] == 0).all() and (packed.grad[R:] == 0).all()
+    torch.testing.assert_close(packed.grad[:R], _pack(dense.grad, counts), rtol=0, atol=1e-6)
+    dense_fused = FusedLIF(v_threshold=v_threshold)(dense.detach())
+    assert torch.equal(out.detach()[:R], _pack(dense_fused, counts))
+
+
+def test_lif_prefix_rejects_bad_counts():
+    with pytest.raises(ValueError, match="non-increasing"):
+        lif_prefix(torch.zeros(7, 3), [3, 4], 1.0)
+    with pytest.raises(ValueError, match="rows"):
+        lif_prefix(torch.zeros(5, 3), [3, 3], 1.0)

@@ -87,17 +87,19 @@ def test_packed_with_padding_equals_dense_forward_and_gradients(calibrated, fami
     assert float(dense.token_ratio) < 1.0
     seen, hooks = _caps(m)
     try:
-        for buckets in (8, 3, 0):
-            m.packed_halting, m.pack_buckets = True, buckets
+        # eager blocks slice rows per timestep (lif_prefix); compiled ones gather them (lif_grid)
+        for buckets, compiled in ((8, False), (3, False), (0, False), (8, True), (0, True)):
+            m.packed_halting, m.pack_buckets, m.compiled = True, buckets, compiled
             packed, g_packed = _loss_and_grads(m, x, 0.5)
             for name in ("logits", "ponder_loss", "halting_probs", "token_ratio"):
                 torch.testing.assert_close(getattr(packed, name), getattr(dense, name), rtol=0, atol=1e-5,
-                                           msg=f"{name}, buckets {buckets}")
+                                           msg=f"{name}, buckets {buckets}, compiled {compiled}")
             assert g_packed.keys() == g_dense.keys()
             for n in g_dense:
-                torch.testing.assert_close(g_packed[n], g_dense[n], rtol=1e-5, atol=1e-5, msg=f"d {n}, buckets {buckets}")
+                torch.testing.assert_close(g_packed[n], g_dense[n], rtol=1e-5, atol=1e-5,
+                                           msg=f"d {n}, buckets {buckets}, compiled {compiled}")
     finally:
-        m.packed_halting, m.pack_buckets = True, 8
+        m.packed_halting, m.pack_buckets, m.compiled = True, None, False
         for h in hooks:
             h.remove()
     assert any(cap > R for R, cap in seen)  # padding rows took part
@@ -108,24 +110,26 @@ def test_padding_does_not_change_training(family):
     """Training mode (batch statistics over the running rows): padded buffers give the exact
     buffers' logits, gradients and batch-norm running statistics within 1e-5."""
     results = []
-    for buckets in (0, 8):
+    for buckets, compiled in ((0, False), (8, False), (8, True)):
         torch.manual_seed(0)
         m = create_model(f"{family}-2-32", img_size=16, halting=dict(HALT[family], epsilon=0.3)).train()
-        m.pack_buckets = buckets
+        m.pack_buckets, m.compiled = buckets, compiled  # compiled: the grid LIF, as compiled blocks run
         seen, _ = _caps(m)
         out, grads = _loss_and_grads(m, torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)), None)
         stats = {n: b.clone() for n, b in m.named_buffers() if "running" in n}
         results.append((out, grads, stats, seen))
-    (exact, g0, s0, seen0), (padded, g1, s1, seen1) = results
-    assert float(exact.token_ratio) < 1.0 and all(c == r for r, c in seen0) and any(c > r for r, c in seen1)
-    torch.testing.assert_close(padded.logits, exact.logits, rtol=0, atol=1e-5)
+    (exact, g0, s0, seen0), *padded_runs = results
+    assert float(exact.token_ratio) < 1.0 and all(c == r for r, c in seen0)
     # a bias right before a training batch norm has a gradient of 0 in exact arithmetic (the
     # norm removes it); its rounding noise (1e-5 of a cancelling sum) is left out
     scale = max(float(g.abs().max()) for g in g0.values())
-    for n in (n for n in g0 if not n.endswith(".fc.bias")):
-        torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-5 * scale, msg=f"d {n}")
-    for n in s0:
-        torch.testing.assert_close(s1[n], s0[n], rtol=1e-5, atol=1e-6, msg=n)
+    for padded, g1, s1, seen1 in padded_runs:
+        assert any(c > r for r, c in seen1)
+        torch.testing.assert_close(padded.logits, exact.logits, rtol=0, atol=1e-5)
+        for n in (n for n in g0 if not n.endswith(".fc.bias")):
+            torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-5 * scale, msg=f"d {n}")
+        for n in s0:
+            torch.testing.assert_close(s1[n], s0[n], rtol=1e-5, atol=1e-6, msg=n)
 
 
 def test_packing_layout():

@@ -1,4 +1,4 @@
-"""A fused multi-step LIF neuron with a hand-written backward, and its packed-grid form.
+"""A fused multi-step LIF neuron with a hand-written backward, and its two packed forms.
 
 spikingjelly 2.0 runs its LIF on CPU as the Python reference loop registered at AutogradCPU: every
 timestep records about eleven autograd nodes (charge, surrogate spike, reset). Here the whole
@@ -23,10 +23,12 @@ with the sigmoid surrogate :math:`\\partial S/\\partial H = \\alpha\\,\\sigma(\\
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
 import torch
 from spikingjelly.activation_based import base
 
-__all__ = ["FusedLIF", "lif_grid", "lif_multi_step"]
+__all__ = ["FusedLIF", "lif_grid", "lif_multi_step", "lif_prefix"]
 
 
 def _charge(x: torch.Tensor, v: torch.Tensor, tau: float, decay_input: bool, v_reset: float | None,
@@ -163,6 +165,74 @@ class FusedLIF(base.MemoryModule):
         spikes, self.v = lif_multi_step(x_seq, v, self.tau, self.v_threshold, self.v_reset, self.detach_reset,
                                         self.alpha, self.decay_input)
         return spikes
+
+
+class _PrefixLIF(torch.autograd.Function):
+    """LIF over timestep-major packed rows whose running set shrinks to a prefix (see :func:`lif_prefix`)."""
+
+    @staticmethod
+    def forward(ctx, x, counts, v_threshold, tau, alpha):
+        keep = ctx.needs_input_grad[0]
+        ctx.dtype = x.dtype
+        x = x.float()
+        R = sum(counts)  # rows past R are padding: no spike, no gradient
+        h_all = torch.empty_like(x, memory_format=torch.contiguous_format) if keep else None
+        fired = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+        fired[R:] = False
+        if keep:
+            h_all[R:] = 0.0
+        v = x.new_zeros((counts[0], *x.shape[1:]))  # V[-1] = v_reset = 0 for every token
+        start = 0
+        for n in counts:
+            rows = slice(start, start + n)
+            h = _charge(x[rows], v[:n], tau, True, 0.0, out=h_all[rows] if keep else None)
+            torch.ge(h, v_threshold, out=fired[rows])
+            v = h.masked_fill(fired[rows], 0.0) if keep else h.masked_fill_(fired[rows], 0.0)
+            start += n
+        ctx.params = (tuple(counts), R, v_threshold, tau, alpha)
+        spikes = fired.to(ctx.dtype)
+        if keep:
+            ctx.save_for_backward(h_all, spikes)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        counts, R, v_threshold, tau, alpha = ctx.params
+        h_all, spikes = ctx.saved_tensors
+        s = (h_all - v_threshold).mul_(alpha).sigmoid_()
+        gh = torch.ops.aten.sigmoid_backward(grad_spikes.float(), s).mul_(alpha)  # spike path of every row
+        gh[R:] = 0.0
+        running = torch.sub(1.0, spikes.float())  # dV/dH with the reset detached: 1 - S
+        keep_v = 1.0 - 1.0 / tau
+        starts = [sum(counts[:t]) for t in range(len(counts))]
+        for t in range(len(counts) - 2, -1, -1):
+            # the m tokens that ran on at t+1 are the first m rows of step t: gh[t] += keep_v gh[t+1] (1 - S[t])
+            m, a, b = counts[t + 1], starts[t], starts[t + 1]
+            gh[a: a + m].addcmul_(gh[b: b + m], running[a: a + m], value=keep_v)
+        return gh.div_(tau).to(ctx.dtype), None, None, None, None
+
+
+def lif_prefix(x: torch.Tensor, counts: Sequence[int], v_threshold: float, tau: float = 2.0,
+               alpha: float = 4.0) -> torch.Tensor:
+    """LIF on packed running tokens: ``x [cap, C]`` -> spikes ``[cap, C]``, ``R = sum(counts) <= cap``
+    running rows, then padding rows (spikes 0, no gradient).
+
+    Rows are timestep-major: rows ``[0, counts[0])`` are timestep 0, the next ``counts[1]`` rows
+    timestep 1, and so on. ``counts`` is non-increasing and the rows of timestep t are the *first*
+    ``counts[t]`` tokens of timestep t-1 (a token that stops running never comes back). Every
+    membrane starts at 0 and is carried per token; the result equals :class:`FusedLIF` (hard reset
+    to 0, detached reset, sigmoid surrogate) on the dense ``[T, counts[0], C]`` sequence with the
+    halted rows dropped. One autograd node, hand-written backward. ``counts`` are host integers
+    (the rows are sliced by them): the eager packed path; a compiled one uses :func:`lif_grid`.
+    """
+    counts = [int(n) for n in counts]
+    if sum(counts) > x.shape[0]:
+        raise ValueError(f"lif_prefix: counts sum to {sum(counts)} but x has {x.shape[0]} rows")
+    if any(b > a for a, b in zip(counts, counts[1:])) or (counts and counts[-1] < 0):
+        raise ValueError(f"lif_prefix: counts must be non-increasing and non-negative, got {counts}")
+    if not counts or counts[0] == 0:
+        return torch.zeros_like(x)
+    return _PrefixLIF.apply(x, counts, float(v_threshold), float(tau), float(alpha))
 
 
 class _GridLIF(torch.autograd.Function):

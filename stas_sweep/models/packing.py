@@ -9,11 +9,13 @@ norm, LIF, MLP) on those rows alone, so halted tokens cost no time. Shapes:
     x     [cap, C]   the running rows of a token tensor [T, B, K, C], then zero padding rows
 
 No data-dependent host read happens inside a block: every index stays on the device. Building
-the packing of a block reads two numbers back once (R running cells, U running tokens) and
-sizes the buffers by capacity buckets (``buckets`` equal steps of the full size, R <= cap), so
-the tensor shapes take few values (torch.compile compiles each once) and the R - cap padding
-rows are excluded by masks: they are zero where a layer reads them, batch norm takes no
-statistics from them, and no result is read from them.
+the packing of a block reads a few numbers back, once (R running cells, U running tokens and,
+in eager ``tb``, the rows per timestep). Eager mode sizes the buffers exactly (cap = R). Once the
+model is compiled (:meth:`~stas_sweep.models.vit.SpikingViT.compile_parts`) they are sized by
+capacity buckets (``buckets`` equal steps of the full size, R <= cap), so the tensor shapes take
+few values and each is compiled once; the cap - R padding rows are excluded by masks: they are
+zero where a layer reads them, batch norm takes no statistics from them, and no result is read
+from them.
 
 Two parts are not token-wise:
 
@@ -22,14 +24,16 @@ Two parts are not token-wise:
   ``[T, B, K, D]`` (halted tokens are silent, exactly as in the dense path) and the products
   run there: they are about 1 % of a block's multiply-accumulates, so this costs little, and
   the energy meter sees the same tensors as in the dense path.
-* the LIF membranes, which carry state over timesteps. The rows are gathered into a grid
-  ``[T, Ucap, C]`` (slot s: one of the U tokens that run the block at any timestep, longest
-  running first), the neuron runs there as in the dense path and the spikes are gathered back.
-  In ``tb`` a token's running timesteps are a prefix 1..n_k (masks only shrink over time), so
-  what the grid holds after a token's prefix never reaches a running cell and needs no
-  masking, and the backward keeps the running rows' potentials only
-  (:func:`~stas_sweep.models.neuron.lif_grid`); in ``b`` a token can halt at one timestep and run at the next, so the grid cells
-  that do not run get zero input, where a skipped timestep only leaks as in the dense path.
+* the LIF membranes, which carry state over timesteps. In ``tb`` a token's running timesteps
+  are a prefix 1..n_k (masks only shrink over time); ordering the running tokens by n_k,
+  longest first, makes the rows of timestep t the first ``counts[t]`` tokens of the rows of
+  t-1. Eager blocks carry the membranes by slicing the rows with those host counts
+  (:func:`~stas_sweep.models.neuron.lif_prefix`); compiled blocks, which must not depend on
+  them, gather the rows into a grid ``[T, Ucap, C]`` (slot s: one of the U tokens that run the
+  block at any timestep) on the device (:func:`~stas_sweep.models.neuron.lif_grid`); both keep
+  only the running rows' potentials for the backward. In ``b`` a token can halt at one timestep
+  and run at the next; there the grid cells that do not run get zero input and the neuron runs
+  as in the dense path, where a skipped timestep only leaks.
 
 Batch norm in training takes its statistics over the running rows only (in the dense path the
 halted tokens' zeros pull the statistics toward zero). In eval mode the packed path gives the
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .neuron import lif_grid
+from .neuron import lif_grid, lif_prefix
 
 
 def capacity(n: int, full: int, buckets: int) -> int:
@@ -71,6 +75,7 @@ class Packing:
     grid: torch.Tensor    # [T*Ucap] row of each grid cell (a running one's own row, else any row)
     pad: torch.Tensor | None       # [cap, 1] True on padding rows; None when sized exactly (no buckets)
     grid_off: torch.Tensor | None  # [T*Ucap, 1] True on grid cells that do not run; None in tb
+    counts: tuple[int, ...] | None = None  # rows per timestep (tb, eager): the LIF slices rows by them
 
     @classmethod
     def everything(cls, T: int, B: int, K: int, device) -> "Packing":
@@ -80,20 +85,26 @@ class Packing:
         return cls(T, B, K, n, n, True, n < 2, rows, rows, rows, rows, None, None)
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor, buckets: int = 0, prefix: bool = False,
-                  sizes: tuple[int, int] | None = None) -> "Packing":
+    def from_mask(cls, mask: torch.Tensor, buckets: int = 0, prefix: bool = False, counts: bool = False,
+                  sizes: tuple[int, int, tuple[int, ...] | None] | None = None) -> "Packing":
         """Pack the running cells of ``mask`` ``[T, B, K]``.
 
         ``buckets``: capacities in that many equal steps of the full size (0: exact sizes).
         ``prefix``: every token runs a prefix of the timesteps (``tb`` halting, token dropping).
-        ``sizes``: (running cells, running tokens) where the caller knows them; otherwise they
-        are read back from the device, the one host read of this call.
+        ``counts``: also keep the rows per timestep on the host (``prefix`` only), for the LIF's
+        row slices; a compiled block is given none, so its code never depends on them.
+        ``sizes``: (running cells, running tokens, rows per timestep or None) where the caller
+        knows them; otherwise they are read back from the device, the one host read of this call.
         """
         T, B, K = mask.shape
         BK, dev = B * K, mask.device
         run = mask.reshape(T, BK) > 0                                     # [T, BK]
         n = run.sum(0)                                                    # [BK] timesteps each token runs
-        R, U = sizes if sizes is not None else torch.stack((n.sum(), (n > 0).sum())).tolist()
+        counts = counts and prefix
+        if sizes is None:
+            read = torch.cat((torch.stack((n.sum(), (n > 0).sum())), run.sum(1) if counts else n[:0])).tolist()
+            sizes = (read[0], read[1], tuple(read[2:]) if counts else None)
+        R, U, steps = sizes
         if R == T * BK:
             return cls.everything(T, B, K, dev)
         cap, ucap = capacity(R, T * BK, buckets), capacity(U, BK, buckets)
@@ -109,7 +120,8 @@ class Packing:
         rows = torch.where(real, src, T * BK)
         pad = None if buckets <= 0 else ~real.unsqueeze(1)  # bucketed: always a mask, one graph per bucket
         grid_off = None if prefix else ~runs.unsqueeze(1)
-        return cls(T, B, K, R, cap, False, R < 2, rows, src, cells, row.clamp(min=0), pad, grid_off)
+        return cls(T, B, K, R, cap, False, R < 2, rows, src, cells, row.clamp(min=0), pad, grid_off,
+                   steps if counts else None)
 
     @property
     def ucap(self) -> int:
@@ -160,6 +172,8 @@ class Packing:
         if self.full:
             return node(x.reshape(T, -1, C)).reshape(-1, C)
         if self.grid_off is None:  # tb: prefixes, the rows' potentials alone kept for backward
+            if self.counts is not None:  # eager: slices of the rows, no gathers
+                return lif_prefix(x, self.counts, node.v_threshold, node.tau, node.alpha)
             return lif_grid(x, self.grid, self.cells, self.pad, T, node.v_threshold, node.tau, node.alpha)
         seq = x.index_select(0, self.grid).masked_fill(self.grid_off, 0)  # [T*Ucap, C]; b: a skipped step leaks
         spikes = node(seq.view(T, -1, C)).reshape(-1, C)         # [T*Ucap, C]

@@ -70,9 +70,10 @@ class SpikingViT(nn.Module):
 
     Attribute ``packed_halting`` (default True): a halting model runs each block on its
     running tokens only (:mod:`~stas_sweep.models.packing`); False runs every token and zeroes
-    the halted ones, the reference the packed path is tested against. ``pack_buckets``
-    (default 8): packed buffers take one of that many sizes (eighths of the full size), so
-    their shapes repeat across batches (torch.compile compiles each once); 0 sizes them exactly.
+    the halted ones, the reference the packed path is tested against. ``pack_buckets``: packed
+    buffers take one of that many sizes (equal steps of the full size), so their shapes repeat
+    across batches and torch.compile compiles each once; 0 sizes them exactly. Default (None):
+    eighths once :meth:`compile_parts` has run, exact sizes in eager mode (no padding to pay for).
     """
 
     def __init__(self, family: str = "spikformer", depth: int = 4, embed_dim: int = 384,
@@ -93,7 +94,8 @@ class SpikingViT(nn.Module):
         self.stem_mode = stem
         self.halting = self._halting_config(halting)
         self.packed_halting = True
-        self.pack_buckets = 8
+        self.pack_buckets: int | None = None
+        self.compiled = False  # set by compile_parts
         self.probing = False  # True while timestep_exit runs its unmetered decision pass
 
         self.stem = STEM_CLASSES[family](in_channels, embed_dim, img_size, timesteps, stem)
@@ -152,7 +154,8 @@ class SpikingViT(nn.Module):
         train/eval mode), not once per batch. Dynamo's recompile limit is raised to that bound."""
         import torch._dynamo.config as dynamo_config
 
-        steps = max(self.pack_buckets, 1) + 1  # capacities per size, and the full block
+        self.compiled = True
+        steps = (8 if self.pack_buckets is None else max(self.pack_buckets, 1)) + 1  # capacities, and full
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * steps * steps + 4)
         self.stem.compile(**kwargs)
         for block in self.blocks:
@@ -233,12 +236,15 @@ class SpikingViT(nn.Module):
         else in the loop waits for the device."""
         T, B, K, _ = x.shape
         prefix = state.cfg.accumulation == "tb"  # masks only shrink over time
+        # eager: exact sizes and the rows per timestep (read with the two counts); compiled:
+        # capacity buckets and nothing the compiled code would specialise on
+        buckets = self.pack_buckets if self.pack_buckets is not None else (8 if self.compiled else 0)
         pk = Packing.everything(T, B, K, x.device)  # every cell runs block 1
         x = pk.pack(x)  # [cap, D]
         scored = 0  # cells scored, summed over blocks (the count of state.active, known on the host)
         for l, block in enumerate(self.blocks):
             if l > 0:
-                nxt = Packing.from_mask(state.mask, self.pack_buckets, prefix)  # a subset of block l-1's cells
+                nxt = Packing.from_mask(state.mask, buckets, prefix, counts=not self.compiled)  # within block l-1's
                 if nxt.R == 0:
                     break  # every token has halted: the later blocks have nothing to run
                 x, pk = nxt.take(pk, x), nxt
@@ -267,7 +273,8 @@ class SpikingViT(nn.Module):
             if not self.packed_halting:
                 x = block(x, mask)  # dropped tokens: no input current, residual unchanged
                 continue
-            pk = Packing.from_mask(mask, prefix=True, sizes=(T * B * n, B * n))  # sizes known: no host read
+            pk = Packing.from_mask(mask, prefix=True, counts=not self.compiled,
+                                   sizes=(T * B * n, B * n, (B * n,) * T))  # known: no host read
             y = block(pk.pack(x), pk)  # [R, D]: the kept tokens only
             x = y.view(T, B, K, D) if pk.full else x.reshape(T * B * K, D).index_put((pk.rows,), y).view(T, B, K, D)
         return STASOutput(
