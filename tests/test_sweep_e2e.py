@@ -146,7 +146,7 @@ def test_sweep_end_to_end_through_ctrl_c_and_resume(sweep_env, sweep_file, ray_l
     assert "--resume" in capsys.readouterr().err
 
 
-@pytest.mark.slow(45)
+@pytest.mark.slow(30)
 def test_a_tiny_sweep_on_digits_canvas_has_a_front_of_several_points(ray_local, tmp_path, sweep_file, sweep_base,
                                                                      mlflow_db, monkeypatch, capsys):
     """The main job's data set, digits-canvas, in a tiny sweep (in this process, on the session's
