@@ -119,6 +119,37 @@ def test_digits_augmentation_is_seeded_shift():
                    for dx in range(-2, 3) for dy in range(-2, 3))
 
 
+def test_digits_canvas_is_the_digits_at_seeded_places_on_an_empty_canvas():
+    from stas_sweep.data.digits import DigitsCanvasDataset, DigitsDataset, canvas_positions
+
+    train, val, info = build_datasets("digits-canvas", augment=False)
+    assert info == DataInfo("digits-canvas", 10, 1, 32, (0.0,), (1.0,), None)
+    plain_train, plain_val, _ = build_datasets("digits", augment=False)
+    for ds, plain in ((train, plain_train), (val, plain_val)):  # the same fixed split and labels
+        assert torch.equal(ds.indices, plain.indices) and torch.equal(ds.targets, plain.targets)
+        assert ds.images.shape == (len(ds), 1, 32, 32) and ds.images.dtype == torch.float32
+    x, y = train[7]
+    assert x.shape == (1, 32, 32) and y == int(plain_train.targets[7])
+    # each image is the 16 px digit at its position from the seed, zero everywhere else
+    digits16 = DigitsDataset(True, 16).images
+    positions = canvas_positions(32, 16, seed=0)
+    assert torch.equal(train.positions, torch.from_numpy(positions[train.indices.numpy()]))
+    for i in range(0, len(train), 97):
+        r, c = train.positions[i].tolist()
+        assert torch.equal(train.images[i, :, r:r + 16, c:c + 16], digits16[i])
+        outside = train.images[i].clone()
+        outside[:, r:r + 16, c:c + 16] = 0
+        assert not outside.any()
+    assert len({tuple(p) for p in train.positions.tolist()}) > 100  # places vary from digit to digit
+    assert train.positions.min() == 0 and train.positions.max() == 16  # every place where the digit fits
+    # the same seed gives the same canvases in another build; another seed moves the digits
+    again = DigitsCanvasDataset(False, 32)
+    assert torch.equal(again.images, val.images) and torch.equal(again.positions, val.positions)
+    assert not torch.equal(DigitsCanvasDataset(False, 32, seed=1).positions, val.positions)
+    small = DigitsCanvasDataset(False, 24)  # the digit takes half the side: 12 px on 24
+    assert small.images.shape[-2:] == (24, 24) and small.positions.max() <= 12 and small.digit_size == 12
+
+
 # --------------------------------------------------------------------------------------- loaders
 def _epoch(loader):
     return [(x.clone(), y.clone()) for x, y in loader]
@@ -517,7 +548,7 @@ HOW_TOKEN = {
 }
 
 
-@pytest.mark.parametrize("name", [n for n in DATASET_NAMES if n != "digits"])
+@pytest.mark.parametrize("name", [n for n in DATASET_NAMES if not n.startswith("digits")])
 @pytest.mark.parametrize("root_exists", [False, True])
 def test_missing_dataset_is_one_clear_error(tmp_path, name, root_exists):
     root = tmp_path / "data" / name

@@ -215,3 +215,29 @@ def test_a_trial_model_that_cannot_be_logged_is_a_warning(tmp_path, sweep_file, 
     assert callback.log_model(SimpleNamespace(**{**vars(trial), "trial_id": "t2"})) is None
     err = capsys.readouterr().err
     assert "warning: trial t2: its model was not logged to MLflow" in err and "Traceback" not in err
+
+
+@pytest.mark.slow(30)
+def test_a_tiny_sweep_on_digits_canvas_has_a_front_of_several_points(ray_local, tmp_path, sweep_file, sweep_base,
+                                                                     mlflow_db, monkeypatch, capsys):
+    """The main job's data set, digits-canvas, in a tiny sweep (in this process, on the session's
+    Ray): most tokens are silent background that STAS halts, so the trials' (trial, epsilon)
+    points trade accuracy for energy and the front has more than one point, with halting on it.
+    (On plain 16 px digits the same sweep's front is one point.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db(tmp_path))
+    base = dict(sweep_base, model={"name": "spikformer-2-32", "timesteps": 2, "stem": "isps"},
+                data={"name": "digits-canvas", "img_size": 16})  # 8 px digits on 16 px: 16 tokens
+    space = sweep_file(
+        tmp_path, name="canvas", base=base,
+        space={"halting.alpha": {"fixed": -2.0}, "halting.beta": {"uniform": [-3.0, 0.0]}},
+        eval={"epsilons": [0.0, 0.2, 0.5]},
+        search={"sampler": "random", "seed": 0, "num_samples": 2,
+                "points_to_evaluate": [{"halting.beta": 0.0}, {"halting.beta": -3.0}]},
+        scheduler={"type": "fifo", "max_epochs": 1}, mlflow={"experiment": "canvas"})
+    assert main(["run", str(space)]) == 0
+    capsys.readouterr()
+    assert main(["pareto", "--json", "--experiment", "canvas"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert len(front) >= 2, front
+    assert min(p["token_ratio"] for p in front) < 0.9 and all(p["method"] == "stas" for p in front), front

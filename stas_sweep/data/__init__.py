@@ -8,7 +8,8 @@
         for x, y in train_loader:                               # x [B, C, H, W] or [B, T, C, H, W]
             ...
 
-Names: ``digits`` (offline, bundled with scikit-learn), ``cifar10``, ``cifar100``,
+Names: ``digits`` (offline, bundled with scikit-learn), ``digits-canvas`` (the same digits
+placed on an empty canvas), ``cifar10``, ``cifar100``,
 ``imagenet``, ``cifar10-dvs``, ``dvs128-gesture``. What each expects on disk is in
 :func:`build_datasets` and the module docstrings of ``images`` and ``events``; a missing
 data set raises :class:`DatasetNotFoundError` saying where it looked, the layout and how

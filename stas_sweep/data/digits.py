@@ -9,6 +9,12 @@ process). The images are scaled to [0, 1], resized bilinearly to ``img_size`` (d
 The split is fixed: the stratified 80/20 ``train_test_split(..., stratify=y,
 random_state=0)`` of scikit-learn (1,437 train / 360 val), stored below as a bit mask so
 that it is the same in every run, process and scikit-learn version (a test recomputes it).
+
+``digits-canvas`` (:class:`DigitsCanvasDataset`) places each digit, resized to half the
+side, at a random position on an empty ``img_size`` canvas: most tokens then see only
+background, which is what token halting is for (the paper's silent background tokens). The
+position of every sample is drawn once from ``seed``, so it is the same in every run, split
+and process.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from torch.utils.data import Dataset
 from .errors import DatasetNotFoundError
 from .recipes import TensorAugment
 
-__all__ = ["DigitsDataset", "digits_split", "load_digits_arrays", "DIGITS_VAL_FRACTION", "DIGITS_SPLIT_SEED"]
+__all__ = ["DigitsDataset", "DigitsCanvasDataset", "digits_split", "canvas_positions", "load_digits_arrays",
+           "DIGITS_VAL_FRACTION", "DIGITS_SPLIT_SEED", "DIGITS_CANVAS_SEED"]
 
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 N_DIGITS = 1797  # samples in the file
+DIGITS_CANVAS_SEED = 0  # draws the digits' positions on the canvas of ``digits-canvas``
 # bit i (most significant first) set: sample i of the file is in the validation split
 _VAL_MASK = (
     "000004883524104000064100934205001a00080100240028062c12001000940a009019120420f8a0028110a000080a88"
@@ -102,6 +110,48 @@ class DigitsDataset(Dataset):
         return f"DigitsDataset(split={split}, n={len(self)}, img_size={self.img_size}, transform={self.transform})"
 
 
-def build_digits(img_size: int, recipe: dict, augment: bool) -> tuple[DigitsDataset, DigitsDataset]:
+def canvas_positions(img_size: int, digit_size: int, seed: int = DIGITS_CANVAS_SEED) -> np.ndarray:
+    """``[1797, 2]`` int64 (row, column) of each digit's top-left corner on the canvas, in the
+    file's order: uniform over the positions where the digit fits, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, img_size - digit_size + 1, size=(N_DIGITS, 2), dtype=np.int64)
+
+
+class DigitsCanvasDataset(DigitsDataset):
+    """One split of ``digits-canvas``: each digit resized (bilinearly) to ``digit_size`` and
+    placed on an empty ``img_size`` canvas at its position from :func:`canvas_positions`.
+
+    Args:
+        train, transform: as :class:`DigitsDataset`.
+        img_size: side S of the canvas.
+        digit_size: side of the placed digit; None means ``img_size // 2``.
+        seed: draws the positions.
+
+    Attributes:
+        images, targets, indices: as :class:`DigitsDataset` (images ``[N, 1, S, S]``).
+        positions: ``[N, 2]`` (row, column) of each digit's top-left corner.
+    """
+
+    def __init__(self, train: bool = True, img_size: int = 32, transform=None, digit_size: int | None = None,
+                 seed: int = DIGITS_CANVAS_SEED) -> None:
+        digit_size = img_size // 2 if digit_size is None else digit_size
+        if not 1 <= digit_size <= img_size:
+            raise ValueError(f"digit_size must lie in [1, img_size={img_size}], got {digit_size}")
+        super().__init__(train, digit_size, transform)  # self.images: [N, 1, d, d]
+        self.positions = torch.from_numpy(canvas_positions(img_size, digit_size, seed)[self.indices.numpy()])
+        canvas = torch.zeros(len(self.targets), 1, img_size, img_size)
+        for i, (row, col) in enumerate(self.positions.tolist()):
+            canvas[i, :, row:row + digit_size, col:col + digit_size] = self.images[i]
+        self.images, self.img_size, self.digit_size, self.seed = canvas, img_size, digit_size, seed
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("DigitsDataset(", "DigitsCanvasDataset(", 1).replace(
+            ", transform=", f", digit_size={self.digit_size}, seed={self.seed}, transform=", 1)
+
+
+def build_digits(img_size: int, recipe: dict, augment: bool,
+                 canvas: bool = False) -> tuple[DigitsDataset, DigitsDataset]:
+    """The (train, val) splits of ``digits`` or, with ``canvas``, of ``digits-canvas``."""
+    cls = DigitsCanvasDataset if canvas else DigitsDataset
     train_tf = TensorAugment(img_size, recipe["hflip"], recipe["translate"], augment=True) if augment else None
-    return DigitsDataset(True, img_size, train_tf), DigitsDataset(False, img_size, None)
+    return cls(True, img_size, train_tf), cls(False, img_size, None)

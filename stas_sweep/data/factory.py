@@ -16,12 +16,12 @@ __all__ = ["DataInfo", "DATASET_NAMES", "DEFAULT_IMG_SIZE", "DATA_ROOT_ENV", "de
            "check_dataset"]
 
 #: The accepted names, in the order the docs list them.
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
+DATASET_NAMES = ("digits", "digits-canvas", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
 
 #: Labels per data set; ImageNet's come from its class folders (a subset may have fewer).
-DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "cifar10-dvs": 10, "dvs128-gesture": 11}
+DATASET_CLASSES = {"digits": 10, "digits-canvas": 10, "cifar10": 10, "cifar100": 100, "cifar10-dvs": 10, "dvs128-gesture": 11}
 
-DEFAULT_IMG_SIZE = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224,
+DEFAULT_IMG_SIZE = {"digits": 32, "digits-canvas": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224,
                     "cifar10-dvs": 128, "dvs128-gesture": 128}
 
 #: ``root=None`` means ``$STAS_SWEEP_DATA/<name>``, or ``./data/<name>`` when the variable is unset.
@@ -103,6 +103,8 @@ def build_datasets(name: str, root: str | os.PathLike | None = None, *, img_size
     ==================  ===========================================================  =======  ====
     ``digits``          nothing (scikit-learn's bundled 8x8 digits; fixed 80/20      10       32
                         stratified split)
+    ``digits-canvas``   nothing (the same digits at half the side, each at a fixed   10       32
+                        random position on an empty canvas; the same split)
     ``cifar10``         ``cifar-10-batches-py/`` (torchvision pickles; 50k/10k)      10       32
     ``cifar100``        ``cifar-100-python/`` (torchvision pickles; 50k/10k)         100      32
     ``imagenet``        ``train/<class>/*``, ``val/<class>/*`` (ImageFolder)          folders  224
@@ -115,7 +117,7 @@ def build_datasets(name: str, root: str | os.PathLike | None = None, *, img_size
     Args:
         name: one of ``DATASET_NAMES`` (case and ``_``/``-`` are forgiven).
         root: the data set's folder; None means ``$STAS_SWEEP_DATA/<name>`` (default
-            ``./data/<name>``). Ignored by ``digits``.
+            ``./data/<name>``). Ignored by ``digits`` and ``digits-canvas``.
         img_size: side of the output images; None takes the table's default. Static images
             are resized by the timm transform, digits bilinearly, frames bilinearly
             (antialiased) if not 128.
@@ -143,9 +145,9 @@ def build_datasets(name: str, root: str | os.PathLike | None = None, *, img_size
         raise DataError(f"img_size must be positive, got {img_size!r}")
     root_ = Path(root) if root is not None else default_root(name)
 
-    if name == "digits":
+    if name in ("digits", "digits-canvas"):
         from .digits import build_digits
-        train, val = build_digits(size, recipe_, augment)
+        train, val = build_digits(size, recipe_, augment, canvas=name == "digits-canvas")
         return train, val, DataInfo(name, 10, 1, size, (0.0,), (1.0,))
 
     if name in ("cifar10", "cifar100"):

@@ -67,6 +67,7 @@ DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
     "cifar10-dvs": {"hflip": 0.5, "translate": 1 / 16},
     "dvs128-gesture": {"hflip": 0.0, "translate": 0.0},
     "digits": {"hflip": 0.0, "translate": 1 / 16},
+    "digits-canvas": {"hflip": 0.0, "translate": 1 / 16},
 }
 
 

@@ -24,7 +24,7 @@ class Arch:
 # 16 at 256 (DVS). Parameter counts do not depend on the head count.
 _PUBLISHED = [(4, 384), (2, 256), (2, 384), (4, 256), (8, 384), (8, 512), (8, 768), (2, 512)]
 _HEADS = {256: 16, 384: 12, 512: 8, 768: 12}
-_TINY = [(1, 16, 2), (1, 32, 4), (2, 32, 4), (2, 64, 4)]  # for tests and CPU demos
+_TINY = [(1, 16, 2), (1, 32, 4), (2, 32, 4), (2, 64, 4), (4, 48, 4)]  # for tests and CPU demos
 
 _REGISTRY: dict[str, Arch] = {}
 for _family in FAMILIES:
