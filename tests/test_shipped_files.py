@@ -52,7 +52,8 @@ def test_config_comments_agree_with_the_values(path):
     check(path, r"\bT=(\d+)", float(cfg.model.timesteps))
     img = cfg.data.img_size or {"digits": 32, "imagenet": 224, "cifar10-dvs": 128, "dvs128-gesture": 128}.get(
         cfg.data.name, 32)
-    check(path, r"\b(\d+)x(\d+)\b", (float(img), float(img)))
+    # the input's side: "32x32 -> 64 tokens", "(32x32, 64 tokens", "a 24x24 canvas" (not a digit's own size)
+    check(path, r"\b(\d+)x(\d+)(?=\s*->|,\s*\d+ tokens| canvas)", (float(img), float(img)))
     check(path, r"\b(\d+) tokens\b", float(num_tokens(img)))
     if cfg.halting is not None:
         check(path, rf"\balpha {NUM}, beta {NUM}(?:, delta_p {NUM})?", halting_values(cfg.halting))
