@@ -657,7 +657,7 @@ def bench_threads(args, watch: LoadWatch) -> tuple[list[str], dict]:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="measured rounds of the model cases (default 5)")
-    ap.add_argument("--warmup-max", type=int, default=8, help="most warm-up steps per case and op (default 8)")
+    ap.add_argument("--warmup-max", type=int, default=6, help="most warm-up steps per case and op (default 6)")
     ap.add_argument("--warmup-tol", type=float, default=0.10,
                     help="warm-up ends when two consecutive steps agree within this fraction (default 0.10)")
     ap.add_argument("--thread-rounds", type=int, default=2, help="rounds of the thread-policy cases")
