@@ -188,11 +188,11 @@ class LoadWatch:
     def _sample(self) -> None:
         stat = _proc_stat()
         own = _descendants(stat, os.getpid())
-        for pid, (_, ticks, comm) in stat.items():
+        for pid, (ppid, ticks, comm) in stat.items():
             before = self._last.get(pid)
             ticks -= before[1] if before and before[2] == comm else 0  # a new process: all its ticks
             if ticks > 0 and pid not in own:
-                name = _proc_name(pid, comm)
+                name = "kernel threads" if 2 in (pid, ppid) else _proc_name(pid, comm)  # kthreadd's family
                 self._used[name] = self._used.get(name, 0.0) + ticks / self._tick
         self._last = stat
 
@@ -216,7 +216,7 @@ class LoadWatch:
             return (f"Quiet: {load}, and no other process used more than {self.BUSY:.0%} of a core in a "
                     f"round.")
         return (f"**Taken under load**: {load}; "
-                + (f"other processes used CPU during the rounds (cores used, most in one round): {others}. "
+                + (f"other processes ran during the rounds (cores each used over its busiest round): {others}. "
                    if names else "/proc showed no other busy process (the load came from outside its view). ")
                 + "Absolute times are inflated and noisy; compare the paired ratios.")
 
@@ -686,8 +686,8 @@ def _check_args(args) -> None:
     if args.warmup_max < 2 or not 0 < args.warmup_tol < 1:
         raise BenchError(f"--warmup-max {args.warmup_max} (at least 2) / --warmup-tol {args.warmup_tol} "
                          f"(between 0 and 1)")
-    if args.out and args.out.exists() and not args.out.is_file():
-        raise BenchError(f"--out {args.out}: not a file")
+    if args.out and (not args.out.parent.is_dir() or args.out.exists() and not args.out.is_file()):
+        raise BenchError(f"--out {args.out}: not a file in an existing folder")
     if args.public_code and "model" not in args.skip:
         if not args.public_code.is_dir():
             raise BenchError(f"--public-code {args.public_code}: no such folder; get it with "
@@ -731,15 +731,14 @@ def run(args) -> None:
             print(f"public code: {src} (SHA-256 {PUBLIC_SHA256[:12]}..., as of {PUBLIC_REPO} commit "
                   f"{PUBLIC_COMMIT[:7]}) copied to {tmp}/model.py; substituted {CUPY} -> {TORCH}: "
                   f"{args.public_switches} occurrences", flush=True)
-        parts = {}
         for part, title, bench in [("model", "Model core: spikformer-4-384, 32x32, T=4, batch 16, CPU", bench_model),
                                    ("threads", "Thread policy: training throughput alone and beside a CPU-bound "
                                     "process", bench_threads)]:
             if part not in args.skip:
-                parts[part] = _section(part, title, bench, args)
-                print(parts[part], flush=True)
-    if args.out:
-        _write_out(args.out, parts)
+                text = _section(part, title, bench, args)
+                print(text, flush=True)
+                if args.out:  # at once, so a later part that fails leaves this one written
+                    _write_out(args.out, {part: text})
 
 
 def main() -> None:
