@@ -113,8 +113,9 @@ def steady(times: list[float], tol: float) -> bool:
     return len(times) >= 2 and abs(times[-1] - times[-2]) <= tol * min(times[-2:])
 
 
-def _proc_stat() -> dict[int, tuple[int, int, str]]:
-    """``pid -> (parent pid, CPU clock ticks used, command name)`` for every process /proc shows."""
+def _proc_stat() -> dict[int, tuple[int, int, str, int]]:
+    """``pid -> (parent pid, CPU clock ticks used, command name, start time)`` for every process /proc
+    shows (the start time tells a reused pid apart; a kernel worker's name changes as it works)."""
     out = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -124,14 +125,14 @@ def _proc_stat() -> dict[int, tuple[int, int, str]]:
         except OSError:  # the process ended meanwhile
             continue
         comm, rest = raw[raw.index("(") + 1: raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
-        # after the command name: state ppid ... utime (11th) stime (12th)
-        out[int(entry.name)] = (int(rest[1]), int(rest[11]) + int(rest[12]), comm)
+        # after the command name: state ppid ... utime (11th) stime (12th) ... starttime (19th)
+        out[int(entry.name)] = (int(rest[1]), int(rest[11]) + int(rest[12]), comm, int(rest[19]))
     return out
 
 
-def _descendants(stat: dict[int, tuple[int, int, str]], root: int) -> set[int]:
+def _descendants(stat: dict[int, tuple[int, int, str, int]], root: int) -> set[int]:
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in stat.items():
+    for pid, (ppid, *_) in stat.items():
         children.setdefault(ppid, []).append(pid)
     own, todo = set(), [root]
     while todo:
@@ -188,9 +189,9 @@ class LoadWatch:
     def _sample(self) -> None:
         stat = _proc_stat()
         own = _descendants(stat, os.getpid())
-        for pid, (ppid, ticks, comm) in stat.items():
+        for pid, (ppid, ticks, comm, started) in stat.items():
             before = self._last.get(pid)
-            ticks -= before[1] if before and before[2] == comm else 0  # a new process: all its ticks
+            ticks -= before[1] if before and before[3] == started else 0  # a new process: all its ticks
             if ticks > 0 and pid not in own:
                 name = "kernel threads" if 2 in (pid, ppid) else _proc_name(pid, comm)  # kthreadd's family
                 self._used[name] = self._used.get(name, 0.0) + ticks / self._tick
