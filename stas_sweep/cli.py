@@ -244,6 +244,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
                    "epsilon": 0.01 if args.epsilon is None else args.epsilon, "accumulation": args.accumulation}
     say = _progress("energy", args.quiet)
     say(f"building {args.model}")
+    torch.manual_seed(args.seed)  # the untrained weights too: the same flags give the same figures
     with _flag_errors():
         model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
                              in_channels=args.in_channels, timesteps=args.timesteps, stem=args.stem,
