@@ -91,7 +91,7 @@ def test_token_drop_keeps_the_tokens_with_most_input_spikes():
         m(x)
     handle.remove()
     pk = seen["pk"]
-    K, n = m.num_tokens, max(1, round(0.25 * m.num_tokens))
+    n = max(1, round(0.25 * m.num_tokens))
     score = tokens.abs().sum((0, 3))  # spike count of block 1's input per token, [B, K]
     kept = pk.unpack(torch.ones(pk.cap, 1))[0, ..., 0].bool()  # [B, K] the tokens that run at t = 0
     for b in range(x.shape[0]):
