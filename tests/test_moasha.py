@@ -437,11 +437,19 @@ def test_a_save_cut_short_by_a_kill_is_set_aside_before_resuming(tmp_path):
     assert sorted(Path(m).name for m in moved) == ["experiment_state-2026-01-01_11-00-00.json",
                                                     "searcher-state-2026-01-01_11-00-00.pkl"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "callback-states-2026-01-01_11-00-00.pkl", "experiment_state-2026-01-01_10-00-00.json",
+        "callback-states-2026-01-01_11-00-00.pkl", "callback-states-2026-01-01_11-00-00.pkl.bak",
+        "experiment_state-2026-01-01_10-00-00.json", "experiment_state-2026-01-01_10-00-00.json.bak",
         "experiment_state-2026-01-01_11-00-00.json.broken", "searcher-state-2026-01-01_10-00-00.pkl",
-        "searcher-state-2026-01-01_11-00-00.pkl.broken"]
+        "searcher-state-2026-01-01_10-00-00.pkl.bak", "searcher-state-2026-01-01_11-00-00.pkl.broken"]
     assert len(lines) == 2 and all("cut short" in ln for ln in lines)
     assert set_aside_broken_saves(str(tmp_path), log=lines.append) == []  # nothing more to set aside
+    # a kill that cut every save of a kind (Tune's upload rewrites older sessions' files too, found
+    # by the kill test): the copy the previous resume kept is put back
+    (tmp_path / "callback-states-2026-01-01_11-00-00.pkl").write_bytes(b"\x80")
+    assert set_aside_broken_saves(str(tmp_path), log=lines.append) == [
+        str(tmp_path / "callback-states-2026-01-01_11-00-00.pkl")]
+    assert pickle.loads((tmp_path / "callback-states-2026-01-01_11-00-00.pkl").read_bytes()) == {"moasha": {}}
+    assert "every callback-states-*.pkl save was cut short" in lines[-1]
 
     # tuner.pkl, one file rewritten by each session: a resume keeps a copy of the whole one, and
     # puts it back when the next session's write was cut short (as a SIGKILL left it, found by

@@ -448,18 +448,35 @@ def set_aside_broken_saves(path: str, log=print) -> list[str]:
         return []
     moved = []
     # (search_gen_state-*.json holds a pickle, whatever its name says)
+    # Each resume also keeps a copy (.bak) of the newest whole save of each kind: Tune's upload to
+    # the storage rewrites older sessions' files too, so one kill can cut every save of a kind, and
+    # the copy is then put back.
+    def readable(name: str, load) -> bool:
+        try:
+            with open(name, "rb") as f:
+                load(f)
+            return True
+        except Exception:  # noqa: BLE001 - truncated or half-written: any reader error
+            return False
+
     for pattern, load in (("experiment_state-*.json", json.load), ("search_gen_state-*.json", cloudpickle.load),
                           ("searcher-state-*.pkl", cloudpickle.load), ("callback-states-*.pkl", cloudpickle.load)):
-        for newest in sorted(glob.glob(os.path.join(path, pattern)), reverse=True):
-            try:
-                with open(newest, "rb") as f:
-                    load(f)
+        saves = sorted(glob.glob(os.path.join(path, pattern)), reverse=True)
+        for newest in saves:
+            if readable(newest, load):
+                shutil.copyfile(newest, newest + ".bak")
                 break  # the newest readable save: Tune takes this one
-            except Exception:  # noqa: BLE001 - truncated or half-written: any reader error
-                os.replace(newest, newest + ".broken")
-                moved.append(newest)
-                log(f"warning: {newest} was cut short (the driver was killed while saving it); resuming from "
-                    f"the save before it")
+            os.replace(newest, newest + ".broken")
+            moved.append(newest)
+            log(f"warning: {newest} was cut short (the driver was killed while saving it); resuming from "
+                f"the save before it")
+        else:
+            copies = [c for c in sorted(glob.glob(os.path.join(path, pattern + ".bak")), reverse=True)
+                      if readable(c, load)]
+            if saves and copies:
+                shutil.copyfile(copies[0], copies[0].removesuffix(".bak"))
+                log(f"warning: every {pattern} save was cut short; resuming from the copy kept by the previous "
+                    f"resume ({os.path.basename(copies[0])})")
     # tuner.pkl (the Tuner's own settings) is one file, rewritten by every session: keep the last
     # whole one beside it and put it back when a kill cut the file short. A whole pickle ends with
     # its STOP opcode; checking that runs none of the pickle's code.
