@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["UserError", "UsageError", "short", "mask_uri", "mask_text", "credentials_to_env"]
+__all__ = ["UserError", "UsageError", "short", "last_line", "mask_uri", "mask_text", "credentials_to_env"]
 
 # an echoed value longer than this is cut (an alias-expanded list, a pasted file)
 MAX_ECHO = 200
@@ -37,6 +37,14 @@ def short(value, limit: int = MAX_ECHO) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def last_line(error) -> str:
+    """The last non-empty line of an error's text, colour codes removed: the exception itself, not
+    the wrapper lines Ray puts above it (a trial's error as Tune reports it)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(error).splitlines()]
+    lines = [ln for ln in lines if ln]
+    return lines[-1] if lines else "the trial raised an error"
 
 
 # -- credentials: never printed, logged or stored -----------------------------------------------

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from ray import tune
 
+from ..errors import last_line
+
 from .checkpoints import REPLAYED
 from .front import TRIAL_METRICS, front_of, trial_points
 
@@ -67,9 +69,7 @@ class TrackerCallback(tune.Callback):
         self.tracker.write_front(front_of(self.points, self.objectives, self.reference), final=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from .runner import error_reason
-
-        self.tracker.trial_failed(trial.trial_id, trial.config, error_reason(trial.get_error() or ""))
+        self.tracker.trial_failed(trial.trial_id, trial.config, last_line(trial.get_error() or ""))
 
     def log_model(self, trial) -> str | None:
         """Log the trial's final weights (``last.pt`` of its last Tune checkpoint) as an MLflow model of

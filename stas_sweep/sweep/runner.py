@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..energy import METER_VERSION
+from ..errors import last_line
 from ..tables import plural
 from . import storage
 from .checkpoints import restore_lost_checkpoints
@@ -518,7 +519,7 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
             raise
         except BaseException as e:
             fault = str(e) if isinstance(e, SweepFault) else fault_of(e, experiment_path(spec)) or full_storage(spec)
-            _close(tracker, "FAILED", fault or error_reason(e), log)
+            _close(tracker, "FAILED", fault or last_line(e), log)
             if fault:
                 raise SweepFault(fault) from e
             raise
@@ -533,7 +534,7 @@ def _close(tracker, status: str, reason: str | None, log) -> None:
     try:
         tracker.fail(status, reason)
     except Exception as e:  # noqa: BLE001 - the original error matters more
-        log(f"warning: the MLflow runs could not be closed as {status} ({error_reason(e)})")
+        log(f"warning: the MLflow runs could not be closed as {status} ({last_line(e)})")
 
 
 def log_stage1_model(tracker, spec: SweepSpec, log=print) -> str | None:
@@ -558,15 +559,6 @@ def log_stage1_model(tracker, spec: SweepSpec, log=print) -> str | None:
         return None
 
 
-def error_reason(error) -> str:
-    """The last line of a trial's error (the exception itself, not Ray's wrapper lines)."""
-    import re
-
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(error).splitlines()]
-    lines = [ln for ln in lines if ln]
-    return lines[-1] if lines else "the trial raised an error"
-
-
 def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
     result = SweepResult(spec.name, path)
     for r in grid:
@@ -574,7 +566,7 @@ def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
         trial_id = m.get("trial_id") or Path(r.path).name
         info = {
             "trial_id": trial_id, "params": dict(r.config or {}), "epochs": m.get("training_iteration", 0),
-            "full_budget": bool(m.get("full_budget")), "error": error_reason(r.error) if r.error else None,
+            "full_budget": bool(m.get("full_budget")), "error": last_line(r.error) if r.error else None,
             **{k: m.get(k) for k in ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")},
         }
         info["status"] = "failed" if r.error else ("finished" if info["full_budget"] else f"stopped_by_{spec.scheduler}")
