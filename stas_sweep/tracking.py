@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, credentials_to_env, mask_text, mask_uri  # noqa: F401 - mask_uri for callers of tracking
+from .errors import UserError, credentials_to_env, mask_text
 from .tables import plural
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..energy import METER_VERSION
 from ..errors import last_line
+from ..tracking import sqlite_path
 from ..tables import plural
 from . import storage
 from .checkpoints import restore_lost_checkpoints
@@ -181,18 +182,21 @@ def local_resources() -> dict:
     return {"cpu": cpu, "gpu": gpu}
 
 
+def beyond_this_machine(spec: SweepSpec, have: dict | None = None) -> list[tuple[str, float, int]]:
+    """``(key, per trial, this machine)`` for each of ``cpu``/``gpu`` a trial asks more of than this
+    machine has."""
+    have = local_resources() if have is None else have
+    return [(k, spec.resources[k], have[k]) for k in ("cpu", "gpu")
+            if spec.resources.get(k) and spec.resources[k] > have[k]]
+
+
 def local_resource_warnings(spec: SweepSpec, have: dict | None = None) -> list[str]:
     """Warnings (not errors: the file may be meant for a cluster) for per-trial ``resources``
     this machine cannot give one trial."""
-    have = local_resources() if have is None else have
-    out = []
-    for key, unit in (("cpu", "CPU cores"), ("gpu", "GPUs")):
-        want = spec.resources.get(key) or 0
-        if want and want > have[key]:
-            out.append(f"warning: {spec.path}: resources.{key} = {want:g} per trial, but this machine has "
-                       f"{have[key]} {unit}: a local run cannot place a trial (fine for a cluster: "
-                       f"stas-sweep run --address / submit)")
-    return out
+    units = {"cpu": "CPU cores", "gpu": "GPUs"}
+    return [f"warning: {spec.path}: resources.{k} = {want:g} per trial, but this machine has {has} {units[k]}: "
+            f"a local run cannot place a trial (fine for a cluster: stas-sweep run --address / submit)"
+            for k, want, has in beyond_this_machine(spec, have)]
 
 
 def check_storage(spec: SweepSpec, log=print) -> None:
@@ -296,9 +300,8 @@ def check_can_start(spec: SweepSpec, resume: bool) -> None:
 
 def check_local_resources(spec: SweepSpec) -> None:
     """A local Ray gets this machine's cores and GPUs, no more: refuse a trial that asks for more."""
-    have = local_resources()
-    missing = [f"{k.upper()}: a trial needs {spec.resources[k]:g}, this machine has {have[k]}"
-               for k in ("cpu", "gpu") if spec.resources[k] and spec.resources[k] > have[k]]
+    missing = [f"{k.upper()}: a trial needs {want:g}, this machine has {has}"
+               for k, want, has in beyond_this_machine(spec)]
     if missing:
         raise SweepError(f"{spec.path}: resources: no trial could ever be placed (" + "; ".join(missing) + "). "
                          "Lower resources in the search-space file or attach to a cluster with more (--address).")
@@ -331,16 +334,14 @@ def preflight(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
         if data:
             check_data(spec)
     folder = Path(experiment_path(spec))
-    if storage.local(str(folder)):
-        try:
-            storage.check_writable(Path(spec.storage_dir()), "storage_path")
-            if tracking_uri and tracking_uri.startswith("sqlite:///"):
-                storage.check_writable(Path(tracking_uri.removeprefix("sqlite:///")).parent, "the MLflow store in")
-            storage.check_room(folder, spec.checkpoint_bytes())
-            if resume:
-                storage.check_plan_unchanged(folder, spec, log=log)
-        except storage.StorageError as e:
-            raise SweepError(str(e)) from None
+    if storage.local(str(folder)):  # each raises StorageError, a user error
+        storage.check_writable(Path(spec.storage_dir()), "storage_path")
+        db = sqlite_path(tracking_uri or "")
+        if db is not None:
+            storage.check_writable(db.parent, "the MLflow store in")
+        storage.check_room(folder, spec.checkpoint_bytes())
+        if resume:
+            storage.check_plan_unchanged(folder, spec, log=log)
 
 
 @contextmanager
@@ -350,20 +351,15 @@ def sweep_folder(spec: SweepSpec, resume: bool, log=print):
     if not storage.local(str(folder)):
         yield
         return
-    try:
-        lock = storage.DriverLock(folder, log)
-        lock.__enter__()
-    except storage.StorageError as e:
-        raise SweepError(str(e)) from None
-    saved = not resume or not (folder / storage.SPEC_FILE).exists()
-    try:
-        if saved:
-            storage.save_plan(folder, spec)
-        yield
-    finally:
-        if saved and not (folder / "tuner.pkl").exists():  # a start that never reached Tune leaves nothing
-            (folder / storage.SPEC_FILE).unlink(missing_ok=True)
-        lock.__exit__(None, None, None)
+    with storage.DriverLock(folder, log):
+        saved = not resume or not (folder / storage.SPEC_FILE).exists()
+        try:
+            if saved:
+                storage.save_plan(folder, spec)
+            yield
+        finally:
+            if saved and not (folder / "tuner.pkl").exists():  # a start that never reached Tune leaves nothing
+                (folder / storage.SPEC_FILE).unlink(missing_ok=True)
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False, callbacks: list = (),

@@ -25,15 +25,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..tracking import mask_uri
+from ..errors import UserError, mask_uri
 from .space import SweepSpec
 
 SPEC_FILE = "sweep_spec.json"
 LOCK_FILE = "driver.lock"
 
 
-class StorageError(RuntimeError):
-    """The storage folder cannot take this sweep (in use, changed plan, not writable, full)."""
+class StorageError(UserError, RuntimeError):
+    """The storage folder cannot take this sweep (in use, changed plan, not writable, full): one
+    line for the CLI, exit 2."""
 
 
 def local(path: str) -> bool:
@@ -83,10 +84,9 @@ def save_plan(folder: Path, spec: SweepSpec) -> None:
 def check_plan_unchanged(folder: Path, spec: SweepSpec, log=print) -> None:
     """On ``--resume``: the file given must resolve to the plan the sweep started with."""
     stored = folder / SPEC_FILE
-    if not stored.is_file():
+    if not stored.is_file():  # the driver stores it once it holds the sweep's lock
         log(f"note: {folder} holds no {SPEC_FILE} (a sweep started before plans were stored): resuming with "
             f"{spec.path} as given, and storing it as the sweep's plan")
-        save_plan(folder, spec)
         return
     try:
         old = json.loads(stored.read_text())
