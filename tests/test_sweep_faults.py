@@ -211,3 +211,33 @@ def test_a_disk_filling_up_mid_sweep_ends_in_one_line_with_the_runs_closed(ray_l
     assert main(["run", str(spec.path)]) == 1
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "disk is full" in lines[0] and "--resume" in lines[0], lines
+
+
+def test_a_corrupt_checkpoint_on_resume_is_named_by_its_stored_file(ray_local, tmp_path, sweep_file):
+    """A trial restored from a checkpoint whose ``last.pt`` is damaged fails naming that stored file
+    (in the sweep's storage, where the user can look at it or remove it), not the copy Ray made in
+    the trial's working folder. Real Tune: the trial's first attempt reports a checkpoint with a
+    damaged ``last.pt`` and dies; Tune retries it from that checkpoint through ``train_trial``."""
+    from ray import tune
+
+    from stas_sweep.sweep import checkpoints
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.sweep.trainable import train_trial
+
+    spec = load_spec(sweep_file(tmp_path))
+    damaged = tmp_path / "last.pt"
+    damaged.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+
+    def trial(config):
+        if tune.get_checkpoint() is None:
+            checkpoints.report({"epoch": 1}, {"last.pt": damaged})
+            raise RuntimeError("the node was lost")
+        train_trial(config, base=spec.base, epochs=2, epsilons=[0.0], stage1_weights={})
+
+    tuner = tune.Tuner(trial, param_space={"halting.beta": -6.0},
+                       run_config=tune.RunConfig(name="corrupt", storage_path=str(ray_local), verbose=0,
+                                                 failure_config=tune.FailureConfig(max_failures=1)))
+    error = str(tuner.fit()[0].error)
+    stored = next((ray_local / "corrupt").glob("trial_*/checkpoint_000000"))
+    assert f"{stored}/last.pt: not a readable stas-sweep checkpoint" in error, error
+    assert "/train/checkpoints/last.pt" not in error  # the working copy is not what the user is sent to

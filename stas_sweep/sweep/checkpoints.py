@@ -40,8 +40,9 @@ def report(metrics: dict, files: dict[str, str | Path]) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def resume_files(dest: str | Path) -> bool:
-    """Copy the files of the trial's Tune checkpoint into ``dest``; False for a fresh trial.
+def resume_files(dest: str | Path) -> str | None:
+    """Copy the files of the trial's Tune checkpoint into ``dest``; returns where that checkpoint is
+    stored (a folder of the sweep's storage), None for a fresh trial.
 
     A checkpoint that :func:`restore_lost_checkpoints` put back is then reported again, with a
     checkpoint of the copied files, before the trial goes on."""
@@ -49,7 +50,7 @@ def resume_files(dest: str | Path) -> bool:
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return False
+        return None
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as d:
@@ -60,7 +61,8 @@ def resume_files(dest: str | Path) -> bool:
     # reported after the copy: Tune deletes this checkpoint once it registers the new one
     if replay is not None:
         report({**replay, REPLAYED: True}, {p.name: dest / p.name for p in files})
-    return True
+    return str(checkpoint.path)
+
 
 
 def restore_lost_checkpoints(path: str, log=print) -> list[str]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+from ..train.checkpoint import CheckpointError
 from ..train.config import TrainConfig
 from ..train.run import final_evaluation
 from ..train.threads import set_threads, threads_for_cpus
@@ -40,6 +42,19 @@ def use_trial_threads(cpus: float | None = None) -> int | None:
     return set_threads(threads_for_cpus(cpus))
 
 
+@contextmanager
+def stored_names(working: str | Path, stored: str | None):
+    """A :class:`CheckpointError` raised inside about a file that :func:`checkpoints.resume_files`
+    copied from ``stored`` into ``working`` names the stored file: the one the user can inspect or
+    delete, not the trial's working copy."""
+    try:
+        yield
+    except CheckpointError as e:
+        if stored is None or str(working) not in str(e):
+            raise
+        raise type(e)(str(e).replace(str(working), str(stored))) from None
+
+
 def train_trial(config: dict, *, base: TrainConfig, epochs: int, epsilons: list[float], stage1_weights: dict,
                 grids: dict[str, list[float]] | None = None) -> None:
     """Function trainable: ``config`` holds the sampled dotted keys of one trial; ``grids`` the
@@ -49,9 +64,10 @@ def train_trial(config: dict, *, base: TrainConfig, epochs: int, epsilons: list[
     use_trial_threads()
     cfg = trial_config(base, config, epochs)
     out = Path(tune.get_context().get_trial_dir()) / "train"
-    resume = checkpoints.resume_files(out / "checkpoints")  # a retried or resumed trial continues from its last epoch
-    trainer = Trainer(cfg, out, resume=resume, progress=False, log=None,
-                      init_weights=None if resume else stage1_weights)
+    stored = checkpoints.resume_files(out / "checkpoints")  # a retried or resumed trial continues from its last epoch
+    with stored_names(out / "checkpoints", stored):
+        trainer = Trainer(cfg, out, resume=stored is not None, progress=False, log=None,
+                          init_weights=None if stored else stage1_weights)
     for epoch in range(trainer.epoch, cfg.epochs):
         metrics = trainer.run_epoch(epoch)
         report = {k: metrics[k] for k in REPORT_KEYS}
