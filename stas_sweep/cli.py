@@ -32,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 from .errors import UsageError, UserError  # noqa: E402 - after the OpenMP policy (errors imports nothing heavy)
+from .tracking import PARETO_FILTER, resolve_tracking_uri  # noqa: E402 - (tracking imports mlflow only when it logs)
 
 
 class _flag_errors:
@@ -68,10 +69,10 @@ class _store_errors:
         except ImportError:  # pragma: no cover - MLflow installs it
             SQLAlchemyError = MlflowException  # noqa: N806
         if isinstance(err, (MlflowException, SQLAlchemyError, ConnectionError)):
-            from .tracking import TrackingError, default_tracking_uri
+            from .tracking import TrackingError
 
             detail = (str(err).strip().splitlines() or [""])[0][:300]
-            raise TrackingError(f"MLflow store {default_tracking_uri(self.uri)} cannot be used "
+            raise TrackingError(f"MLflow store {resolve_tracking_uri(self.uri)} cannot be used "
                                 f"({type(err).__name__}: {detail}); fix or unlock it, or give another "
                                 f"--tracking-uri") from None
         return False
@@ -454,14 +455,13 @@ def _parse_epsilons(text: str) -> list[float]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .sweep.space import describe, load_spec
-    from .tracking import default_tracking_uri
 
     spec = load_spec(args.file)
     from .data.errors import DatasetNotFoundError
     from .sweep.runner import check_data, local_resource_warnings
 
     print(f"{args.file}: ok")
-    print(describe(spec, default_tracking_uri(args.tracking_uri or spec.tracking_uri)))
+    print(describe(spec, resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)))
     for warning in local_resource_warnings(spec):
         print(warning, file=sys.stderr)
     try:  # a warning here (the data may sit on a cluster's nodes); `run` on this machine refuses
@@ -474,10 +474,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .sweep.runner import SweepError, SweepFault, run_tracked
     from .sweep.space import describe, load_spec
-    from .tracking import default_tracking_uri
 
     spec = load_spec(args.file)  # every check of the file happens before Ray starts
-    uri = default_tracking_uri(args.tracking_uri or spec.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     plan = describe(spec, uri)
     print(plan, flush=True)
     if args.dry_run:
@@ -505,7 +504,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .sweep.submit import submit
 
     spec = load_spec(args.file)  # a bad file is rejected here, before anything reaches the cluster
-    uri = args.tracking_uri or spec.tracking_uri
+    uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri, fallback=False)
     if uri is None or uri.startswith("sqlite:"):
         print("note: no --tracking-uri: the job logs to a sqlite file on the head node; give the URL of a shared "
               "`mlflow server` to browse the front from here", file=sys.stderr)
@@ -531,7 +530,7 @@ def _print_sweep_summary(result, spec, uri: str) -> None:
             f"hypervolume {result.hypervolume:.4g}")
     print(_front_table(result.front, spec.objectives, [p.key for p in spec.params]))
     print(f"\nbrowse it: stas-sweep ui{'' if uri.startswith('sqlite:///' + str(Path.cwd())) else ' --tracking-uri ' + uri}"
-          f"  -> experiment {spec.experiment!r}, filter  tags.pareto = 'true' , Chart view, scatter of "
+          f"  -> experiment {spec.experiment!r}, filter  {PARETO_FILTER} , Chart view, scatter of "
           f"energy_mj against accuracy (one run per front point); the sweep's parent run holds "
           f"pareto_front.png / .html")
 
@@ -613,13 +612,13 @@ def cmd_pick(args: argparse.Namespace) -> int:
     import re
 
     from .sweep.front import best_point, knee_point
-    from .tracking import default_tracking_uri, front_point_run, latest_sweep, point_run, register_point
+    from .tracking import front_point_run, latest_sweep, point_run, register_point
 
     point = args.point.strip()
     if point != "knee" and not point.startswith("best:") and not re.fullmatch(r"[0-9a-f]{32}", point):
         raise UsageError(f"POINT {args.point!r}: give a point run id (32 hex digits, from the MLflow UI's "
-                         f"tags.pareto = 'true' runs), best:<objective> (e.g. best:accuracy) or knee")
-    uri = default_tracking_uri(args.tracking_uri)
+                         f"{PARETO_FILTER} runs), best:<objective> (e.g. best:accuracy) or knee")
+    uri = resolve_tracking_uri(args.tracking_uri)
     with _store_errors(args.tracking_uri):
         if point == "knee" or point.startswith("best:"):
             from .tracking import SweepTracker
@@ -650,13 +649,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import socket
     import subprocess
 
-    from .tracking import default_tracking_uri
-
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: give a port number from 1 to 65535 (default 5000)")
     if not 1 <= args.workers <= 64:
         raise UsageError(f"--workers {args.workers}: give 1 to 64 server processes (default 1)")
-    uri = default_tracking_uri(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:")) and "://" in uri:
         print(f"{uri} is a tracking server: open it in a browser instead")
         return 0
@@ -674,7 +671,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
         sweep = latest_sweep(uri)
         print(f"the front of sweep {sweep['name']} (experiment {sweep['experiment']!r}), in the Model training "
-              f"view, filtered to tags.pareto = 'true':\n  {browse_url(base, sweep['experiment_id'])}", flush=True)
+              f"view, filtered to {PARETO_FILTER}:\n  {browse_url(base, sweep['experiment_id'])}", flush=True)
     except ValueError:  # no sweep with points in this store yet (TrackingError), or a store that cannot be read
         pass
     # the web server alone: MLflow 3's job runner (GenAI evaluation jobs, five more Python processes

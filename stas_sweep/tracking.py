@@ -19,9 +19,15 @@ from .tables import plural
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
 
 
-def default_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: the one given, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``
-    (sqlite, made absolute). Credentials in it are moved to MLflow's environment variables."""
+def resolve_tracking_uri(*given: str | None, fallback: bool = True) -> str | None:
+    """The one place that decides which MLflow store a command uses: the first of ``given`` that is
+    set (callers pass the command line's ``--tracking-uri`` first, then the config's or search-space
+    file's own), else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db`` (sqlite, made absolute).
+    ``fallback=False`` stops after ``given`` and returns None when none is set (a submitted job
+    decides on the head node). Credentials in the URI are moved to MLflow's environment variables."""
+    uri = next((u for u in given if u), None)
+    if not fallback:
+        return credentials_to_env(uri) if uri else None
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return credentials_to_env(uri)
@@ -148,7 +154,7 @@ class Tracker:
         if not enabled:
             return
 
-        self.uri = default_tracking_uri(uri)
+        self.uri = resolve_tracking_uri(uri)
         try:
             with _quiet_store():
                 self.client = open_client(self.uri)
@@ -297,10 +303,10 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # a trial run's and its point runs' logged model (``models:/<id>``); the sweep run's stage-1 model
 MODEL_URI_TAG, STAGE1_MODEL_TAG = "model_uri", "stage1_model_uri"
 POINT_METRIC_NAMES = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio", "energy_reduction")
-FILTER = "tags.pareto = 'true'"
+PARETO_FILTER = "tags.pareto = 'true'"  # the filter that lists a sweep's front (README, CLI, UI links)
 
 
-def browse_url(base: str, experiment_id: str, filter_string: str = FILTER) -> str:
+def browse_url(base: str, experiment_id: str, filter_string: str = PARETO_FILTER) -> str:
     """The MLflow UI's run list of an experiment in the model-training view, filtered.
 
     ``base``: the UI's address (``http://127.0.0.1:5000``). The 3.17 UI reads ``workflowType``
@@ -316,8 +322,8 @@ def browse_url(base: str, experiment_id: str, filter_string: str = FILTER) -> st
 def browse_steps(experiment: str) -> str:
     """The UI steps that show a sweep's front (the parent run's description; the README's)."""
     return (f"To see the front in the MLflow UI: 1. run stas-sweep ui and open the link it prints (experiment "
-            f"{experiment!r} in the Model training view, runs filtered by {FILTER}; by hand: the 'Model training' "
-            f"switch at the top left, the experiment, then {FILTER} in the search box and Enter). "
+            f"{experiment!r} in the Model training view, runs filtered by {PARETO_FILTER}; by hand: the 'Model training' "
+            f"switch at the top left, the experiment, then {PARETO_FILTER} in the search box and Enter). "
             f"2. Click the [+] before this sweep's run name: its rows are the front's points, one run per "
             f"(trial, epsilon). For numbers: Columns, type accuracy and tick it, then energy_mj. "
             f"3. Click the chart icon (the second of the three view buttons left of the search box), 'Add chart', "
@@ -373,7 +379,7 @@ class SweepTracker:
 
     def __init__(self, uri: str | None, experiment: str, sweep: str, path: str, objectives: list,
                  scheduler: str = "asha", energy_convention: str | None = None) -> None:
-        self.uri = default_tracking_uri(uri)
+        self.uri = resolve_tracking_uri(uri)
         self.energy_convention = energy_convention  # the meter's version: a tag on every run
         self.scheduler = scheduler  # what stopped a trial early: the `stopped_by` tag
         self.experiment, self.sweep, self.path = experiment, sweep, path
@@ -755,7 +761,7 @@ def latest_sweep(uri: str | None = None, experiment: str | None = None) -> dict:
     and its status).
     """
 
-    uri = default_tracking_uri(uri)
+    uri = resolve_tracking_uri(uri)
     client = open_client(uri, create=False)  # reads only: a missing sqlite store is not made
     if experiment:
         exp = client.get_experiment_by_name(experiment)
@@ -809,13 +815,13 @@ def point_run(uri: str | None, run_id: str) -> dict:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = default_tracking_uri(uri)
+    uri = resolve_tracking_uri(uri)
     try:
         run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             raise TrackingError(f"no run {run_id} in {uri}; list a sweep's front points with stas-sweep pareto "
-                                f"(their runs: tags.pareto = 'true' in the MLflow UI)") from None
+                                f"(their runs: {PARETO_FILTER} in the MLflow UI)") from None
         raise
     tags = run.data.tags
     if tags.get(ROLE_TAG) != "point":
@@ -832,7 +838,7 @@ def front_point_run(uri: str | None, sweep_run_id: str, key: str) -> dict:
     """The point run of the sweep ``sweep_run_id`` whose point key (``stas.point``) is ``key``."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=default_tracking_uri(uri))
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(uri))
     exp = client.get_run(sweep_run_id).info.experiment_id
     runs = client.search_runs([exp], max_results=10, filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run_id}' "
                                                                     f"AND tags.`{POINT_TAG}` = '{key}'")
@@ -889,7 +895,7 @@ def register_point(uri: str | None, point: dict, name: str | None = None, force:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = default_tracking_uri(uri)
+    uri = resolve_tracking_uri(uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     name = name if name is not None else point["tags"].get(SWEEP_TAG) or "stas-sweep"
     try:

@@ -26,7 +26,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from ..tracking import TrackingError, default_tracking_uri, flatten, global_tracking_uri
+from ..tracking import TrackingError, resolve_tracking_uri, flatten, global_tracking_uri
 from .checkpoint import load_checkpoint, save_checkpoint
 
 CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -93,7 +93,7 @@ def log_checkpoint_model(tracking_uri: str | None, run_id: str, checkpoint: str 
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
 
-    client = mlflow.MlflowClient(default_tracking_uri(tracking_uri))
+    client = mlflow.MlflowClient(resolve_tracking_uri(tracking_uri))
     state = load_checkpoint(checkpoint)
     run = client.get_run(run_id)
     logged = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
@@ -138,7 +138,7 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> dict:
 
     from ..models.halting import KNOBS
 
-    store = default_tracking_uri(tracking_uri)
+    store = resolve_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(store)
     rest = uri.split(":/", 1)[1].strip("/")
     try:
@@ -183,7 +183,7 @@ def load_logged_model(uri: str, tracking_uri: str | None = None, device="cpu"):
     info = resolve_model_uri(uri, tracking_uri)
     with tempfile.TemporaryDirectory() as d:
         try:
-            with global_tracking_uri(default_tracking_uri(tracking_uri)):
+            with global_tracking_uri(resolve_tracking_uri(tracking_uri)):
                 local = mlflow.artifacts.download_artifacts(artifact_uri=info["model_uri"], dst_path=d)
             flavor = Model.load(local).flavors.get("python_function", {})
             path = Path(local) / flavor["artifacts"]["checkpoint"]["path"]

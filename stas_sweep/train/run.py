@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from ..data.errors import DataError, DatasetNotFoundError
 from ..energy import METER_VERSION
 from ..tables import plural
-from ..tracking import ENERGY_TAG
+from ..tracking import ENERGY_TAG, resolve_tracking_uri
 from .config import ConfigError, TrainConfig, check_sml_blocks
 from .evaluate import epsilon_table, format_table
 from .trainer import Trainer
@@ -135,7 +135,7 @@ def train_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progre
         raise DataError(f"{source}: {e}") from None  # the data set named in this config
     enabled = cfg.tracking.enabled and mlflow
     run_id = trainer.extra.get("mlflow_run_id") if resume else None
-    tracker = Tracker(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment, out.name,
+    tracker = Tracker(resolve_tracking_uri(tracking_uri, cfg.tracking.uri), cfg.tracking.experiment, out.name,
                       tags={"stage": cfg.stage, "output_dir": str(out.resolve()), ENERGY_TAG: str(METER_VERSION)},
                       run_id=run_id, enabled=enabled)
     if tracker.replaced_run_id:
