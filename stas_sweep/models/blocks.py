@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .families import Family
 from .layers import TokenLinear, fire, lif
 from .packing import Packing
 
@@ -63,17 +64,17 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """SSA (spikformer / spikingformer) or SDSA (spikedriven); see the module docstring."""
 
-    def __init__(self, family: str, dim: int, num_heads: int, qkv_bias: bool) -> None:
+    def __init__(self, family: Family, dim: int, num_heads: int, qkv_bias: bool) -> None:
         super().__init__()
-        self.family, self.num_heads = family, num_heads
+        self.num_heads = num_heads
         # spikformer feeds the residual stream straight into q/k/v; the others fire first
-        self.entry_lif = None if family == "spikformer" else lif()
+        self.entry_lif = lif() if family.branches_fire_first else None
         self.q, self.k, self.v = (TokenLinear(dim, dim, bias=qkv_bias) for _ in range(3))
         self.q_lif, self.k_lif, self.v_lif = lif(), lif(), lif()
-        self.matmul = SpikeMatmul("sdsa" if family == "spikedriven" else "ssa")
+        self.matmul = SpikeMatmul(family.attention)
         self.attn_lif = lif(v_threshold=0.5)  # SDT: the talking-heads LIF on the column sums
         self.proj = TokenLinear(dim, dim, bias=True)
-        self.proj_lif = lif() if family == "spikformer" else None
+        self.proj_lif = lif() if family.branches_end_in_spikes else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
         packed = isinstance(mask, Packing)
@@ -85,7 +86,7 @@ class Attention(nn.Module):
             q, k, v = mask.unpack(q), mask.unpack(k), mask.unpack(v)
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))  # [T, B, heads, K, d]
         a = self.matmul(q, k, v)
-        if self.family == "spikedriven":
+        if self.matmul.kind == "sdsa":
             a = _merge(q * self.attn_lif(a))  # binary channel mask per head, [T, B, K, D]
             a = mask.pack(a) if packed else a
         else:
@@ -100,13 +101,13 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """fc1 (D -> 4D) -> BN -> LIF -> fc2 (4D -> D) -> BN [-> LIF for spikformer]."""
 
-    def __init__(self, family: str, dim: int, hidden: int) -> None:
+    def __init__(self, family: Family, dim: int, hidden: int) -> None:
         super().__init__()
-        self.entry_lif = None if family == "spikformer" else lif()
+        self.entry_lif = lif() if family.branches_fire_first else None
         self.fc1 = TokenLinear(dim, hidden, bias=True)
         self.fc1_lif = lif()
         self.fc2 = TokenLinear(hidden, dim, bias=True)
-        self.fc2_lif = lif() if family == "spikformer" else None
+        self.fc2_lif = lif() if family.branches_end_in_spikes else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
         pk = mask if isinstance(mask, Packing) else None
@@ -125,7 +126,7 @@ class Block(nn.Module):
     Branch outputs of halted tokens are zeroed, so halted tokens stay exactly zero.
     """
 
-    def __init__(self, family: str, dim: int, num_heads: int, mlp_ratio: int, qkv_bias: bool) -> None:
+    def __init__(self, family: Family, dim: int, num_heads: int, mlp_ratio: int, qkv_bias: bool) -> None:
         super().__init__()
         self.attn = Attention(family, dim, num_heads, qkv_bias)
         self.mlp = MLP(family, dim, dim * mlp_ratio)

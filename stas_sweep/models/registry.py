@@ -9,7 +9,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from .vit import FAMILIES, SpikingViT
+from .families import FAMILIES
+from .vit import SpikingViT
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def create_model(name: str, *, num_classes: int = 10, img_size: int = 32, in_cha
     """
     arch = get_arch(name)
     # Spikformer's CIFAR code uses biased Linear q/k/v; its ImageNet code and the others do not.
-    kwargs.setdefault("qkv_bias", arch.family == "spikformer" and img_size < 128)
+    kwargs.setdefault("qkv_bias", img_size < FAMILIES[arch.family].qkv_bias_below)
     return SpikingViT(
         family=arch.family, depth=arch.depth, embed_dim=arch.embed_dim, num_heads=arch.num_heads,
         num_classes=num_classes, img_size=img_size, in_channels=in_channels, timesteps=timesteps,

@@ -147,5 +147,3 @@ class MSSPS(Stem):
         feat = self.pools[3](self.convs[3](x))  # pooled before any LIF
         return self.tokens(self.rpe_conv(self.fire(self.rpe_lif, feat)) + feat)
 
-
-STEM_CLASSES = {"spikformer": SPS, "spikingformer": SpikingTokenizer, "spikedriven": MSSPS}

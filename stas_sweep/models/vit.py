@@ -28,13 +28,12 @@ from spikingjelly.activation_based import functional
 from torch import nn
 
 from .blocks import Block
+from .families import get_family
 from .halting import (METHODS, HaltingConfig, HaltingState, MethodConfig, TimestepExitConfig,
                       TokenDropConfig, check_epsilon, check_knob, exit_steps, halting_macs)
 from .layers import lif
 from .packing import Packing
-from .stems import STEM_CLASSES, check_img_size, num_tokens
-
-FAMILIES = tuple(STEM_CLASSES)
+from .stems import check_img_size, num_tokens
 
 
 @dataclass
@@ -81,8 +80,7 @@ class SpikingViT(nn.Module):
                  in_channels: int = 3, timesteps: int = 4, stem: str = "isps",
                  halting: HaltingConfig | dict | None = None, qkv_bias: bool = False) -> None:
         super().__init__()
-        if family not in FAMILIES:
-            raise ValueError(f"family {family!r} is not supported; accepted values: {', '.join(FAMILIES)}")
+        fam = get_family(family)
         check_img_size(img_size, family)
         if embed_dim % 8 or embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} must be a multiple of 8 and of num_heads={num_heads}")
@@ -98,12 +96,12 @@ class SpikingViT(nn.Module):
         self.compiled = False  # set by compile_parts
         self.probing = False  # True while timestep_exit runs its unmetered decision pass
 
-        self.stem = STEM_CLASSES[family](in_channels, embed_dim, img_size, timesteps, stem)
+        self.stem = fam.stem(in_channels, embed_dim, img_size, timesteps, stem)
         self.blocks = nn.ModuleList(
-            Block(family, embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth)
+            Block(fam, embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth)
         )
         # SDT fires the pooled features before a per-step classifier; the others read reals
-        self.head_lif = lif() if family == "spikedriven" else None
+        self.head_lif = lif() if fam.head_fires else None
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(_init_weights)
 
