@@ -337,7 +337,7 @@ def code_version() -> str:
     """The git commit of the working tree (with '+dirty'), else the package version."""
     import subprocess
 
-    from . import __version__
+    from ._version import __version__
 
     try:
         root = Path(__file__).resolve().parent.parent

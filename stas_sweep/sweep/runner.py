@@ -310,15 +310,12 @@ def check_local_resources(spec: SweepSpec) -> None:
 def check_data(spec: SweepSpec) -> None:
     """The data sets of stage 1 and of the trials are where their configs say (or will be
     downloaded): a missing one is a :class:`~stas_sweep.data.DatasetNotFoundError`, one line."""
-    from ..data import check_dataset
-
     seen = set()
     for cfg in (spec.stage1, spec.base):
-        d = cfg.data
-        key = (d.name, d.root, d.download, cfg.model.timesteps)
+        key = (cfg.data.name, cfg.data.root, cfg.data.download, cfg.model.timesteps)
         if key not in seen:
             seen.add(key)
-            check_dataset(d.name, d.root, timesteps=cfg.model.timesteps, download=d.download)
+            cfg.check_data()
 
 
 def preflight(spec: SweepSpec, *, address: str | None = None, resume: bool = False, data: bool = True,

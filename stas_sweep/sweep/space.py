@@ -283,16 +283,7 @@ class SweepSpec:
         """About how much the sweep's checkpoints take at the end: Tune keeps each trial's last
         checkpoint (weights and optimiser state, about 12 bytes a parameter, plus a MiB of the
         rest) and the shared stage 1 keeps its last one. Counted on torch's meta device."""
-        import torch
-
-        from ..data.factory import DATASET_CLASSES, DEFAULT_IMG_SIZE
-        from ..models.registry import create_model
-
-        data, model = self.base.data, self.base.model
-        with torch.device("meta"):
-            net = create_model(model.name, num_classes=model.num_classes or DATASET_CLASSES.get(data.name, 1000),
-                               img_size=data.img_size or DEFAULT_IMG_SIZE.get(data.name, 32), timesteps=model.timesteps)
-        return (12 * sum(p.numel() for p in net.parameters()) + (1 << 20)) * (self.num_samples + 1)
+        return (12 * self.base.parameter_count() + (1 << 20)) * (self.num_samples + 1)
 
 
 def trial_config(base: TrainConfig, sampled: dict, epochs: int, where: str = "<trial>") -> TrainConfig:

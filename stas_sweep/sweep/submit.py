@@ -79,8 +79,6 @@ def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, re
     """Submit the sweep; returns (submission id, final status or 'SUBMITTED' with ``wait=False``)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    import stas_sweep
-
     try:
         client = JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - connection and version errors of every kind
@@ -102,7 +100,7 @@ def submit(spec: SweepSpec, address: str, *, tracking_uri: str | None = None, re
     entry = shlex.join(argv)
     runtime_env = {
         "working_dir": str(staging),
-        "py_modules": [str(Path(stas_sweep.__file__).parent)],
+        "py_modules": [str(Path(__file__).resolve().parents[1])],  # the stas_sweep package folder
         "excludes": _EXCLUDES,
         "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_WAIT_POLICY": "PASSIVE", **secrets, **(env_vars or {})},
     }

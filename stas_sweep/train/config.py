@@ -338,6 +338,26 @@ class TrainConfig(_Section):
     def to_dict(self) -> dict:
         return self.model_dump()
 
+    def check_data(self) -> None:
+        """The data set is where ``data`` says (or will be downloaded): a missing one is a
+        :class:`~stas_sweep.data.DatasetNotFoundError`, one line. Reads no sample."""
+        from ..data import check_dataset
+
+        check_dataset(self.data.name, self.data.root, timesteps=self.model.timesteps, download=self.data.download)
+
+    def parameter_count(self) -> int:
+        """The model's parameters, counted on torch's meta device (nothing allocated)."""
+        import torch
+
+        from ..data.factory import DATASET_CLASSES, DEFAULT_IMG_SIZE
+        from ..models.registry import create_model
+
+        data, model = self.data, self.model
+        with torch.device("meta"):
+            net = create_model(model.name, num_classes=model.num_classes or DATASET_CLASSES.get(data.name, 1000),
+                               img_size=data.img_size or DEFAULT_IMG_SIZE.get(data.name, 32), timesteps=model.timesteps)
+        return sum(p.numel() for p in net.parameters())
+
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
