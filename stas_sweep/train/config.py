@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from .. import methods
 from ..errors import UserError, credentials_to_env, short
 
 
@@ -188,8 +189,8 @@ class ModelConfig(_Section):
 
 
 class HaltingSection(_Section):
-    # stas: A-SSA; token_drop: STATA-style; timestep_exit: DT-SNN-style, ours (docs/baselines.md)
-    method: Literal["stas", "token_drop", "timestep_exit"] = "stas"
+    # stas: A-SSA; token_drop: STATA-style; timestep_exit: DT-SNN-style, ours (docs/baselines.md; stas_sweep.methods)
+    method: Literal[tuple(methods.halting_names())] = "stas"
     alpha: float | None = None  # None: the paper's value for the model's family (PAPER_ALPHA_BETA)
     beta: float | None = None
     epsilon: Epsilon = 0.01
@@ -204,10 +205,9 @@ class HaltingSection(_Section):
         from ..models.halting import PAPER_ALPHA_BETA
         from ..models.registry import get_arch
 
-        if self.method == "token_drop":
-            return {"method": "token_drop", "keep_ratio": self.keep_ratio}
-        if self.method == "timestep_exit":
-            return {"method": "timestep_exit", "exit_threshold": self.exit_threshold}
+        if self.method != "stas":  # a baseline: its method and its knob's value in this section
+            record = methods.get(self.method)
+            return record.halting(getattr(self, record.knob))
         alpha, beta = PAPER_ALPHA_BETA[get_arch(model_name).family]
         return {"alpha": alpha if self.alpha is None else self.alpha, "beta": beta if self.beta is None else self.beta,
                 "epsilon": self.epsilon, "accumulation": self.accumulation}
