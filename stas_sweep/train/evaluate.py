@@ -186,10 +186,11 @@ def format_table(rows: list[dict]) -> str:
         Column("energy mJ", lambda r: f"{r['energy_mj']:.4f}", width=10),
         Column("strict mJ", lambda r: f"{r['energy_strict_mj']:.4f}", width=10),
         Column("reduction %", lambda r: f"{r['energy_reduction']:.1f}"),
+        Column("ms / image", lambda r: "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}", width=10),
     ]
     lines = text_table(rows, columns, rule=True)
     lines.append("energy mJ: paper convention (eqs. 11-12); strict mJ: non-binary inputs at MAC; "
-                 "reduction % of energy mJ")
+                 "reduction % of energy mJ; ms / image: median forward time on this device (docs/latency.md)")
     return "\n".join(lines)
 
 
