@@ -172,7 +172,7 @@ MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
-Epsilon = Annotated[float, Field(ge=0, lt=1)]
+Epsilon = Annotated[float, Field(**methods.get("stas").bounds)]  # [0, 1)
 
 
 class _Section(BaseModel):
@@ -196,8 +196,10 @@ class HaltingSection(_Section):
     epsilon: Epsilon = 0.01
     delta_p: NonNegative = 1e-3
     accumulation: Literal["tb", "b"] = "tb"
-    keep_ratio: Annotated[float, Field(gt=0, le=1)] = 0.7  # token_drop: share of each image's tokens every block runs
-    exit_threshold: Annotated[float, Field(ge=0, le=1)] = 0.2  # timestep_exit: normalised entropy below which an image stops
+    # token_drop: share of each image's tokens every block runs, in (0, 1]
+    keep_ratio: Annotated[float, Field(**methods.get("token_drop").bounds)] = 0.7
+    # timestep_exit: normalised entropy below which an image stops, in [0, 1]
+    exit_threshold: Annotated[float, Field(**methods.get("timestep_exit").bounds)] = 0.2
 
     def model_kwargs(self, model_name: str) -> dict:
         """The model's halting arguments for the method; an unset alpha or beta takes the paper's
