@@ -141,8 +141,13 @@ def test_a_sweep_on_accuracy_and_latency_has_latency_on_every_front_point(ray_lo
     assert main(["pareto", "--json"]) == 0
     front = json.loads(capsys.readouterr().out)
     assert front and all(isinstance(p["latency_ms"], float) and p["latency_ms"] > 0 for p in front)
+    assert main(["pareto"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    header = next(line for line in table if line.startswith("trial_id"))
+    assert header.split()[3:6] == ["accuracy", "latency_ms", "token_ratio"]
     client, parents, runs = mlflow_runs(os.environ["MLFLOW_TRACKING_URI"], "latency")
     points = [r for r in runs if r.data.tags.get("stas.role") == "point" and r.data.tags.get("pareto") == "true"]
     assert len(points) == len(front) and all(r.data.metrics["latency_ms"] > 0 for r in points)
     client.download_artifacts(parents[0].info.run_id, "pareto_front.html", str(tmp_path))
-    assert "latency_ms (ms / image, min)" in (tmp_path / "pareto_front.html").read_text()
+    page = (tmp_path / "pareto_front.html").read_text()
+    assert "latency_ms (ms / image, min)" in page and page.count("latency_ms: ") >= len(front)  # axis and hover
