@@ -31,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+from . import methods  # noqa: E402 - after the OpenMP policy (the method records import no torch)
 from .errors import UsageError, UserError  # noqa: E402 - after the OpenMP policy (errors imports nothing heavy)
 from .tracking import PARETO_FILTER, resolve_tracking_uri  # noqa: E402 - (tracking imports mlflow only when it logs)
 
@@ -182,8 +183,7 @@ def _cmd_energy_analytic(args: argparse.Namespace) -> int:
     Q of its cells, counted on the meta device (no data, no weights)."""
     from .energy import analytic_energy, analytic_summary, check_rate
 
-    measured_only = {"--halting": args.halting, "--epsilon": args.epsilon, "--keep-ratio": args.keep_ratio,
-                     "--exit-threshold": args.exit_threshold}
+    measured_only = {"--halting": args.halting, **{m.flag: getattr(args, m.knob) for m in methods.halting_methods()}}
     given = [flag for flag, value in measured_only.items() if value not in (None, False)]
     if given:
         raise UsageError(f"{', '.join(given)} cannot be combined with --firing-rate (the analytic mode "
@@ -227,14 +227,12 @@ def cmd_energy(args: argparse.Namespace) -> int:
     if is_model_uri(args.model):
         return _energy_of_logged_model(args)
     halting = None
-    baseline = {"keep_ratio": args.keep_ratio, "exit_threshold": args.exit_threshold}
-    if sum(v is not None for v in baseline.values()) + bool(args.epsilon is not None or args.halting) > 1:
+    baselines = [m for m in methods.halting_methods() if m.name != "stas" and getattr(args, m.knob) is not None]
+    if len(baselines) + bool(args.epsilon is not None or args.halting) > 1:
         raise UsageError("give one of --halting/--epsilon (A-SSA), --keep-ratio (token dropping) or "
                          "--exit-threshold (timestep exit)")
-    if args.keep_ratio is not None:
-        halting = {"method": "token_drop", "keep_ratio": args.keep_ratio}
-    elif args.exit_threshold is not None:
-        halting = {"method": "timestep_exit", "exit_threshold": args.exit_threshold}
+    if baselines:
+        halting = baselines[0].halting(getattr(args, baselines[0].knob))
     elif args.epsilon is not None or args.halting:
         from .models.halting import PAPER_ALPHA_BETA
         from .models.registry import get_arch
@@ -266,7 +264,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
     result = {
         "model": args.model, "stem": args.stem, "timesteps": args.timesteps, "input": source,
         "method": model.method, "epsilon": None if halting is None else halting.get("epsilon"),
-        "keep_ratio": args.keep_ratio, "exit_threshold": args.exit_threshold,
+        **{m.knob: getattr(args, m.knob) for m in methods.halting_methods() if m.name != "stas"},
         "convention": args.convention, "energy": report.energy(args.convention),
         "energy_mj": report.energy_mj, "energy_strict_mj": report.energy_strict_mj,
         "mac_ops": report.mac_ops, "ac_ops": report.ac_ops,
@@ -294,11 +292,9 @@ def _energy_of_logged_model(args: argparse.Namespace) -> int:
 
     from .data.events import EVENT_DATASETS
     from .energy import measure_energy
-    from .models.halting import KNOBS
     from .train.mlflow_model import load_logged_model
 
-    given = {k: v for k, v in (("epsilon", args.epsilon), ("keep_ratio", args.keep_ratio),
-                               ("exit_threshold", args.exit_threshold)) if v is not None}
+    given = {k: getattr(args, k) for k in methods.knob_names() if getattr(args, k) is not None}
     if len(given) > 1 or args.halting or args.alpha is not None or args.beta is not None:
         raise UsageError(f"{args.model}: a logged model keeps its own halting; give at most one of --epsilon, "
                          f"--keep-ratio or --exit-threshold, the value of its knob")
@@ -309,9 +305,10 @@ def _energy_of_logged_model(args: argparse.Namespace) -> int:
     knob = info["knob"]
     if given:
         knob = next(iter(given.items()))
-        if KNOBS.get(model.method) != knob[0]:
+        record = methods.get(model.method) if model.method in methods.halting_names() else None
+        if record is None or record.knob != knob[0]:
             raise UsageError(f"--{knob[0].replace('_', '-')}: {args.model} is a {model.method} model"
-                             + (f"; its knob is --{KNOBS[model.method].replace('_', '-')}" if model.method in KNOBS else ""))
+                             + (f"; its knob is {record.flag}" if record is not None else ""))
     a = state["model_args"]
     args.img_size, args.in_channels = a["img_size"], a["in_channels"]
     if (state.get("data") or {}).get("name") in EVENT_DATASETS:  # frames [B, T, 2, S, S]
@@ -326,7 +323,7 @@ def _energy_of_logged_model(args: argparse.Namespace) -> int:
         with torch.no_grad():
             out = model.eval()(x, knob=value)
     result = {"model": args.model, "backbone": a["name"], "stem": a.get("stem"), "timesteps": a.get("timesteps"),
-              "input": source, "method": model.method, **dict.fromkeys(KNOBS.values()),
+              "input": source, "method": model.method, **dict.fromkeys(methods.knob_names()),
               **({} if knob is None else {knob[0]: value}), "convention": args.convention,
               "energy": report.energy(args.convention), "energy_mj": report.energy_mj,
               "energy_strict_mj": report.energy_strict_mj, "mac_ops": report.mac_ops, "ac_ops": report.ac_ops,
@@ -445,7 +442,7 @@ def _eval_device(name: str, resolve):
 
 
 def _parse_epsilons(text: str) -> list[float]:
-    from .models.halting import check_epsilon
+    from .models.configs import check_epsilon
 
     try:
         return [check_epsilon(float(e)) for e in text.split(",") if e.strip()]
@@ -548,7 +545,10 @@ def _front_table(front: list[dict], objectives, params: list[str]) -> str:
     else:
         head = [Column(c, lambda p, c=c: number(p.get(c)), "<") for c in ("trial_id", "epsilon")]
     metrics = [m for m, _ in objectives]
-    cols = [*metrics, *(["token_ratio"] if "token_ratio" not in metrics else []), *params]
+    # then token_ratio and the latency (a sweep older than latency_ms: no column), if not objectives
+    shown = [k for k in ("token_ratio", "latency_ms") if k not in metrics and (k == "token_ratio" or
+                                                                             any(p.get(k) is not None for p in front))]
+    cols = [*metrics, *shown, *params]
     return "\n".join(text_table(front, head + [Column(c, lambda p, c=c: number(p.get(c)), "<") for c in cols],
                                 sep="  "))
 
@@ -728,14 +728,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=_positive_int, default=4)
     p.add_argument("--stem", choices=["sps", "isps"], default="isps")
     p.add_argument("--halting", action="store_true", help="turn A-SSA halting on")
-    p.add_argument("--epsilon", type=_finite_float, help="halting threshold knob in [0, 1) (implies --halting)")
+    p.add_argument(methods.get("stas").flag, type=_finite_float, help=methods.get("stas").flag_help)
     p.add_argument("--alpha", type=_finite_float, help="halting score slope (default: the paper's for the family, "
                    "-5 for spikformer, 5 otherwise)")
     p.add_argument("--beta", type=_finite_float, help="halting score bias (default: the paper's, 0 for spikformer, -25 otherwise)")
     p.add_argument("--accumulation", choices=["tb", "b"], default="tb")
-    p.add_argument("--keep-ratio", type=_finite_float, help="the token-dropping baseline at this keep ratio in (0, 1]")
-    p.add_argument("--exit-threshold", type=_finite_float,
-                   help="the timestep-exit baseline at this normalised-entropy threshold in [0, 1]")
+    for m in methods.halting_methods():  # every other method's knob (--keep-ratio, --exit-threshold)
+        if m.name != "stas":
+            p.add_argument(m.flag, type=_finite_float, help=m.flag_help)
     p.add_argument("--input", choices=["digits", "random"], default="digits",
                    help="offline digits validation images (default) or random input")
     p.add_argument("--batch", type=_positive_int, default=16)

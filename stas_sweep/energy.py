@@ -75,8 +75,6 @@ E_AC_PJ = 0.9
 # A-SSA's own work D + 2 MACs per scored cell (1: the stem x T, one MAC per cell).
 METER_VERSION = 2
 CONVENTIONS = ("paper", "strict")
-# the report row of each method's own decision operations (STASOutput.decision_ops)
-DECISION_ROWS = {"stas": "halting_score", "token_drop": "token_score", "timestep_exit": "exit_test"}
 
 
 @dataclass
@@ -328,7 +326,8 @@ class EnergyMeter:
         self.images += B
         macs, acs = output.decision_ops
         if macs or acs:
-            row = self.decisions.setdefault(DECISION_ROWS[output.method], [0.0, 0.0])
+            # the row the method's config names (models/configs.py: decision_row)
+            row = self.decisions.setdefault(self.model.halting.decision_row, [0.0, 0.0])
             row[0] += macs
             row[1] += acs
         self._cells += float(output.token_ratio) * B

@@ -302,7 +302,7 @@ ENERGY_TAG = "stas.energy_convention"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # a trial run's and its point runs' logged model (``models:/<id>``); the sweep run's stage-1 model
 MODEL_URI_TAG, STAGE1_MODEL_TAG = "model_uri", "stage1_model_uri"
-POINT_METRIC_NAMES = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio", "energy_reduction")
+POINT_METRIC_NAMES = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio", "latency_ms", "energy_reduction")
 PARETO_FILTER = "tags.pareto = 'true'"  # the filter that lists a sweep's front (README, CLI, UI links)
 
 

@@ -304,11 +304,11 @@ def test_paper_rows_are_the_tables_and_marked_not_measured():
 
 
 def test_front_plots_colour_methods_and_draw_paper_markers(tmp_path):
-    from stas_sweep.sweep.front import METHOD_KNOBS
+    from stas_sweep import methods
     from stas_sweep.sweep.paper_results import paper_rows
     from stas_sweep.sweep.plots import PAPER_LEGEND, plot_front_html, plot_front_png
 
-    assert METHOD_KNOBS == KNOBS
+    assert {m.name: m.knob for m in methods.halting_methods()} == KNOBS
     pts = [{"trial_id": f"t{i}", "method": m, KNOBS[m]: 0.1 * j, "accuracy": 70.0 + i + j,
             "energy_mj": 0.4 + 0.05 * i - 0.02 * j} for i, m in enumerate(KNOBS) for j in range(2)]
     paper = paper_rows("cifar100", transformers_only=True)

@@ -414,7 +414,7 @@ def test_plot_hypervolume_png(tmp_path):
 
 
 def test_trial_points_carry_metrics_and_searched_keys():
-    from stas_sweep.sweep.front import POINT_KEYS, front_of, param_keys, trial_points
+    from stas_sweep.sweep.front import front_of, param_keys, point_keys, trial_points
 
     rows = [{"epsilon": 0.0, "accuracy": 90.0, "energy_mj": 1.0, "energy_strict_mj": 1.2, "token_ratio": 1.0,
              "energy_reduction": 0.0, "images": 10},
@@ -422,7 +422,7 @@ def test_trial_points_carry_metrics_and_searched_keys():
              "energy_reduction": 0.5, "images": 10}]
     pts = trial_points("t1", {"halting.alpha": 5.5, "optim.lr": 1e-3}, rows)
     assert [p["epsilon"] for p in pts] == [0.0, 0.2]
-    assert set(pts[0]) == set(POINT_KEYS) | {"halting.alpha", "optim.lr"}  # no stray row keys ("images")
+    assert set(pts[0]) == set(point_keys()) | {"halting.alpha", "optim.lr"}  # no stray row keys ("images")
     assert param_keys(pts) == ["halting.alpha", "optim.lr"]
     info = front_of(pts, ACC_ENERGY, {"accuracy": 0.0, "energy_mj": 2.0})
     assert len(info.front) == 2 and info.hypervolume == pytest.approx(90 * 1.0 + 85 * 0.5)

@@ -1,7 +1,19 @@
-"""Spiking ViT backbones with I-SPS and A-SSA halting."""
+"""Spiking ViT backbones with I-SPS and A-SSA halting.
 
-from .halting import HaltingConfig, HaltingState
-from .registry import create_model, get_arch, list_models
-from .vit import STASOutput, SpikingViT
+The names below load lazily, so that :mod:`~stas_sweep.models.configs` (the methods' configs, plain
+data) can be imported without torch.
+"""
 
-__all__ = ["HaltingConfig", "HaltingState", "STASOutput", "SpikingViT", "create_model", "get_arch", "list_models"]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"HaltingConfig": "configs", "HaltingState": "halting", "STASOutput": "vit", "SpikingViT": "vit",
+          "create_model": "registry", "get_arch": "registry", "list_models": "registry"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

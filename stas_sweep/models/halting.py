@@ -23,61 +23,22 @@ Decisions (SPEC): the p of a timestep are not renormalised in ``tb``; the counts
 ponder loss carry no gradient, the remainders r do (through h); the state is float32 even
 under autocast.
 
-Two baselines are configured here too (``halting.method``, docs/baselines.md):
-:class:`TokenDropConfig` (a fixed keep ratio per block) and :class:`TimestepExitConfig` (an
-entropy test on the running-mean logits after each timestep, :func:`exit_steps`); the model
-runs them (:mod:`~stas_sweep.models.vit`). Each method has one evaluation knob (``KNOBS``).
+The methods' configs (A-SSA's :class:`HaltingConfig` and the two baselines', docs/baselines.md)
+live in :mod:`~stas_sweep.models.configs`; the temporal-exit baseline's entropy test
+(:func:`exit_steps`) is here. Each method has one evaluation knob (``KNOBS``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import ClassVar
 
 import torch
 
-ACCUMULATIONS = ("tb", "b")
-# halting.method: A-SSA (this module's eqs.), a STATA-style or a DT-SNN-style baseline (docs/baselines.md)
-METHODS = ("stas", "token_drop", "timestep_exit")
-# the knob each method is evaluated over at evaluation time (STAS^epsilon and its analogues)
-KNOBS = {"stas": "epsilon", "token_drop": "keep_ratio", "timestep_exit": "exit_threshold"}
+from .configs import (CONFIGS, HaltingConfig)
 
-
-class _OneKnob:
-    """A method's config with its one evaluation knob, the field ``KNOBS[method]``."""
-
-    method: ClassVar[str]
-
-    @property
-    def knob(self) -> float:
-        return getattr(self, KNOBS[self.method])
-
-    def with_knob(self, value: float):
-        """The same config at another knob value (checked as the constructor checks it)."""
-        return replace(self, **{KNOBS[self.method]: value})
-
-
-@dataclass
-class HaltingConfig(_OneKnob):
-    """Hyper-parameters of A-SSA. Paper: alpha=5, beta=-25 (Spikingformer; Spikformer uses
-    alpha=-5, beta=0), epsilon small (0.01 as A-ViT), ``tb`` accumulation."""
-
-    alpha: float = 5.0
-    beta: float = -25.0
-    epsilon: float = 0.01
-    accumulation: str = "tb"
-    method: ClassVar[str] = "stas"
-
-    def __post_init__(self) -> None:
-        self.alpha = float(self.alpha)
-        self.beta = float(self.beta)
-        self.epsilon = check_epsilon(self.epsilon)
-        if self.accumulation not in ACCUMULATIONS:
-            raise ValueError(
-                f"halting accumulation {self.accumulation!r} is not supported; "
-                f"accepted values: {', '.join(ACCUMULATIONS)}"
-            )
+# the built-in methods and their evaluation knobs, as the configs name them
+METHODS = tuple(CONFIGS)
+KNOBS = {name: cfg.knob_name for name, cfg in CONFIGS.items()}
 
 
 # The paper's score parameters per backbone (section 4.2). Spikformer's residual stream is
@@ -96,13 +57,6 @@ def halting_macs(cells: float, D: int) -> float:
     so ``D + 2`` per scored token-cell. The halting tests of eq. 5 and the choice of eq. 7 are
     comparisons and are not counted."""
     return float(cells) * (D + 2)
-
-
-def check_epsilon(epsilon: float) -> float:
-    epsilon = float(epsilon)
-    if not 0.0 <= epsilon < 1.0:
-        raise ValueError(f"epsilon must lie in [0, 1), got {epsilon}")
-    return epsilon
 
 
 class HaltingState:
@@ -190,62 +144,6 @@ class HaltingState:
     def token_ratio(self) -> torch.Tensor:
         """Blocks run, summed over tokens and timesteps, over T*L*K; mean over images."""
         return self.N.mean((0, 2)).mean() / self.L
-
-
-@dataclass
-class TokenDropConfig(_OneKnob):
-    """Static token dropping (STATA-style baseline): every block runs a fixed share
-    ``keep_ratio`` of the K tokens, ``max(1, round(keep_ratio * K))`` of them, chosen per image
-    by the block input's spike count (sum of ``|x|`` over timesteps and channels), the same
-    tokens at every timestep. A dropped token skips the block (its residual stream passes
-    through unchanged). No ponder loss."""
-
-    keep_ratio: float = 0.7
-    method: ClassVar[str] = "token_drop"
-
-    def __post_init__(self) -> None:
-        self.keep_ratio = check_keep_ratio(self.keep_ratio)
-
-    def kept(self, K: int) -> int:
-        """Tokens each block runs: ``max(1, round(keep_ratio * K))``."""
-        return max(1, min(K, int(round(self.keep_ratio * K))))
-
-
-@dataclass
-class TimestepExitConfig(_OneKnob):
-    """Temporal early exit (DT-SNN-style baseline): a static model read after every timestep
-    t on the running mean of its per-timestep logits; an image stops at the first t whose
-    normalised softmax entropy ``H(softmax(mean_{t' <= t} z_t')) / log(classes)`` is below
-    ``exit_threshold`` (``0``: never early, every image runs all T; ``1``: nearly always at
-    t = 1), and at T otherwise. No ponder loss; in training the model runs all T."""
-
-    exit_threshold: float = 0.2
-    method: ClassVar[str] = "timestep_exit"
-
-    def __post_init__(self) -> None:
-        self.exit_threshold = check_exit_threshold(self.exit_threshold)
-
-
-MethodConfig = HaltingConfig | TokenDropConfig | TimestepExitConfig
-
-
-def check_keep_ratio(keep_ratio: float) -> float:
-    keep_ratio = float(keep_ratio)
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
-    return keep_ratio
-
-
-def check_exit_threshold(threshold: float) -> float:
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"exit_threshold (a normalised entropy) must lie in [0, 1], got {threshold}")
-    return threshold
-
-
-def check_knob(method: str, value: float) -> float:
-    """A value of ``method``'s knob, checked (epsilon, keep_ratio or exit_threshold)."""
-    return {"stas": check_epsilon, "token_drop": check_keep_ratio, "timestep_exit": check_exit_threshold}[method](value)
 
 
 def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -28,9 +28,9 @@ from spikingjelly.activation_based import functional
 from torch import nn
 
 from .blocks import Block
+from .configs import CONFIGS, HaltingConfig, MethodConfig, TimestepExitConfig, TokenDropConfig, check_epsilon
 from .families import get_family
-from .halting import (METHODS, HaltingConfig, HaltingState, MethodConfig, TimestepExitConfig,
-                      TokenDropConfig, check_epsilon, check_knob, exit_steps, halting_macs)
+from .halting import HaltingState, exit_steps, halting_macs
 from .layers import lif
 from .packing import Packing
 from .stems import check_img_size, num_tokens
@@ -78,7 +78,7 @@ class SpikingViT(nn.Module):
     def __init__(self, family: str = "spikformer", depth: int = 4, embed_dim: int = 384,
                  num_heads: int = 12, mlp_ratio: int = 4, num_classes: int = 10, img_size: int = 32,
                  in_channels: int = 3, timesteps: int = 4, stem: str = "isps",
-                 halting: HaltingConfig | dict | None = None, qkv_bias: bool = False) -> None:
+                 halting: MethodConfig | dict | None = None, qkv_bias: bool = False) -> None:
         super().__init__()
         fam = get_family(family)
         check_img_size(img_size, family)
@@ -107,15 +107,15 @@ class SpikingViT(nn.Module):
 
     @staticmethod
     def _halting_config(halting: MethodConfig | dict | None) -> MethodConfig | None:
-        if halting is None or isinstance(halting, (HaltingConfig, TokenDropConfig, TimestepExitConfig)):
+        if halting is None or isinstance(halting, MethodConfig):  # a registered method's config runs as its class
             return halting
         if not isinstance(halting, dict):
             raise ValueError(f"halting must be None or a dict of alpha, beta, epsilon, accumulation; got {halting!r}")
         halting = dict(halting)
         method = halting.pop("method", "stas")
-        if method not in METHODS:
-            raise ValueError(f"halting method {method!r} is not supported; accepted values: {', '.join(METHODS)}")
-        cls = {"stas": HaltingConfig, "token_drop": TokenDropConfig, "timestep_exit": TimestepExitConfig}[method]
+        if method not in CONFIGS:
+            raise ValueError(f"halting method {method!r} is not supported; accepted values: {', '.join(CONFIGS)}")
+        cls = CONFIGS[method]
         accepted = list(cls.__dataclass_fields__)
         unknown = set(halting) - set(accepted)
         if unknown:
@@ -143,7 +143,7 @@ class SpikingViT(nn.Module):
         """Change the method's evaluation knob (epsilon, keep_ratio or exit_threshold); no retraining."""
         if self.halting is None:
             raise ValueError("set_knob needs a model with a halting method; this one is static")
-        self.halting = self.halting.with_knob(check_knob(self.method, value))
+        self.halting = self.halting.with_knob(value)
 
     def compile_parts(self, **kwargs) -> None:
         """``torch.compile`` the stem and every block in place (``kwargs`` go to it; the state dict
@@ -170,7 +170,7 @@ class SpikingViT(nn.Module):
         if knob is not None:
             if cfg is None:
                 raise ValueError("knob needs a model with a halting method; this one is static")
-            cfg = cfg.with_knob(check_knob(cfg.method, knob))
+            cfg = cfg.with_knob(knob)
         if isinstance(cfg, TimestepExitConfig) and not self.training:
             return self._forward_exit(x, cfg)
         functional.reset_net(self)
@@ -353,7 +353,7 @@ class SpikingViT(nn.Module):
             active_tokens=state.active,
             halting_scores=state.h,
             halting_probs=state.p,
-            method="stas",
+            method=state.cfg.method,
             decision_ops=(halting_macs(scored, self.embed_dim), 0.0),  # eqs. 3, 4, 8 per scored cell
         )
 

@@ -6,11 +6,13 @@ A *point* is one (trial, knob value) evaluation of a full-budget trial::
      "exit_threshold": None, "accuracy": 91.0, "energy_mj": 0.41, ...,
      "halting.alpha": 5.3, "halting.beta": -7.1}        # the trial's searched keys, dotted
 
-``method`` is the trial's halting method (stas, token_drop, timestep_exit); its knob
-(``epsilon``, ``keep_ratio``, ``exit_threshold``) holds the value evaluated, the others None.
+``method`` is the trial's halting method (a record of :mod:`stas_sweep.methods`: stas,
+token_drop, timestep_exit, ...); its knob (``epsilon``, ``keep_ratio``, ``exit_threshold``)
+holds the value evaluated, every other method's knob None.
 
-This module owns the names: the metrics every trial reports each epoch, the metrics a point
-carries, the objectives a search-space file may name and the keys a front's hover shows.
+This module names the metrics every trial reports each epoch, the metrics a point carries and
+the keys a front's hover shows; the objectives and their directions are the records of
+:mod:`stas_sweep.objectives`, the methods' knobs those of :mod:`stas_sweep.methods`.
 :func:`front_of` computes the front once; the tracker, the plots and the CLI only receive it.
 """
 
@@ -18,10 +20,11 @@ from __future__ import annotations
 
 from typing import Mapping, NamedTuple, Sequence
 
+from .. import methods, objectives as objective_records
 from .pareto import as_objectives, hypervolume, pareto_front
 
 # what a search-space file may name as an objective (or as the scheduler's metric)
-OBJECTIVE_METRICS = ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")
+OBJECTIVE_METRICS = objective_records.names()
 # metrics of one epoch, in every Tune report (Tune checks the scheduler's metric is in every result).
 # Order matters: Ray's trial table shows the first four report keys it does not know, so the
 # objectives lead
@@ -29,10 +32,11 @@ TRIAL_METRICS = (*OBJECTIVE_METRICS, "train_loss", "task_loss", "ponder_loss", "
 REPORT_KEYS = (*TRIAL_METRICS, "epoch")
 # the metrics a point carries, taken from a row of the trial's epsilon table
 POINT_METRICS = (*OBJECTIVE_METRICS, "energy_reduction")
-# each halting method's evaluation knob (as models.halting.KNOBS; kept here so the front needs no torch)
-METHOD_KNOBS = {"stas": "epsilon", "token_drop": "keep_ratio", "timestep_exit": "exit_threshold"}
-POINT_KNOBS = tuple(METHOD_KNOBS.values())
-POINT_KEYS = ("trial_id", "method", *POINT_KNOBS, *POINT_METRICS)
+
+
+def point_keys() -> tuple[str, ...]:
+    """The keys of a point that are not searched parameters: every registered method's knob."""
+    return ("trial_id", "method", *methods.knob_names(), *POINT_METRICS)
 
 
 class Front(NamedTuple):
@@ -48,7 +52,7 @@ def trial_points(trial_id: str, params: Mapping, epsilon_rows: Sequence[Mapping]
     points = []
     for row in epsilon_rows:
         p = {"trial_id": trial_id, "method": row.get("method", "stas"),
-             **{k: row.get(k) for k in POINT_KNOBS}, **{k: row.get(k) for k in POINT_METRICS}}
+             **{k: row.get(k) for k in methods.knob_names()}, **{k: row.get(k) for k in POINT_METRICS}}
         p.update(params)
         points.append(p)
     return points
@@ -64,12 +68,12 @@ def front_of(points: Sequence[Mapping], objectives, reference: Mapping[str, floa
 
 def param_keys(points: Sequence[Mapping]) -> list[str]:
     """The searched keys the points carry (every key that is not a point key), sorted."""
-    return sorted({k for p in points for k in p} - set(POINT_KEYS))
+    return sorted({k for p in points for k in p} - set(point_keys()))
 
 
 def knob_of(point: Mapping) -> tuple[str, float | None]:
     """``(name, value)`` of the knob a point was evaluated at (``epsilon`` for stas)."""
-    name = METHOD_KNOBS.get(point.get("method") or "stas", "epsilon")
+    name = methods.knob_of(point.get("method"))
     return name, point.get(name)
 
 
@@ -81,16 +85,13 @@ def hover_keys(point: Mapping) -> list[str]:
     return ["trial_id", "method", knob_of(point)[0], *param_keys([point])]
 
 
-# the direction of an objective a sweep does not name (``best:token_ratio`` on an accuracy/energy front)
-NATURAL_DIRECTIONS = {"accuracy": "max", "energy_mj": "min", "energy_strict_mj": "min", "token_ratio": "min"}
-
-
 def best_point(front: Sequence[Mapping], objective: str, objectives) -> dict:
     """The front point with the best ``objective`` (its direction from ``objectives``, else the
-    natural one); the first of equals, in the front's order."""
-    direction = {o.name: o.mode for o in as_objectives(objectives)}.get(objective, NATURAL_DIRECTIONS.get(objective))
+    natural one, :mod:`stas_sweep.objectives`); the first of equals, in the front's order."""
+    natural = objective_records.OBJECTIVES.get(objective)
+    direction = {o.name: o.mode for o in as_objectives(objectives)}.get(objective, natural and natural.direction)
     if direction is None or not front:
-        raise ValueError(f"unknown objective {objective!r}; accepted objectives: {', '.join(NATURAL_DIRECTIONS)}")
+        raise ValueError(f"unknown objective {objective!r}; accepted objectives: {', '.join(OBJECTIVE_METRICS)}")
     sign = 1.0 if direction == "max" else -1.0
     return dict(max(front, key=lambda p: sign * float(p[objective])))
 

@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .. import methods as method_records, objectives as objective_records
 from .front import hover_keys as default_hover_keys
 from .paper_results import PAPER_ENERGY_CONVENTION
 from .pareto import Objective, ObjectiveLike, _number, as_objectives, non_dominated
@@ -36,7 +37,6 @@ __all__ = ["plot_front_png", "plot_front_html", "plot_hypervolume_png"]
 
 _GREY = "#9e9e9e"
 _FRONT = "#d62728"
-METHOD_COLOURS = {"stas": "#1f77b4", "token_drop": "#2ca02c", "timestep_exit": "#9467bd", "static": "#8c564b"}
 _PAPER = "#ff7f0e"
 PAPER_LEGEND = "paper's figures (Tables 2-3; not measured)"
 
@@ -63,7 +63,7 @@ def _methods(points) -> list[str]:
 def _methods_png(ax, points, front, xy, drawable, methods) -> None:
     """One colour per method; front points larger and ringed in black."""
     for m in methods:
-        colour = METHOD_COLOURS.get(m, _GREY)
+        colour = method_records.colour_of(m, _GREY)
         for on_front in (False, True):
             idx = [i for i in drawable if points[i].get("method") == m and bool(front[i]) == on_front]
             if idx:
@@ -89,13 +89,6 @@ def _paper_png(ax, paper, x, y) -> None:
                edgecolors="black", linewidths=0.5, zorder=5, label=PAPER_LEGEND)
     for a, b, r in rows:
         ax.annotate(marker_label(r), (a, b), textcoords="offset points", xytext=(4, 4), fontsize=6, color="#7f3f00")
-
-
-def _label(name: str, objs: Sequence[Objective]) -> str:
-    for o in objs:
-        if o.name == name:
-            return o.label
-    return name
 
 
 def _prepare(points, objectives, x, y):
@@ -139,11 +132,10 @@ def _step_xy(xs, ys, where):
 
 
 def _axis_label(name: str, objs: Sequence[Objective]) -> str:
-    """``"accuracy (%, max)"``, ``"energy_mj (min)"``: the objective label, percent for accuracy."""
-    label = _label(name, objs)
-    if name == "accuracy":
-        return label.replace("accuracy (", "accuracy (%, ") if "(" in label else "accuracy (%)"
-    return label
+    """``"accuracy (%, max)"``, ``"energy_mj (min)"``: the objective's axis title
+    (:mod:`stas_sweep.objectives`) with the sweep's direction."""
+    mode = next((o.mode for o in objs if o.name == name), None)
+    return objective_records.axis_label(name, mode)
 
 
 def _overlaps(xy, idx) -> dict[int, int]:
@@ -263,7 +255,8 @@ def plot_front_html(
 
     Hovering a point shows (as its SVG tooltip) the ``hover_keys`` it has (default, ``None``:
     its trial id, epsilon and every searched parameter it carries, e.g. ``halting.alpha``;
-    see :func:`stas_sweep.sweep.front.hover_keys`) followed by the objective values and, for an
+    see :func:`stas_sweep.sweep.front.hover_keys`) followed by the objective values (the sweep's, then
+    any other objective metric it carries, e.g. ``latency_ms``) and, for an
     energy axis, the convention it was counted in (:func:`energy_convention`, with
     ``energy_version``); a paper star's tooltip says its figure is the paper's own count. No script,
     no external file: about 0.26 kB per point (255 kB for 1000), so it opens at once in MLflow's artifact
@@ -300,7 +293,8 @@ def plot_front_html(
         return H - B - (v - y0) / (y1 - y0) * (H - T - B)
 
     def fmt(v, name):
-        return f"{v:.4g}%" if name == "accuracy" else f"{v:.4g}"
+        unit = objective_records.OBJECTIVES[name].unit if name in objective_records.OBJECTIVES else ""
+        return f"{v:.4g}%" if unit == "%" else f"{v:.4g}"
 
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" style="max-width:{W}px" viewBox="0 0 {W} {H}" '
            f'font-family="sans-serif" font-size="12">',
@@ -323,10 +317,11 @@ def plot_front_html(
         for i in drawable:
             if bool(front[i]) != on_front:
                 continue
-            tip = _hover_text(points[i], keys_for(points[i]), obj_names + [x, y])
+            # the sweep's objectives first, then every other objective metric the point carries (latency_ms ...)
+            tip = _hover_text(points[i], keys_for(points[i]), obj_names + [x, y, *objective_records.names()])
             tip += "".join(f"\n{html.escape(k)}: {html.escape(c)}" for k, c in conventions)
             if methods:  # one colour per method, front points larger and ringed in black
-                colour = METHOD_COLOURS.get(points[i].get("method"), _GREY)
+                colour = method_records.colour_of(points[i].get("method"), _GREY)
                 style = (f'r="7" fill="{colour}" stroke="black" stroke-width="1.2"' if on_front
                          else f'r="5" fill="{colour}" fill-opacity="0.6" stroke="none"')
             else:
@@ -349,7 +344,7 @@ def plot_front_html(
     rows = "".join("<tr>" + "".join(f"<td>{cell(p.get(c, ''))}</td>" for c in cols) + "</tr>" for p in on)
     if methods:
         legend = " &nbsp; ".join(
-            f'<span style="color:{METHOD_COLOURS.get(m, _GREY)}">&#9679;</span> {html.escape(m)} '
+            f'<span style="color:{method_records.colour_of(m, _GREY)}">&#9679;</span> {html.escape(m)} '
             f'({sum(1 for i in drawable if points[i].get("method") == m)})' for m in methods)
         legend += f" &nbsp; (ringed: the Pareto front, {len(on)})."
     else:

@@ -30,7 +30,7 @@ from ..tracking import sqlite_path
 from ..tables import plural
 from . import storage
 from .checkpoints import restore_lost_checkpoints
-from .front import front_of, trial_points
+from .front import OBJECTIVE_METRICS, front_of, trial_points
 from .space import SweepSpec
 from .trainable import train_stage1, train_trial
 
@@ -560,7 +560,7 @@ def summarise(grid, spec: SweepSpec, path: str) -> SweepResult:
         info = {
             "trial_id": trial_id, "params": dict(r.config or {}), "epochs": m.get("training_iteration", 0),
             "full_budget": bool(m.get("full_budget")), "error": last_line(r.error) if r.error else None,
-            **{k: m.get(k) for k in ("accuracy", "energy_mj", "energy_strict_mj", "token_ratio")},
+            **{k: m.get(k) for k in OBJECTIVE_METRICS},
         }
         info["status"] = "failed" if r.error else ("finished" if info["full_budget"] else f"stopped_by_{spec.scheduler}")
         result.trials.append(info)

@@ -14,7 +14,7 @@ A file (YAML, read by :func:`stas_sweep.train.config.load_yaml`: safe loader, du
       optim.lr:        {choice: [5.0e-4, 1.0e-3]}
       model.timesteps: {int: [2, 4]}   # inclusive bounds
     eval: {epsilons: [0.0, 0.1, 0.2, 0.4]}   # baselines: also keep_ratios: [...], exit_thresholds: [...]
-    objectives: {accuracy: max, energy_mj: min}   # from accuracy, energy_mj, energy_strict_mj, token_ratio
+    objectives: {accuracy: max, energy_mj: min}   # from accuracy, energy_mj, energy_strict_mj, token_ratio, latency_ms
     reference: {accuracy: 0.0, energy_mj: 1.0}    # hypervolume reference point
     search:                           # a given point names every searched key that is not fixed
       sampler: tpe
@@ -46,12 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, create_model, model_validator
 
+from .. import methods, objectives as objective_records
 from ..errors import short
 from ..tables import plural
 from ..train.config import (
-    MAX_EPOCHS, MAX_SEED, ConfigError, Epsilon, ExperimentName, Positive, TrackingURI, TrainConfig, _Section,
+    MAX_EPOCHS, MAX_SEED, ConfigError, ExperimentName, Positive, TrackingURI, TrainConfig, _Section,
     check_name, check_uri, config_from_dict, load_yaml, merge, pydantic_message, set_dotted,
 )
 from .front import OBJECTIVE_METRICS
@@ -136,11 +137,16 @@ class Distribution(_Section):
         return math.isfinite(value) and self.args[0] <= value <= self.args[1]
 
 
-class EvalSection(_Section):
-    epsilons: Annotated[list[Epsilon], Field(min_length=1, max_length=100)] | None = None  # default: halting.epsilon
-    # the baselines' knob grids (docs/baselines.md): token_drop's keep ratios, timestep_exit's thresholds
-    keep_ratios: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1, max_length=100)] | None = None
-    exit_thresholds: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1, max_length=100)] | None = None
+def _eval_section() -> type[_Section]:
+    """``eval:``, one optional grid per method record (:mod:`stas_sweep.methods`): ``epsilons``
+    (stas; default: halting.epsilon), ``keep_ratios`` (token_drop), ``exit_thresholds``
+    (timestep_exit), each value in the knob's ``bounds``."""
+    fields = {m.grid_key: (Annotated[list[Annotated[float, Field(**m.bounds)]], Field(min_length=1, max_length=100)]
+                           | None, None) for m in methods.halting_methods() if m.grid_key}
+    return create_model("EvalSection", __base__=_Section, **fields)
+
+
+EvalSection = _eval_section()
 
 
 class SearchSection(_Section):
@@ -421,17 +427,17 @@ def load_spec(path: str | Path) -> SweepSpec:
     if len(set(epsilons)) != len(epsilons):
         raise _err(path, f"eval.epsilons has repeated values: {epsilons}")
     grids = {}
-    for key, method in (("keep_ratios", "token_drop"), ("exit_thresholds", "timestep_exit")):
-        values = getattr(doc.eval, key)
+    for m in methods.halting_methods():  # the other methods' grids (stas's is epsilons, above)
+        values = getattr(doc.eval, m.grid_key, None) if m.grid is not None and m.grid_key else None
         if values and len(set(values)) != len(values):
-            raise _err(path, f"eval.{key} has repeated values: {values}")
+            raise _err(path, f"eval.{m.grid_key} has repeated values: {values}")
         if values:
-            grids[method] = list(values)
+            grids[m.name] = list(values)
     objectives = list(doc.objectives.items())
     for metric, _ in objectives:
         if metric not in OBJECTIVE_METRICS:
             raise _err(path, f"objectives: unknown metric {short(metric)}; accepted: {', '.join(OBJECTIVE_METRICS)}")
-    defaults = {"accuracy": 0.0, "token_ratio": 1.0}
+    defaults = {o.name: o.reference for o in objective_records.OBJECTIVES.values() if o.reference is not None}
     for k, v in doc.reference.items():
         if k not in doc.objectives:
             raise _err(path, f"reference.{k}: not an objective; objectives are {', '.join(doc.objectives)}")

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from .. import methods
 from ..errors import UserError, credentials_to_env, short
 
 
@@ -171,7 +172,7 @@ MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
-Epsilon = Annotated[float, Field(ge=0, lt=1)]
+Epsilon = Annotated[float, Field(**methods.get("stas").bounds)]  # [0, 1)
 
 
 class _Section(BaseModel):
@@ -188,15 +189,17 @@ class ModelConfig(_Section):
 
 
 class HaltingSection(_Section):
-    # stas: A-SSA; token_drop: STATA-style; timestep_exit: DT-SNN-style, ours (docs/baselines.md)
-    method: Literal["stas", "token_drop", "timestep_exit"] = "stas"
+    # stas: A-SSA; token_drop: STATA-style; timestep_exit: DT-SNN-style, ours (docs/baselines.md; stas_sweep.methods)
+    method: Literal[tuple(methods.halting_names())] = "stas"
     alpha: float | None = None  # None: the paper's value for the model's family (PAPER_ALPHA_BETA)
     beta: float | None = None
     epsilon: Epsilon = 0.01
     delta_p: NonNegative = 1e-3
     accumulation: Literal["tb", "b"] = "tb"
-    keep_ratio: Annotated[float, Field(gt=0, le=1)] = 0.7  # token_drop: share of each image's tokens every block runs
-    exit_threshold: Annotated[float, Field(ge=0, le=1)] = 0.2  # timestep_exit: normalised entropy below which an image stops
+    # token_drop: share of each image's tokens every block runs, in (0, 1]
+    keep_ratio: Annotated[float, Field(**methods.get("token_drop").bounds)] = 0.7
+    # timestep_exit: normalised entropy below which an image stops, in [0, 1]
+    exit_threshold: Annotated[float, Field(**methods.get("timestep_exit").bounds)] = 0.2
 
     def model_kwargs(self, model_name: str) -> dict:
         """The model's halting arguments for the method; an unset alpha or beta takes the paper's
@@ -204,10 +207,9 @@ class HaltingSection(_Section):
         from ..models.halting import PAPER_ALPHA_BETA
         from ..models.registry import get_arch
 
-        if self.method == "token_drop":
-            return {"method": "token_drop", "keep_ratio": self.keep_ratio}
-        if self.method == "timestep_exit":
-            return {"method": "timestep_exit", "exit_threshold": self.exit_threshold}
+        if self.method != "stas":  # a baseline: its method and its knob's value in this section
+            record = methods.get(self.method)
+            return record.halting(getattr(self, record.knob))
         alpha, beta = PAPER_ALPHA_BETA[get_arch(model_name).family]
         return {"alpha": alpha if self.alpha is None else self.alpha, "beta": beta if self.beta is None else self.beta,
                 "epsilon": self.epsilon, "accumulation": self.accumulation}

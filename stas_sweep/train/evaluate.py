@@ -2,32 +2,65 @@
 (or, for the baselines, keep ratios and exit thresholds: each method's knob).
 
 Plain functions on a model and a loader, so the trainer, the ``eval`` command and the sweep's
-trainable share them. Metric names follow SPEC 2.6: ``accuracy`` (top-1, %), ``token_ratio``,
-``energy_mj`` (per image, the paper's convention), ``energy_strict_mj`` (per image, non-binary
-inputs at MAC), plus ``energy_reduction`` (% of ``energy_mj`` against the same weights with
-halting off) in epsilon tables. Every table row names its ``method`` and carries the three knobs
-``epsilon`` (stas), ``keep_ratio`` (token_drop) and ``exit_threshold`` (timestep_exit), the ones
-that do not apply being None.
+trainable share them. Metric names follow SPEC 2.6 and :mod:`stas_sweep.objectives`: ``accuracy``
+(top-1, %), ``token_ratio``, ``energy_mj`` (per image, the paper's convention), ``energy_strict_mj``
+(per image, non-binary inputs at MAC), ``latency_ms`` (median per-image forward time on this device,
+:class:`LatencyTimer`), plus ``energy_reduction`` (% of ``energy_mj`` against the same weights with
+halting off) in epsilon tables. Every table row names its ``method`` and carries every registered
+method's knob (:mod:`stas_sweep.methods`: ``epsilon``, ``keep_ratio``, ``exit_threshold``), the
+ones that do not apply being None.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .. import methods
 from ..energy import EnergyMeter
-from ..models.halting import KNOBS
 from ..models.vit import SpikingViT
-
-# the knob grid of each method when none is given (stas: the config's eval_epsilons)
-DEFAULT_GRIDS = {"token_drop": [1.0, 0.75, 0.5, 0.25], "timestep_exit": [0.0, 0.1, 0.3, 0.6]}
 
 
 Progress = Callable[[str], None]
+
+
+class LatencyTimer:
+    """Wall time of each batch's forward pass on ``device``, per image, in ms.
+
+    The first batch is the warm-up (allocator, kernels, lazy initialisation) and is not kept;
+    so is any batch of another size than the first (the last, short one): the figure is the
+    time at the loader's batch size. On CUDA the device is synchronised before and after each
+    forward, so the time is the work's, not the launch's. :meth:`median_ms` is the median over
+    the kept batches."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.size: int | None = None
+        self.per_image_ms: list[float] = []
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    @contextlib.contextmanager
+    def batch(self, n: int):
+        self._sync()
+        t0 = time.perf_counter()
+        yield
+        self._sync()
+        elapsed = time.perf_counter() - t0
+        if self.size is None:
+            self.size = n  # the warm-up batch sets the batch size
+        elif n == self.size:
+            self.per_image_ms.append(1000.0 * elapsed / n)
+
+    def median_ms(self) -> float | None:
+        return statistics.median(self.per_image_ms) if self.per_image_ms else None
 
 
 def _batches(loader, max_batches: int | None) -> str:
@@ -43,8 +76,12 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
              knob: float | None = None, energy: bool = True, energy_batches: int | None = None,
              max_batches: int | None = None, progress: Progress | None = None, every_s: float = 10.0,
              amp_dtype: torch.dtype | None = None) -> dict:
-    """Top-1 accuracy (%), mean token ratio and energy (mJ/image, ``energy_mj`` in the paper's
-    convention and ``energy_strict_mj``) over ``loader``.
+    """Top-1 accuracy (%), mean token ratio, energy (mJ/image, ``energy_mj`` in the paper's
+    convention and ``energy_strict_mj``) and latency (``latency_ms``, :class:`LatencyTimer`) over ``loader``.
+
+    The latency is timed in this same pass, so a metered batch's time includes the meter's
+    hooks (docs/latency.md); when the loader has a single full batch, that batch runs once more
+    (unmetered, uncounted) to give one timing after the warm-up.
 
     The energy meter sees the first ``energy_batches`` batches (all when None); accuracy and
     token ratio use every batch (or the first ``max_batches``). ``epsilon`` (A-SSA) or ``knob``
@@ -58,14 +95,17 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
     correct = seen = 0
     ratio_sum = 0.0
     meter = EnergyMeter(model) if energy else None
+    timer = LatencyTimer(device)
+    first = None
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         metering = meter is not None and (energy_batches is None or i < energy_batches)
         amp = torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
-        with meter if metering else contextlib.nullcontext(), amp:
+        with meter if metering else contextlib.nullcontext(), amp, timer.batch(len(x)):
             out = model(x, epsilon=epsilon, knob=knob)
+        first = x if first is None else first
         if metering:
             meter.observe(out)
         correct += int((out.logits.argmax(-1) == y).sum())
@@ -76,7 +116,11 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
             progress(f"batch {i + 1}/{total}")
     if seen == 0:
         raise ValueError("evaluation loader produced no samples")
-    result = {"accuracy": 100.0 * correct / seen, "token_ratio": ratio_sum / seen, "images": seen}
+    if timer.median_ms() is None:  # one batch only: time it again, after its warm-up
+        with amp, timer.batch(len(first)):
+            model(first, epsilon=epsilon, knob=knob)
+    result = {"accuracy": 100.0 * correct / seen, "token_ratio": ratio_sum / seen, "latency_ms": timer.median_ms(),
+              "images": seen}
     if meter is not None:
         report = meter.report()
         result["energy_mj"] = report.energy_mj
@@ -88,17 +132,19 @@ def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torc
                   energy_batches: int | None = None, max_batches: int | None = None,
                   grids: dict[str, list[float]] | None = None, progress: Progress | None = None) -> list[dict]:
     """One row per value of the model's knob: ``method, epsilon, keep_ratio, exit_threshold,
-    accuracy, token_ratio, energy_mj, energy_strict_mj, energy_reduction``.
+    accuracy, token_ratio, energy_mj, energy_strict_mj, latency_ms, energy_reduction`` (every
+    registered method's knob is a column).
 
-    An A-SSA model is evaluated at ``epsilons``; a baseline at ``grids[method]`` (default
-    :data:`DEFAULT_GRIDS`). ``energy_reduction`` is ``100 * (1 - E / E_static)`` on ``energy_mj``,
+    An A-SSA model is evaluated at ``epsilons``; another method at ``grids[method]`` (default
+    its record's ``grid``, :mod:`stas_sweep.methods`). ``energy_reduction`` is ``100 * (1 - E / E_static)`` on ``energy_mj``,
     where ``E_static`` is the same weights evaluated with halting switched off. A static model
     gives one row with ``method = static`` and every knob None. ``progress``, when given, hears
     of every pass and of its batches (e.g. ``"pass 2/5 (epsilon 0.1): batch 12/40"``).
     """
     halting = model.halting
     method = halting.method if halting is not None else "static"
-    grid = [] if halting is None else epsilons if method == "stas" else {**DEFAULT_GRIDS, **(grids or {})}[method]
+    record = methods.get(method)
+    grid = [] if halting is None else (grids or {}).get(method) or (epsilons if record.grid is None else record.grid)
     passes = 1 + len(grid)
 
     def kw(n: int, what: str) -> dict:
@@ -113,19 +159,19 @@ def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torc
         static = evaluate(model, loader, device, **kw(1, "halting off"))
     finally:
         model.set_halting(halting)
-    knobs = dict.fromkeys(KNOBS.values())
+    knobs = dict.fromkeys(methods.knob_names())
     if halting is None:
-        return [{"method": "static", **knobs, **static, "energy_reduction": 0.0}]
+        return [{"method": methods.STATIC, **knobs, **static, "energy_reduction": 0.0}]
     rows = []
     for n, value in enumerate(grid, start=2):
-        r = evaluate(model, loader, device, knob=value, **kw(n, f"{KNOBS[method]} {value:g}"))
+        r = evaluate(model, loader, device, knob=value, **kw(n, f"{record.knob} {value:g}"))
         r["energy_reduction"] = 100.0 * (1.0 - r["energy_mj"] / static["energy_mj"]) if static["energy_mj"] else 0.0
-        rows.append({"method": method, **knobs, KNOBS[method]: float(value), **r})
+        rows.append({"method": method, **knobs, record.knob: float(value), **r})
     return rows
 
 
 def _knob_text(r: dict) -> str:
-    name = KNOBS.get(r.get("method", "stas"), "epsilon")
+    name = methods.knob_of(r.get("method", "stas"))
     return "static" if r.get(name) is None else f"{name} {r[name]:g}"
 
 
@@ -140,10 +186,11 @@ def format_table(rows: list[dict]) -> str:
         Column("energy mJ", lambda r: f"{r['energy_mj']:.4f}", width=10),
         Column("strict mJ", lambda r: f"{r['energy_strict_mj']:.4f}", width=10),
         Column("reduction %", lambda r: f"{r['energy_reduction']:.1f}"),
+        Column("ms / image", lambda r: "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}", width=10),
     ]
     lines = text_table(rows, columns, rule=True)
     lines.append("energy mJ: paper convention (eqs. 11-12); strict mJ: non-binary inputs at MAC; "
-                 "reduction % of energy mJ")
+                 "reduction % of energy mJ; ms / image: median forward time on this device (docs/latency.md)")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from .. import methods
 from ..tracking import TrackingError, resolve_tracking_uri, flatten, global_tracking_uri
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -37,15 +38,14 @@ KEEP = ("model_args", "model", "epoch", "config", "data", "history")
 
 def model_description(state: dict) -> dict[str, str]:
     """Tags of a logged model: its backbone, halting method (and trained knob), timesteps, data set."""
-    from ..models.halting import KNOBS
-
     args = state["model_args"]
     halting = args.get("halting") or {}
     method = halting.get("method", "stas") if halting else "static"
     tags = {"backbone": str(args["name"]), "method": method, "timesteps": str(args.get("timesteps")),
             "img_size": str(args.get("img_size")), "data": str((state.get("data") or {}).get("name"))}
-    if method in KNOBS and halting.get(KNOBS[method]) is not None:
-        tags[f"trained_{KNOBS[method]}"] = str(halting[KNOBS[method]])
+    knob = methods.knob_of(method) if method in methods.halting_names() else None
+    if knob is not None and halting.get(knob) is not None:
+        tags[f"trained_{knob}"] = str(halting[knob])
     return tags
 
 
@@ -64,10 +64,8 @@ def _signature(state: dict):
         size = (a["timesteps"], *size)
     params = None
     if a.get("halting"):
-        from ..models.halting import KNOBS
-
         h = a["halting"]
-        params = ParamSchema([ParamSpec("knob", "double", float(h.get(KNOBS[h.get("method", "stas")], 0.0)))])
+        params = ParamSchema([ParamSpec("knob", "double", float(h.get(methods.knob_of(h.get("method", "stas")), 0.0)))])
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *size))]),
                           outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, a["num_classes"]))]),
                           params=params)
@@ -136,8 +134,6 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> dict:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ..models.halting import KNOBS
-
     store = resolve_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(store)
     rest = uri.split(":/", 1)[1].strip("/")
@@ -166,8 +162,9 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> dict:
         raise
     method = tags.get("method")
     knob = None
-    if method in KNOBS and tags.get(KNOBS[method]) not in (None, "", "None"):
-        knob = (KNOBS[method], float(tags[KNOBS[method]]))
+    name = methods.knob_of(method) if method in methods.halting_names() else None
+    if name is not None and tags.get(name) not in (None, "", "None"):
+        knob = (name, float(tags[name]))
     return {"model_uri": model, "tags": dict(tags), "knob": knob}
 
 

@@ -5,7 +5,7 @@
 
 Plain classes and functions, so the ``train`` command and the sweep's Ray trainable drive the
 same code. Per epoch it reports ``epoch, train_loss, task_loss, ponder_loss, accuracy,
-token_ratio, energy_mj, energy_strict_mj, lr, images_per_s, epoch_time_s`` and writes ``checkpoints/last.pt``
+token_ratio, energy_mj, energy_strict_mj, latency_ms, lr, images_per_s, epoch_time_s`` and writes ``checkpoints/last.pt``
 (and ``best.pt``) atomically. ``resume=True`` continues from ``last.pt`` and reproduces an
 uninterrupted run: model, optimiser, schedule, scaler, RNG state and the loaders' epoch
 streams are all restored.
@@ -249,7 +249,7 @@ class Trainer:
         r = evaluate(self.model, self.val_loader, self.device, epsilon=epsilon,
                      energy_batches=self.cfg.energy_batches, amp_dtype=self.amp_dtype)
         return {"accuracy": r["accuracy"], "token_ratio": r["token_ratio"], "energy_mj": r["energy_mj"],
-                "energy_strict_mj": r["energy_strict_mj"]}
+                "energy_strict_mj": r["energy_strict_mj"], "latency_ms": r["latency_ms"]}
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, callbacks: list[Callback] = ()) -> list[dict]:
