@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from .configs import (CONFIGS, HaltingConfig)
+from .configs import CONFIGS, HaltingConfig
 
 # the built-in methods and their evaluation knobs, as the configs name them
 METHODS = tuple(CONFIGS)
