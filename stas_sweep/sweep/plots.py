@@ -269,94 +269,30 @@ def plot_front_html(
     out = _ensure_parent(path)
     obj_names = [o.name for o in objs]
     title = title if title is not None else f"Pareto front: {y} vs {x}"
-
-    def keys_for(p):
-        return default_hover_keys(p) if hover_keys is None else list(hover_keys)
-
-    W, H, L, R, T, B = 720, 480, 80, 20, 20, 56  # canvas and margins (px)
     paper_rows = _drawable_paper(paper, x, y)
     conventions = [(f"{k} convention", c) for k in dict.fromkeys((x, y))
                    if (c := energy_convention(k, energy_version)) is not None]
     methods = _methods(points)
-    xs = [xy[i][0] for i in drawable] + [a for a, _, _ in paper_rows]
-    ys = [xy[i][1] for i in drawable] + [b for _, b, _ in paper_rows]
-    x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
-    y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
-    padx = (x1 - x0) * 0.06 or abs(x0) * 0.06 or 0.5
-    pady = (y1 - y0) * 0.06 or abs(y0) * 0.06 or 0.5
-    x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
-
-    def sx(v):
-        return L + (v - x0) / (x1 - x0) * (W - L - R)
-
-    def sy(v):
-        return H - B - (v - y0) / (y1 - y0) * (H - T - B)
-
-    def fmt(v, name):
-        unit = objective_records.OBJECTIVES[name].unit if name in objective_records.OBJECTIVES else ""
-        return f"{v:.4g}%" if unit == "%" else f"{v:.4g}"
-
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" style="max-width:{W}px" viewBox="0 0 {W} {H}" '
-           f'font-family="sans-serif" font-size="12">',
-           f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="white" stroke="#444"/>']
-    for v in _ticks(x0, x1):
-        svg.append(f'<line x1="{sx(v):.1f}" y1="{T}" x2="{sx(v):.1f}" y2="{H - B}" stroke="#e4e4e4"/>'
-                   f'<text x="{sx(v):.1f}" y="{H - B + 16}" text-anchor="middle">{fmt(v, x)}</text>')
-    for v in _ticks(y0, y1):
-        svg.append(f'<line x1="{L}" y1="{sy(v):.1f}" x2="{W - R}" y2="{sy(v):.1f}" stroke="#e4e4e4"/>'
-                   f'<text x="{L - 6}" y="{sy(v) + 4:.1f}" text-anchor="end">{fmt(v, y)}</text>')
-    svg.append(f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">'
-               f'{html.escape(_axis_label(x, objs))}</text>')
-    svg.append(f'<text transform="translate(16 {(T + H - B) / 2}) rotate(-90)" text-anchor="middle">'
-               f'{html.escape(_axis_label(y, objs))}</text>')
+    canvas = _Canvas.around([xy[i] for i in drawable] + [(a, b) for a, b, _ in paper_rows])
+    svg = canvas.frame(x, y, objs)
     if stair is not None:
         vx, vy = _step_xy(*stair)
-        pts_attr = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(vx, vy))
+        pts_attr = " ".join(f"{canvas.sx(a):.1f},{canvas.sy(b):.1f}" for a, b in zip(vx, vy))
         svg.append(f'<polyline points="{pts_attr}" fill="none" stroke="{_FRONT}" stroke-width="1.5"/>')
     for on_front in (False, True):  # front points drawn last, on top
         for i in drawable:
             if bool(front[i]) != on_front:
                 continue
+            keys = default_hover_keys(points[i]) if hover_keys is None else list(hover_keys)
             # the sweep's objectives first, then every other objective metric the point carries (latency_ms ...)
-            tip = _hover_text(points[i], keys_for(points[i]), obj_names + [x, y, *objective_records.names()])
+            tip = _hover_text(points[i], keys, obj_names + [x, y, *objective_records.names()])
             tip += "".join(f"\n{html.escape(k)}: {html.escape(c)}" for k, c in conventions)
-            if methods:  # one colour per method, front points larger and ringed in black
-                colour = method_records.colour_of(points[i].get("method"), _GREY)
-                style = (f'r="7" fill="{colour}" stroke="black" stroke-width="1.2"' if on_front
-                         else f'r="5" fill="{colour}" fill-opacity="0.6" stroke="none"')
-            else:
-                style = (f'r="6" fill="{_FRONT}" fill-opacity="0.55" stroke="black" stroke-width="0.7"' if on_front
-                         else f'r="6" fill="none" stroke="{_GREY}" stroke-width="1.5"')
-            svg.append(f'<circle cx="{sx(xy[i][0]):.1f}" cy="{sy(xy[i][1]):.1f}" {style}><title>{tip}</title></circle>')
-    svg += _paper_svg(paper_rows, sx, sy)
+            svg.append(_point_svg(canvas, xy[i], points[i].get("method"), on_front, bool(methods), tip))
+    svg += _paper_svg(paper_rows, canvas.sx, canvas.sy)
     svg.append("</svg>")
 
     on = [points[i] for i in range(len(points)) if front[i]]
-    cols = ["trial_id", "epsilon", *obj_names, *[k for k in (x, y) if k not in obj_names]]
-    cols += [k for k in sorted({k for p in on for k in default_hover_keys(p)}) if k not in cols]
-    n_other = sum(1 for i in drawable if not front[i])
-
-    def cell(v):
-        return html.escape(f"{v:.6g}" if isinstance(v, float) else str(v))
-
-    if methods and "method" not in cols:
-        cols.insert(1, "method")
-    rows = "".join("<tr>" + "".join(f"<td>{cell(p.get(c, ''))}</td>" for c in cols) + "</tr>" for p in on)
-    if methods:
-        legend = " &nbsp; ".join(
-            f'<span style="color:{method_records.colour_of(m, _GREY)}">&#9679;</span> {html.escape(m)} '
-            f'({sum(1 for i in drawable if points[i].get("method") == m)})' for m in methods)
-        legend += f" &nbsp; (ringed: the Pareto front, {len(on)})."
-    else:
-        legend = (f'<span style="color:{_FRONT}">&#9679;</span> Pareto front ({len(on)}) &nbsp; '
-                  f'<span style="color:{_GREY}">&#9675;</span> other points ({n_other}).')
-    if paper_rows:
-        legend += f' &nbsp; <span style="color:{_PAPER}">&#9733;</span> {html.escape(PAPER_LEGEND)}.'
-    for k, c in conventions:
-        legend += f" Points, {html.escape(k)}: {html.escape(c)}."
-        if paper_rows:
-            legend += f" The stars: {html.escape(PAPER_ENERGY_CONVENTION)}."
-
+    legend = _legend_html(points, drawable, front, methods, len(on), bool(paper_rows), conventions)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:16px}} table{{border-collapse:collapse;font-size:12px}}
@@ -366,11 +302,107 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} circle:hover{{st
 <p>{legend} Hover a point for its trial, epsilon and searched parameters.</p>
 {"".join(svg)}
 <h4>Front points</h4>
-<table><tr>{"".join(f"<th>{html.escape(c)}</th>" for c in cols)}</tr>{rows}</table>
+{_front_table_html(on, obj_names, x, y, bool(methods))}
 </body></html>
 """
     out.write_text(page, encoding="utf-8")
     return out
+
+
+class _Canvas:
+    """The SVG page of :func:`plot_front_html`: its size and margins (px) and the data range
+    drawn, with the maps from data to pixels."""
+
+    W, H, L, R, T, B = 720, 480, 80, 20, 20, 56
+
+    def __init__(self, x0: float, x1: float, y0: float, y1: float) -> None:
+        self.x0, self.x1, self.y0, self.y1 = x0, x1, y0, y1
+
+    @classmethod
+    def around(cls, xy: Sequence[tuple[float, float]]) -> "_Canvas":
+        """A range holding every (x, y), with 6 % to spare on each side."""
+        xs, ys = [a for a, _ in xy], [b for _, b in xy]
+        x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
+        y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
+        padx = (x1 - x0) * 0.06 or abs(x0) * 0.06 or 0.5
+        pady = (y1 - y0) * 0.06 or abs(y0) * 0.06 or 0.5
+        return cls(x0 - padx, x1 + padx, y0 - pady, y1 + pady)
+
+    def sx(self, v: float) -> float:
+        return self.L + (v - self.x0) / (self.x1 - self.x0) * (self.W - self.L - self.R)
+
+    def sy(self, v: float) -> float:
+        return self.H - self.B - (v - self.y0) / (self.y1 - self.y0) * (self.H - self.T - self.B)
+
+    def frame(self, x: str, y: str, objs) -> list[str]:
+        """The opening of the SVG: plot area, grid lines with tick labels, axis titles."""
+        W, H, L, R, T, B = self.W, self.H, self.L, self.R, self.T, self.B
+
+        def fmt(v, name):
+            unit = objective_records.OBJECTIVES[name].unit if name in objective_records.OBJECTIVES else ""
+            return f"{v:.4g}%" if unit == "%" else f"{v:.4g}"
+
+        svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" style="max-width:{W}px" viewBox="0 0 {W} {H}" '
+               f'font-family="sans-serif" font-size="12">',
+               f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="white" stroke="#444"/>']
+        for v in _ticks(self.x0, self.x1):
+            svg.append(f'<line x1="{self.sx(v):.1f}" y1="{T}" x2="{self.sx(v):.1f}" y2="{H - B}" stroke="#e4e4e4"/>'
+                       f'<text x="{self.sx(v):.1f}" y="{H - B + 16}" text-anchor="middle">{fmt(v, x)}</text>')
+        for v in _ticks(self.y0, self.y1):
+            svg.append(f'<line x1="{L}" y1="{self.sy(v):.1f}" x2="{W - R}" y2="{self.sy(v):.1f}" stroke="#e4e4e4"/>'
+                       f'<text x="{L - 6}" y="{self.sy(v) + 4:.1f}" text-anchor="end">{fmt(v, y)}</text>')
+        svg.append(f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">'
+                   f'{html.escape(_axis_label(x, objs))}</text>')
+        svg.append(f'<text transform="translate(16 {(T + H - B) / 2}) rotate(-90)" text-anchor="middle">'
+                   f'{html.escape(_axis_label(y, objs))}</text>')
+        return svg
+
+
+def _point_svg(canvas: _Canvas, xy, method: str | None, on_front: bool, by_method: bool, tip: str) -> str:
+    """One point: coloured by its method when the page shows several (front points larger and
+    ringed in black), else blue on the front and a grey ring off it; ``tip`` is its tooltip."""
+    if by_method:
+        colour = method_records.colour_of(method, _GREY)
+        style = (f'r="7" fill="{colour}" stroke="black" stroke-width="1.2"' if on_front
+                 else f'r="5" fill="{colour}" fill-opacity="0.6" stroke="none"')
+    else:
+        style = (f'r="6" fill="{_FRONT}" fill-opacity="0.55" stroke="black" stroke-width="0.7"' if on_front
+                 else f'r="6" fill="none" stroke="{_GREY}" stroke-width="1.5"')
+    return f'<circle cx="{canvas.sx(xy[0]):.1f}" cy="{canvas.sy(xy[1]):.1f}" {style}><title>{tip}</title></circle>'
+
+
+def _legend_html(points, drawable, front, methods, n_front: int, paper: bool, conventions) -> str:
+    """The line above the plot: colours and counts, the paper's stars, the energy conventions."""
+    if methods:
+        legend = " &nbsp; ".join(
+            f'<span style="color:{method_records.colour_of(m, _GREY)}">&#9679;</span> {html.escape(m)} '
+            f'({sum(1 for i in drawable if points[i].get("method") == m)})' for m in methods)
+        legend += f" &nbsp; (ringed: the Pareto front, {n_front})."
+    else:
+        n_other = sum(1 for i in drawable if not front[i])
+        legend = (f'<span style="color:{_FRONT}">&#9679;</span> Pareto front ({n_front}) &nbsp; '
+                  f'<span style="color:{_GREY}">&#9675;</span> other points ({n_other}).')
+    if paper:
+        legend += f' &nbsp; <span style="color:{_PAPER}">&#9733;</span> {html.escape(PAPER_LEGEND)}.'
+    for k, c in conventions:
+        legend += f" Points, {html.escape(k)}: {html.escape(c)}."
+        if paper:
+            legend += f" The stars: {html.escape(PAPER_ENERGY_CONVENTION)}."
+    return legend
+
+
+def _front_table_html(on: Sequence[Mapping], obj_names: list[str], x: str, y: str, by_method: bool) -> str:
+    """The front points as an HTML table: trial, knob, objectives, then their searched parameters."""
+    cols = ["trial_id", "epsilon", *obj_names, *[k for k in (x, y) if k not in obj_names]]
+    cols += [k for k in sorted({k for p in on for k in default_hover_keys(p)}) if k not in cols]
+    if by_method and "method" not in cols:
+        cols.insert(1, "method")
+
+    def cell(v):
+        return html.escape(f"{v:.6g}" if isinstance(v, float) else str(v))
+
+    rows = "".join("<tr>" + "".join(f"<td>{cell(p.get(c, ''))}</td>" for c in cols) + "</tr>" for p in on)
+    return f'<table><tr>{"".join(f"<th>{html.escape(c)}</th>" for c in cols)}</tr>{rows}</table>'
 
 
 def _paper_svg(rows, sx, sy) -> list[str]:
