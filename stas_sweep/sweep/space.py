@@ -380,6 +380,37 @@ def _check_key(path: Path, key: str) -> None:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a search-space file. Raises :class:`SpaceError`."""
     path = Path(path)
+    raw, doc = _read_file(path)
+    base, stage1 = _read_configs(path, doc)
+    params = _read_space(path, doc, base)
+    epsilons, grids = _read_eval(path, doc, base)
+    objectives, ref = _read_objectives(path, doc)
+    free = _check_points(path, doc, params)
+    max_epochs, smetric, smode = _read_scheduler(path, doc, base, objectives)
+    num_samples = doc.search.num_samples
+    if not free:  # every key fixed: one configuration, run once (Optuna has nothing to sample)
+        num_samples = 1
+    name = doc.name or path.stem
+    try:
+        check_name(name, "name")
+    except ValueError as e:
+        raise _err(path, f"{e}: the file's name is the sweep's name when name: is not given") from None
+    sched = doc.scheduler
+    return SweepSpec(
+        path=path.resolve(), name=name, base=base, stage1=stage1, params=params, epsilons=epsilons,
+        objectives=objectives, reference=ref, sampler=doc.search.sampler, seed=doc.search.seed,
+        num_samples=num_samples, points_to_evaluate=doc.search.points_to_evaluate if free else [],
+        scheduler=sched.type, scheduler_metric=smetric, scheduler_mode=smode, grace_period=sched.grace_period,
+        reduction_factor=sched.reduction_factor, max_epochs=max_epochs,
+        resources={"cpu": doc.resources.cpu, "gpu": doc.resources.gpu},
+        max_concurrent_trials=doc.max_concurrent_trials, retries=doc.retries, storage_path=doc.storage_path,
+        tracking_uri=doc.mlflow.tracking_uri, experiment=doc.mlflow.experiment or f"stas-{name}", raw=raw,
+        grids=grids,
+    )
+
+
+def _read_file(path: Path) -> tuple[dict, SpaceFile]:
+    """The file's YAML (safe loader) and its keys checked against the schema."""
     if not path.is_file():
         raise SpaceError(f"{path}: no such search-space file")
     try:
@@ -391,11 +422,13 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(raw, dict):
         raise _err(path, f"the top level must be a mapping of keys, got {short(raw)}")
     try:
-        doc = SpaceFile.model_validate(raw)
+        return raw, SpaceFile.model_validate(raw)
     except ValidationError as e:
         raise SpaceError(pydantic_message(e.errors()[0], str(path), SpaceFile)) from None
 
-    # base: the trials' stage-2 config ------------------------------------------------------
+
+def _read_configs(path: Path, doc: SpaceFile) -> tuple[TrainConfig, TrainConfig]:
+    """(base, stage 1): the trials' stage-2 config, halting on, and the shared stage 1's."""
     base_raw, base_where = _read_base(path, doc.base)
     base_raw = dict(base_raw)
     if base_raw.get("halting") is None:
@@ -407,9 +440,11 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise _err(path, f"base: {str(e).removeprefix('the mapping: ')}") from None
     if not isinstance(doc.base, dict):
         base = _absolute_root(base)
-    stage1 = _resolve_stage1(path, doc.stage1, base)
+    return base, _resolve_stage1(path, doc.stage1, base)
 
-    # space: every value a distribution can produce makes a valid trial config -------------------
+
+def _read_space(path: Path, doc: SpaceFile, base: TrainConfig) -> list[Param]:
+    """The searched keys: every value a distribution can produce makes a valid trial config."""
     params = []
     for key, dist in doc.space.items():
         _check_key(path, key)
@@ -421,8 +456,11 @@ def load_spec(path: str | Path) -> SweepSpec:
                 raise _err(path, f"space.{key}: value {short(v)} does not make a valid training config "
                                  f"({str(e).removeprefix('<trial>: ')})") from None
         params.append(Param(key, dist.kind, dist.args))
+    return params
 
-    # evaluation, objectives, reference ------------------------------------------------------
+
+def _read_eval(path: Path, doc: SpaceFile, base: TrainConfig) -> tuple[list[float], dict[str, list[float]]]:
+    """(STAS's epsilons, the other methods' knob grids), each without repeated values."""
     epsilons = list(doc.eval.epsilons or [base.halting.epsilon])
     if len(set(epsilons)) != len(epsilons):
         raise _err(path, f"eval.epsilons has repeated values: {epsilons}")
@@ -433,12 +471,17 @@ def load_spec(path: str | Path) -> SweepSpec:
             raise _err(path, f"eval.{m.grid_key} has repeated values: {values}")
         if values:
             grids[m.name] = list(values)
+    return epsilons, grids
+
+
+def _read_objectives(path: Path, doc: SpaceFile) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """(objective, direction) pairs and the hypervolume's reference value of each."""
     objectives = list(doc.objectives.items())
     for metric, _ in objectives:
         if metric not in OBJECTIVE_METRICS:
             raise _err(path, f"objectives: unknown metric {short(metric)}; accepted: {', '.join(OBJECTIVE_METRICS)}")
     defaults = {o.name: o.reference for o in objective_records.OBJECTIVES.values() if o.reference is not None}
-    for k, v in doc.reference.items():
+    for k in doc.reference:
         if k not in doc.objectives:
             raise _err(path, f"reference.{k}: not an objective; objectives are {', '.join(doc.objectives)}")
     ref = {}
@@ -450,8 +493,12 @@ def load_spec(path: str | Path) -> SweepSpec:
         else:
             raise _err(path, f"reference.{metric} is missing: the hypervolume needs a reference value for every "
                              f"objective (a value worse than any point, e.g. an energy above the static model's)")
+    return objectives, ref
 
-    # given points: every searched (not fixed) key, each value one its distribution can produce ---
+
+def _check_points(path: Path, doc: SpaceFile, params: list[Param]) -> list[str]:
+    """The given points name every searched (not fixed) key, each with a value its distribution
+    can produce. Returns the searched keys."""
     searched = {p.key: doc.space[p.key] for p in params}
     free = [k for k, d in searched.items() if d.kind != "fixed"]
     for i, point in enumerate(doc.search.points_to_evaluate):
@@ -465,8 +512,11 @@ def load_spec(path: str | Path) -> SweepSpec:
         if missing:
             raise _err(path, f"{where} misses {', '.join(missing)}: a given point names every searched key "
                              f"(Optuna cannot start a trial from part of one)")
+    return free
 
-    # scheduler -------------------------------------------------------------------------------
+
+def _read_scheduler(path: Path, doc: SpaceFile, base: TrainConfig, objectives) -> tuple[int, str, str]:
+    """(max epochs, the metric ASHA stops on, its direction)."""
     sched = doc.scheduler
     max_epochs = sched.max_epochs or base.epochs
     if sched.type == "moasha":
@@ -481,26 +531,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     smode = sched.mode or doc.objectives.get(smetric, "max")
     if sched.grace_period > max_epochs:
         raise _err(path, f"scheduler.grace_period ({sched.grace_period}) must be <= scheduler.max_epochs ({max_epochs})")
-
-    num_samples = doc.search.num_samples
-    if not free:  # every key fixed: one configuration, run once (Optuna has nothing to sample)
-        num_samples = 1
-    name = doc.name or path.stem
-    try:
-        check_name(name, "name")
-    except ValueError as e:
-        raise _err(path, f"{e}: the file's name is the sweep's name when name: is not given") from None
-    return SweepSpec(
-        path=path.resolve(), name=name, base=base, stage1=stage1, params=params, epsilons=epsilons,
-        objectives=objectives, reference=ref, sampler=doc.search.sampler, seed=doc.search.seed,
-        num_samples=num_samples, points_to_evaluate=doc.search.points_to_evaluate if free else [],
-        scheduler=sched.type, scheduler_metric=smetric, scheduler_mode=smode, grace_period=sched.grace_period,
-        reduction_factor=sched.reduction_factor, max_epochs=max_epochs,
-        resources={"cpu": doc.resources.cpu, "gpu": doc.resources.gpu},
-        max_concurrent_trials=doc.max_concurrent_trials, retries=doc.retries, storage_path=doc.storage_path,
-        tracking_uri=doc.mlflow.tracking_uri, experiment=doc.mlflow.experiment or f"stas-{name}", raw=raw,
-        grids=grids,
-    )
+    return max_epochs, smetric, smode
 
 
 def describe(spec: SweepSpec, tracking_uri: str) -> str:
