@@ -714,13 +714,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="STAS spiking vision transformers: models, energy, training and sweeps.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_models_command(sub)
+    _add_energy_command(sub)
+    _add_train_command(sub)
+    _add_eval_command(sub)
+    _add_validate_command(sub)
+    _add_run_command(sub)
+    _add_submit_command(sub)
+    _add_pareto_command(sub)
+    _add_pick_command(sub)
+    _add_ui_command(sub)
+    return parser
 
+
+def _add_models_command(sub) -> None:
     p = sub.add_parser("models", help="list the named model configurations with parameter counts")
     p.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'spikingformer-*'")
     _add_shape_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_models)
 
+
+def _add_energy_command(sub) -> None:
     p = sub.add_parser("energy", help="energy per image, firing rates and token ratio of a model")
     p.add_argument("model", help="a name from `stas-sweep models` (untrained), or a logged model: models:/NAME/VERSION "
                                  "(from stas-sweep pick; at its point's knob) or runs:/RUN_ID")
@@ -757,6 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.set_defaults(func=cmd_energy)
 
+
+def _add_train_command(sub) -> None:
     p = sub.add_parser("train", help="train one model from a YAML config (stage 1 or 2)")
     p.add_argument("config", help="training config, e.g. configs/digits_stage1.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -769,6 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "cores this process may use)")
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval_command(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint at several epsilons")
     p.add_argument("checkpoint", help="a checkpoint file, or a logged model: models:/NAME/VERSION (from stas-sweep "
                    "pick; evaluated at its point's knob unless --epsilons) or runs:/RUN_ID")
@@ -785,11 +804,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_validate_command(sub) -> None:
     p = sub.add_parser("validate", help="check a search-space file and print its resolved plan")
     p.add_argument("file")
     p.add_argument("--tracking-uri", type=_tracking_uri)
     p.set_defaults(func=cmd_validate)
 
+
+def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="run a sweep from a search-space file (the main command)")
     p.add_argument("file", help="search-space file, e.g. search_spaces/digits.yaml")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
@@ -798,6 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", type=_tracking_uri, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.set_defaults(func=cmd_run)
 
+
+def _add_submit_command(sub) -> None:
     p = sub.add_parser("submit", help="submit a sweep to a Ray cluster as a job (streams its logs)")
     p.add_argument("file", help="search-space file")
     p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
@@ -808,6 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long to retry while a head that has just started has no job agent (default 60)")
     p.set_defaults(func=cmd_submit)
 
+
+def _add_pareto_command(sub) -> None:
     p = sub.add_parser("pareto", help="print the Pareto front of the latest sweep from MLflow")
     p.add_argument("--experiment", help="MLflow experiment (default: the latest sweep of any)")
     p.add_argument("--tracking-uri", type=_tracking_uri)
@@ -816,6 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also list the paper's own figures (Tables 2-3) for the sweep's data set, marked as not measured")
     p.set_defaults(func=cmd_pareto)
 
+
+def _add_pick_command(sub) -> None:
     p = sub.add_parser("pick", help="register a front point's model in the MLflow Model Registry")
     p.add_argument("point", metavar="POINT", help="a point run id, best:<objective> (best:accuracy, best:energy_mj, "
                    "...) or knee (nearest the ideal point, each objective scaled to [0, 1] over the front) of the "
@@ -826,6 +855,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", type=_tracking_uri)
     p.set_defaults(func=cmd_pick)
 
+
+def _add_ui_command(sub) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI for the default store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=5000, help="1-65535 (default 5000)")
@@ -834,7 +865,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "MLflow's own default of 4 takes four times the memory and start-up time)")
     p.add_argument("--tracking-uri", type=_tracking_uri)
     p.set_defaults(func=cmd_ui)
-    return parser
 
 
 # the longest error message printed; anything past it (a huge echoed value) is cut
