@@ -138,3 +138,40 @@ def test_rank_seeds():
     assert len({rank_seed(7, r) for r in range(4)}) == 4
     assert rank_seed(7, 1) != epoch_seed(7, 1)
 
+
+
+@pytest.mark.slow(60)
+def test_a_sweep_whose_trials_train_on_two_workers(ray_local, tmp_path, sweep_file, mlflow_db, mlflow_runs,
+                                                    monkeypatch, capsys):
+    """Each trial drives a Ray Train worker group of 2 gloo workers (half a CPU each, beside the
+    trial's own function): the sweep ends with a front and every trial run records world_size 2."""
+    import json
+
+    from stas_sweep.cli import main
+
+    uri = mlflow_db(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    space = sweep_file(
+        tmp_path, name="ddp", resources={"workers": 2, "cpu": 0.5},
+        space={"halting.beta": {"uniform": [-8.0, -4.0]}},
+        search={"sampler": "random", "seed": 0, "num_samples": 1, "points_to_evaluate": [{"halting.beta": -6.0}]},
+        scheduler={"type": "fifo", "max_epochs": 1}, eval={"epsilons": [0.0, 0.4]}, mlflow={"experiment": "ddp"})
+    assert main(["run", str(space)]) == 0
+    capsys.readouterr()
+    assert main(["pareto", "--json", "--experiment", "ddp"]) == 0
+    assert json.loads(capsys.readouterr().out)  # a front
+    _, _, runs = mlflow_runs(uri, "ddp")
+    trials = [r for r in runs if r.data.tags.get("stas.role") == "trial"]
+    assert len(trials) == 1 and all(r.data.params.get("world_size") == "2" for r in trials), \
+        [r.data.params.get("world_size") for r in trials]
+    assert all(r.info.status == "FINISHED" for r in trials)
+
+
+def test_data_parallel_is_gone_from_the_package():
+    import re
+
+    import stas_sweep
+
+    root = Path(stas_sweep.__file__).parent
+    hits = [str(p) for p in root.rglob("*.py") if re.search(r"\b(nn\.)?DataParallel\b", p.read_text())]
+    assert not hits, hits
