@@ -94,7 +94,7 @@ def test_two_workers_with_half_batches_take_the_steps_of_one_with_the_whole(tmp_
     assert one["params"].keys() == two["params"].keys()
     moved = 0
     for k, v in one["params"].items():
-        torch.testing.assert_close(two["params"][k], v, atol=1e-5, rtol=0, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(two["params"][k], v, atol=1e-5, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
         moved += v.dtype.is_floating_point and k.endswith("running_mean")
     assert moved  # batch-norm statistics are part of what must agree
     for key in ("train_loss", "task_loss", "ponder_loss", "train_token_ratio"):

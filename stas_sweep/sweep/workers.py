@@ -69,6 +69,8 @@ def _worker_loop(config: dict) -> None:
     trainer = Trainer(config["cfg"], out, resume=resume, progress=False, log=log,
                       init_weights=None if resume else config.get("init_weights"))
     trainer.extra.update(config.get("extra") or {})
+    if resume and rank == 0:  # in the driver's output (Ray forwards worker prints): the node-loss drill reads it
+        print(f"worker group of {trainer.world}: resuming from the checkpoint of epoch {trainer.epoch}", flush=True)
     make_report = config["make_report"]
     if trainer.main:
         out.mkdir(parents=True, exist_ok=True)
