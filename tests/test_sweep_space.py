@@ -130,6 +130,7 @@ MUTATIONS = [
     (lambda r: r.update(max_concurrent_trials=0), "max_concurrent_trials must be >= 1"),
     (lambda r: r["resources"].update(cpu=0), "resources.cpu must be > 0"),
     (lambda r: r["resources"].update(gpu=1.5), "more than one GPU must be a whole number"),
+    (lambda r: r["resources"].update(gpu=2), "for data-parallel training give workers: 2, gpu: 1"),
     (lambda r: r["base"].update(optim={"grad_clip": -1.0}), "base: optim.grad_clip must be > 0"),
     (lambda r: r["base"].update(halting={"alpha": float("nan")}), "base: halting.alpha must be a finite number"),
     (lambda r: r["scheduler"].update(reduction_factor=1), "scheduler.reduction_factor must be >= 2"),

@@ -172,6 +172,9 @@ class ResourcesSection(_Section):
     def _whole_gpus(self):
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"gpu: more than one GPU must be a whole number, got {self.gpu}")
+        if self.gpu > 1 and self.workers == 1:
+            raise ValueError(f"gpu: {self.gpu:g} GPUs for one worker, which trains on one; for data-parallel "
+                             f"training give workers: {int(self.gpu)}, gpu: 1 (resources are per worker)")
         return self
 
 
