@@ -4,6 +4,7 @@ torch.multiprocessing; no Ray)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import socket
 import time
@@ -28,29 +29,33 @@ def _config(**over):
     return TrainConfig.model_validate(raw)
 
 
-def _small_data(monkeypatch_target):
-    """Make the trainer build a training set of TRAIN_N and a validation set of VAL_N digits."""
+@contextlib.contextmanager
+def _small_data():
+    """While in it, the trainer builds a training set of TRAIN_N and a validation set of VAL_N digits."""
+    import stas_sweep.train.trainer as trainer_module
     from torch.utils.data import Subset
 
-    real = monkeypatch_target.build_datasets
+    real = trainer_module.build_datasets
 
     def small(*args, **kwargs):
         train, val, info = real(*args, **kwargs)
         return Subset(train, range(TRAIN_N)), Subset(val, range(VAL_N)), info
-    monkeypatch_target.build_datasets = small
+    trainer_module.build_datasets = small
+    try:
+        yield
+    finally:
+        trainer_module.build_datasets = real
 
 
 def _run(out: str, cfg_over: dict) -> dict:
-    """One epoch (3 optimiser steps) and an evaluation, in this process, in or out of a group."""
-    import stas_sweep.train.trainer as trainer_module
+    """One epoch (3 optimiser steps), its evaluation and checkpoint, in this process, in or out of a group."""
     from stas_sweep.train.trainer import Trainer
 
-    torch.set_num_threads(1)
-    _small_data(trainer_module)
-    trainer = Trainer(_config(**cfg_over), out, progress=False, log=None)
-    train = trainer.train_epoch(0)
+    with _small_data():
+        trainer = Trainer(_config(**cfg_over), out, progress=False, log=None)
+    metrics = trainer.run_epoch(0)
     return {"params": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
-            "train": train, "val": trainer.evaluate()}
+            "train": metrics, "val": metrics}
 
 
 def _worker(rank: int, world: int, port: int, out: str, cfg_over: dict) -> None:
@@ -58,6 +63,7 @@ def _worker(rank: int, world: int, port: int, out: str, cfg_over: dict) -> None:
 
     import torch.distributed as dist
 
+    torch.set_num_threads(1)  # two workers on two cores
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
@@ -102,6 +108,14 @@ def test_two_workers_with_half_batches_take_the_steps_of_one_with_the_whole(tmp_
     # the validation numbers are the whole set's (41 images, split 21 + 20), not worker 0's share
     for key in ("accuracy", "token_ratio", "energy_mj", "energy_strict_mj"):
         assert two["val"][key] == pytest.approx(one["val"][key], rel=1e-5), key
+    # worker 0 wrote the checkpoint (the model, not its DDP wrapper): one process resumes from it
+    from stas_sweep.train.trainer import Trainer
+
+    with _small_data():
+        resumed = Trainer(_config(), tmp_path, resume=True, progress=False, log=None)
+    assert resumed.epoch == 1
+    for k, v in resumed.model.state_dict().items():
+        torch.testing.assert_close(v, two["params"][k], atol=0, rtol=0)
 
 
 def test_the_global_batch_must_split_over_the_workers():
