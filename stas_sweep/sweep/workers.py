@@ -46,15 +46,24 @@ class WorkerGroup:
 
 
 def _worker_loop(config: dict) -> None:
-    """One worker of the group (runs in a Ray Train worker, inside its process group)."""
+    """One worker of the group (runs in a Ray Train worker, inside its process group); trains in
+    ``config["out"]`` (worker 0, when given) or in a temporary folder removed at the end."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    if config.get("out") and rank == 0:
+        return _train_worker(config, rank, Path(config["out"]))
+    with tempfile.TemporaryDirectory(prefix="stas-worker-") as tmp:
+        return _train_worker(config, rank, Path(tmp))
+
+
+def _train_worker(config: dict, rank: int, out: Path) -> None:
     import ray.train
 
     from ..train.trainer import Trainer
     from .trainable import use_trial_threads
 
     use_trial_threads(config["cpu"])
-    rank = ray.train.get_context().get_world_rank()
-    out = Path(config["out"]) if config.get("out") and rank == 0 else Path(tempfile.mkdtemp(prefix="stas-worker-"))
     resume = False
     # the run's last one (a group restarted after a failure), else the caller's (a resumed run)
     checkpoint = ray.train.get_checkpoint() or config.get("resume_from")
@@ -74,7 +83,7 @@ def _worker_loop(config: dict) -> None:
     make_report = config["make_report"]
     if trainer.main:
         out.mkdir(parents=True, exist_ok=True)
-        trainer._write_config()
+        trainer.write_config()
     for epoch in range(trainer.epoch, trainer.cfg.epochs):
         metrics = trainer.run_epoch(epoch)
         report = make_report(trainer, metrics)  # every worker: a final evaluation is a collective

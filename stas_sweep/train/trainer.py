@@ -291,7 +291,7 @@ class Trainer:
     def fit(self, callbacks: list[Callback] = ()) -> list[dict]:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._write_config()
+            self.write_config()
         for epoch in range(self.epoch, self.cfg.epochs):
             metrics = self.run_epoch(epoch)
             for cb in callbacks:
@@ -344,7 +344,7 @@ class Trainer:
                 f.write(json.dumps(h) + "\n")
         return path
 
-    def _write_config(self) -> None:
+    def write_config(self) -> None:
         import yaml
 
         (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
