@@ -98,14 +98,9 @@ def ray_start(args: list[str], env: dict) -> None:
 
 
 def trial_checkpoints(results: Path) -> dict[str, int]:
-    """Checkpoints so far of each trial's worker-group runs (stage 1's runs are named train-*)."""
-    runs = results / "drill" / "worker-runs"
-    found: dict[str, int] = {}
-    for run in runs.glob("*") if runs.is_dir() else []:
-        if run.is_dir() and not run.name.startswith("train-"):
-            trial = run.name.rsplit("-", 1)[0]
-            found[trial] = found.get(trial, 0) + len(list(run.glob("checkpoint_*")))
-    return found
+    """Tune checkpoints so far of each trial (one per epoch reported to Tune)."""
+    return {d.name.split("_")[2]: len(list(d.glob("checkpoint_*")))
+            for d in (results / "drill").glob("train_trial_*") if d.is_dir()}
 
 
 def check_store(uri: str) -> list[str]:
