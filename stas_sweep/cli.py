@@ -356,7 +356,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     out = Path(args.output_dir) if args.output_dir else Path("runs") / Path(args.config).stem
     if args.workers > 1:
-        from .sweep.workers import train_on_workers
+        from .sweep.train_workers import train_on_workers
 
         run = train_on_workers(cfg, out, args.workers, resume=args.resume, tracking_uri=args.tracking_uri,
                                mlflow=not args.no_mlflow, source=args.config)
