@@ -348,11 +348,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads {args.threads}: give a whole number of at least 1")
     if args.output_dir is not None and not args.output_dir.strip():
         raise UsageError("--output-dir '': give a folder for the run (default: ./runs/<config name>)")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: give a whole number of at least 1")
     threads = set_threads(args.threads)
     cfg = load_config(args.config, args.set)
     out = Path(args.output_dir) if args.output_dir else Path("runs") / Path(args.config).stem
-    run = train_run(cfg, out, resume=args.resume, progress=not args.no_progress, tracking_uri=args.tracking_uri,
-                    mlflow=not args.no_mlflow, threads=threads, source=args.config)
+    if args.workers > 1:
+        from .sweep.train_workers import train_on_workers
+
+        run = train_on_workers(cfg, out, args.workers, resume=args.resume, tracking_uri=args.tracking_uri,
+                               mlflow=not args.no_mlflow, source=args.config)
+    else:
+        run = train_run(cfg, out, resume=args.resume, progress=not args.no_progress,
+                        tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow, threads=threads, source=args.config)
     final = run.history[-1] if run.history else {}
     print(f"done: accuracy {final.get('accuracy', float('nan')):.2f}%, token ratio "
           f"{final.get('token_ratio', float('nan')):.3f}, energy {final.get('energy_mj', float('nan')):.4f} mJ; "
@@ -784,6 +792,8 @@ def _add_train_command(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the "
                                                "cores this process may use)")
+    p.add_argument("--workers", type=int, default=1, help="data-parallel workers (Ray Train DDP; batch_size is the "
+                                                          "global batch, split over them; default 1: this process)")
     p.set_defaults(func=cmd_train)
 
 

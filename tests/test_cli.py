@@ -185,10 +185,12 @@ def test_validate_warns_when_resources_exceed_this_machine(tmp_path, sweep_file,
     from stas_sweep.sweep.runner import local_resources
 
     have = local_resources()
-    space = sweep_file(tmp_path, resources={"cpu": have["cpu"] + 64, "gpu": have["gpu"] + 2})
+    # per worker; a trial holds 2 workers' and 0.2 CPU for its own function
+    space = sweep_file(tmp_path, resources={"workers": 2, "cpu": have["cpu"] + 64, "gpu": have["gpu"] + 1})
     assert main(["validate", str(space)]) == 0  # a warning, not an error: the file may be for a cluster
     err = capsys.readouterr().err
-    assert f"resources.cpu = {have['cpu'] + 64}" in err and f"resources.gpu = {have['gpu'] + 2}" in err
+    cpu, gpu = 2 * (have["cpu"] + 64) + 0.2, 2 * (have["gpu"] + 1)
+    assert f"resources.cpu = {cpu:g}" in err and f"resources.gpu = {gpu:g}" in err, err
     assert main(["validate", str(sweep_file(tmp_path, resources={"cpu": 1}))]) == 0
     assert "warning" not in capsys.readouterr().err
 

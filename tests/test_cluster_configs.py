@@ -466,3 +466,19 @@ def test_local_ray_listens_on_loopback_only(ray_local):
     assert len(listening) >= 4, listening  # gcs, raylet (2), driver, worker, agents
     assert all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in listening), listening
     assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+
+
+def test_the_4_gpu_per_trial_example_fits_one_trial_per_pod():
+    """cluster/kuberay-ddp-4gpu.yaml: a pod holds one trial of resources {workers: 4, cpu: 8, gpu: 1}
+    (its workers and the 0.2 CPU of the trial's function), with the protections of the main cluster."""
+    from stas_sweep.sweep.space import DRIVER_CPU
+
+    doc = _one(CLUSTER / "kuberay-ddp-4gpu.yaml")
+    assert doc["kind"] == "RayCluster"
+    _check_ray_cluster_spec(doc["spec"], "kuberay-ddp-4gpu.yaml")
+    assert doc["spec"]["authOptions"]["mode"] == "token"
+    (group,) = doc["spec"]["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 4
+    assert float(limits["cpu"]) >= 4 * 8 + DRIVER_CPU
+    assert "resources: {workers: 4, cpu: 8, gpu: 1}" in (CLUSTER / "kuberay-ddp-4gpu.yaml").read_text()

@@ -221,36 +221,6 @@ def test_sml_loss_is_the_public_codes_on_a_two_block_toy_model():
         sml.loss(torch.nn.functional.cross_entropy, out.logits, y)
 
 
-def test_sml_puts_data_parallel_slices_back_in_device_order():
-    """Under DataParallel each replica's block output is a slice of the batch on its own device;
-    SML joins them in device order, the order DataParallel scatters and gathers (CPU tensors
-    stand in for the replicas' here)."""
-    from stas_sweep.train.sml import SML
-
-    a, b, c = (torch.full((2, n, 4, 8), float(n)) for n in (1, 2, 3))  # [T', b, K, D] slices
-    parts = {torch.device("cuda", 2): c, torch.device("cuda", 0): a, torch.device("cuda", 1): b}
-    whole = SML._whole_batch(parts, torch.device("cpu"))
-    assert whole.shape == (2, 6, 4, 8) and whole[0, :, 0, 0].tolist() == [1, 2, 2, 3, 3, 3]
-
-
-def test_data_parallel_gather_merges_replica_outputs():
-    """The gather of a multi-GPU trial (run here on CPU tensors: no GPU on this machine)."""
-    from stas_sweep import create_model
-    from stas_sweep.train.parallel import merge_outputs, wrap_data_parallel
-
-    torch.manual_seed(0)
-    m = create_model("spikingformer-1-16", img_size=16, halting={"alpha": 5.0, "beta": -5.0}).eval()
-    x = torch.rand(5, 3, 16, 16)
-    with torch.no_grad():
-        whole = m(x)
-        merged = merge_outputs([m(x[:2]), m(x[2:])], torch.device("cpu"))
-    for name in ("logits", "cells_processed", "active_tokens", "halting_scores", "halting_probs"):
-        torch.testing.assert_close(getattr(merged, name), getattr(whole, name))
-    torch.testing.assert_close(merged.ponder_loss, whole.ponder_loss)
-    torch.testing.assert_close(merged.token_ratio, whole.token_ratio)
-    assert wrap_data_parallel(m, torch.device("cpu")) is m  # one device: no wrapper
-
-
 def test_training_config_rejects_a_key_given_twice(tmp_path, capsys, tiny_config):
     path = tmp_path / "twice.yaml"
     path.write_text(yaml.safe_dump(tiny_config) + "epochs: 3\n")

@@ -26,11 +26,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .errors import DataError
 
-__all__ = ["epoch_seed", "EpochShuffleSampler", "EpochDataLoader", "build_loaders", "build_mixup", "FrameMixup"]
+__all__ = ["epoch_seed", "rank_seed", "EpochShuffleSampler", "EpochDistributedSampler", "EpochDataLoader", "build_loaders", "build_mixup", "FrameMixup"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -39,6 +39,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     if seed < 0 or epoch < 0:
         raise DataError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of worker ``rank`` of a data-parallel run whose seed is ``seed``: ``seed`` itself for
+    rank 0 (one worker draws exactly what a single process draws), a 63-bit ``SeedSequence`` value
+    for the others (kept apart from :func:`epoch_seed`'s by a third entry)."""
+    if rank == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(rank), 1]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -59,6 +68,32 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+class EpochDistributedSampler(DistributedSampler):
+    """Worker ``rank``'s share of :class:`EpochShuffleSampler`'s order: positions ``rank, rank +
+    world, ...`` of the epoch's permutation (``set_epoch`` as in ``DistributedSampler``).
+
+    Each worker's ``j``-th batch of ``b / world`` samples is then a slice of the same positions as a
+    single process's ``j``-th batch of ``b``: the workers together see exactly its samples. With
+    ``drop_last`` (training) the tail that does not divide over the workers is dropped; without
+    (evaluation) nothing is padded or repeated, so the shares may differ by one sample and their
+    sums are the whole set's.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, shuffle: bool, rank: int, world: int, drop_last: bool) -> None:
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.n = len(dataset)
+        self.total = self.n - self.n % world if drop_last else self.n
+        self.num_samples = len(range(rank, self.total, world))
+
+    def __iter__(self) -> Iterator[int]:
+        order = EpochShuffleSampler(self.n, self.seed, self.shuffle)
+        order.set_epoch(self.epoch)
+        return iter(list(order)[self.rank:self.total:self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class _PrivateRNG:
@@ -104,18 +139,24 @@ class EpochDataLoader(DataLoader):
         dataset: map-style data set.
         seed: base seed (>= 0).
         shuffle: shuffle each epoch (training) or keep the order (evaluation).
+        rank, world: this worker and the number of data-parallel workers; with ``world > 1`` the
+            loader yields worker ``rank``'s share (:class:`EpochDistributedSampler`), and its
+            augmentation draws from ``rank_seed(seed, rank)``.
         **kwargs: passed to ``DataLoader`` (batch_size, num_workers, drop_last, pin_memory,
             collate_fn ...); ``sampler``, ``shuffle``, ``generator`` and ``persistent_workers``
             are set here.
     """
 
-    def __init__(self, dataset: Dataset, *, seed: int = 0, shuffle: bool = True, **kwargs) -> None:
+    def __init__(self, dataset: Dataset, *, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 **kwargs) -> None:
         for k in ("sampler", "batch_sampler", "generator", "persistent_workers"):
             if k in kwargs:
                 raise TypeError(f"EpochDataLoader sets {k!r} itself")
-        super().__init__(dataset, sampler=EpochShuffleSampler(len(dataset), seed, shuffle),
-                         generator=torch.Generator(), persistent_workers=False, **kwargs)
+        sampler = EpochShuffleSampler(len(dataset), seed, shuffle) if world == 1 else \
+            EpochDistributedSampler(dataset, seed, shuffle, rank, world, drop_last=kwargs.get("drop_last", False))
+        super().__init__(dataset, sampler=sampler, generator=torch.Generator(), persistent_workers=False, **kwargs)
         self.seed = int(seed)
+        self.draw_seed = rank_seed(seed, rank)  # this worker's augmentation stream
         self.next_epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -126,7 +167,7 @@ class EpochDataLoader(DataLoader):
 
     def __iter__(self):
         epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
-        s = epoch_seed(self.seed, epoch)
+        s = epoch_seed(self.draw_seed, epoch)
         self.sampler.set_epoch(epoch)
         self.generator.manual_seed(s)  # the workers' base seed is drawn from it
         it = super().__iter__()
@@ -135,7 +176,7 @@ class EpochDataLoader(DataLoader):
 
 def build_loaders(train_ds: Dataset, val_ds: Dataset, batch_size: int, workers: int = 0, seed: int = 0, *,
                   val_batch_size: int | None = None, drop_last: bool = True, pin_memory: bool = False,
-                  start_epoch: int = 0) -> tuple[EpochDataLoader, EpochDataLoader]:
+                  start_epoch: int = 0, rank: int = 0, world: int = 1) -> tuple[EpochDataLoader, EpochDataLoader]:
     """(train, val) loaders: train shuffled per epoch and reproducible (:class:`EpochDataLoader`),
     val in order with every sample (``drop_last=False``).
 
@@ -147,13 +188,15 @@ def build_loaders(train_ds: Dataset, val_ds: Dataset, batch_size: int, workers: 
         seed: base seed of the shuffling and augmentation streams.
         val_batch_size: defaults to ``batch_size``.
         start_epoch: the epoch the first ``iter(train_loader)`` produces (for resuming).
+        rank, world: data-parallel worker and number of workers: each loader then yields the
+            worker's share of every epoch, ``batch_size`` being the worker's batch.
     """
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
-    if drop_last and len(train_ds) < batch_size:
-        raise DataError(f"the training set has {len(train_ds)} samples, fewer than batch_size={batch_size}: "
+    if drop_last and len(train_ds) < batch_size * world:
+        raise DataError(f"the training set has {len(train_ds)} samples, fewer than batch_size={batch_size * world}: "
                          "with drop_last=True no batch would be produced")
-    common = dict(num_workers=workers, pin_memory=pin_memory)
+    common = dict(num_workers=workers, pin_memory=pin_memory, rank=rank, world=world)
     train = EpochDataLoader(train_ds, seed=seed, shuffle=True, batch_size=batch_size, drop_last=drop_last, **common)
     train.set_epoch(start_epoch)
     val = EpochDataLoader(val_ds, seed=seed, shuffle=False, batch_size=val_batch_size or batch_size,

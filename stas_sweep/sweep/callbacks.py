@@ -29,8 +29,9 @@ from .front import TRIAL_METRICS, front_of, trial_points
 
 
 class TrackerCallback(tune.Callback):
-    def __init__(self, tracker, objectives, reference: dict) -> None:
+    def __init__(self, tracker, objectives, reference: dict, world_size: int = 1) -> None:
         self.tracker = tracker
+        self.world_size = world_size  # each trial run's param world_size
         self.objectives, self.reference = list(objectives), dict(reference)
         self._points: list[dict] | None = None
 
@@ -46,7 +47,8 @@ class TrackerCallback(tune.Callback):
         return self._points
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.child(trial.trial_id, trial.config, started=True)
+        self.tracker.child(trial.trial_id, {**trial.config, "world_size": getattr(self, "world_size", 1)},
+                           started=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get(REPLAYED):  # logged by the driver that was killed (see checkpoints.py)

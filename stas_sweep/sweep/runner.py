@@ -31,8 +31,13 @@ from ..tables import plural
 from . import storage
 from .checkpoints import restore_lost_checkpoints
 from .front import OBJECTIVE_METRICS, front_of, trial_points
-from .space import SweepSpec
-from .trainable import train_stage1, train_trial
+from .space import DRIVER_CPU, SweepSpec
+from .trainable import train_stage1, train_stage1_on_workers, train_trial
+from .workers import WorkerGroup
+
+# restarts of a worker group (a lost worker or node) from its last checkpoint, before the trial
+# fails and Tune's own retries (``retries``) take over
+WORKER_GROUP_RETRIES = 2
 
 
 class SweepError(RuntimeError):
@@ -159,7 +164,8 @@ def check_resources(spec: SweepSpec, strict: bool = True, log=print) -> None:
     import ray
 
     total = ray.cluster_resources()
-    need = {"CPU": spec.resources["cpu"], "GPU": spec.resources["gpu"]}
+    trial = spec.trial_resources()
+    need = {"CPU": trial["cpu"], "GPU": trial["gpu"]}
     missing = [f"{k}: a trial needs {v:g}, the cluster has {total.get(k, 0):g}" for k, v in need.items()
                if v and total.get(k, 0) < v]
     if missing and strict:
@@ -184,10 +190,10 @@ def local_resources() -> dict:
 
 def beyond_this_machine(spec: SweepSpec, have: dict | None = None) -> list[tuple[str, float, int]]:
     """``(key, per trial, this machine)`` for each of ``cpu``/``gpu`` a trial asks more of than this
-    machine has."""
+    machine has (a trial: all its workers, and with several the CPU share of its own function)."""
     have = local_resources() if have is None else have
-    return [(k, spec.resources[k], have[k]) for k in ("cpu", "gpu")
-            if spec.resources.get(k) and spec.resources[k] > have[k]]
+    need = spec.trial_resources()
+    return [(k, need[k], have[k]) for k in ("cpu", "gpu") if need[k] and need[k] > have[k]]
 
 
 def local_resource_warnings(spec: SweepSpec, have: dict | None = None) -> list[str]:
@@ -230,9 +236,13 @@ def stage1_weights(spec: SweepSpec, log=print) -> dict:
         log(f"stage 1: training once for this sweep in {out}")
     else:
         log("stage 1: training once for this sweep (storage is remote: kept in memory for the trials)")
-    task = ray.remote(train_stage1).options(num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"])
     try:
-        weights, history = ray.get(task.remote(cfg, str(out) if out else None))
+        if worker_group(spec).workers > 1:  # driven from here, like a trial's worker group
+            weights, history = train_stage1_on_workers(cfg, str(out) if out else None, worker_group(spec),
+                                                       f"{experiment_path(spec)}/worker-runs")
+        else:
+            task = ray.remote(train_stage1).options(num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"])
+            weights, history = ray.get(task.remote(cfg, str(out) if out else None))
     except ray.exceptions.RayTaskError as e:
         from ..errors import UserError
 
@@ -244,6 +254,19 @@ def stage1_weights(spec: SweepSpec, log=print) -> dict:
         log(f"stage 1: accuracy {h['accuracy']:.2f}%, energy {h['energy_mj']:.4f} mJ "
             f"(strict {h.get('energy_strict_mj', float('nan')):.4f}) after {plural(h['epoch'], 'epoch')}")
     return {k: torch.as_tensor(v) for k, v in weights.items()}
+
+
+def worker_group(spec: SweepSpec) -> WorkerGroup:
+    r = spec.resources
+    return WorkerGroup(workers=r.get("workers", 1), cpu=r["cpu"], gpu=r["gpu"], retries=WORKER_GROUP_RETRIES)
+
+
+def trial_function_resources(spec: SweepSpec) -> dict:
+    """What Tune reserves for a trial's function: a one-worker trial trains in it; one of several
+    workers drives the worker group, whose workers Ray Train reserves themselves."""
+    if spec.resources.get("workers", 1) > 1:
+        return {"cpu": DRIVER_CPU, "gpu": 0}
+    return {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
 
 
 def build_searcher(spec: SweepSpec):
@@ -382,10 +405,11 @@ def _run_sweep(spec: SweepSpec, address, resume: bool, callbacks, log, verbose: 
 
     if trainable is None:
         fn = tune.with_parameters(train_trial, base=spec.base, epochs=spec.max_epochs, epsilons=spec.epsilons,
-                                  grids=spec.grids, stage1_weights=stage1_weights(spec, log=log))
+                                  grids=spec.grids, stage1_weights=stage1_weights(spec, log=log),
+                                  group=worker_group(spec), storage_path=spec.storage_dir())
     else:
         fn = tune.with_parameters(trainable, epochs=spec.max_epochs, epsilons=spec.epsilons)
-    trainable = tune.with_resources(fn, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
+    trainable = tune.with_resources(fn, trial_function_resources(spec))
     if resume:
         set_aside_broken_saves(path, log=log)
         restore_lost_checkpoints(path, log=log)
@@ -506,7 +530,8 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
         tracker.start_parent(spec, plan)
         try:
             result = run_sweep(spec, address=address, resume=resume, log=log, trainable=trainable,
-                               callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference)])
+                               callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference,
+                                                          world_size=spec.resources.get("workers", 1))])
         except KeyboardInterrupt:
             _close(tracker, "KILLED", None, log)
             raise

@@ -25,7 +25,7 @@ A file (YAML, read by :func:`stas_sweep.train.config.load_yaml`: safe loader, du
     scheduler: {type: moasha, grace_period: 1, reduction_factor: 2, max_epochs: 4}
     # moasha (default): early stopping on every objective (Pareto rank, see sweep/moasha.py), no metric/mode;
     # asha: on one metric (scheduler.metric, default the first objective; scheduler.mode); fifo: none
-    resources: {cpu: 1, gpu: 0}
+    resources: {cpu: 1, gpu: 0}       # per worker; workers: K trains each trial on K DDP workers (Ray Train)
     max_concurrent_trials: 2
     retries: 0
     storage_path: ./ray_results       # relative to the working directory, or s3:// gs://
@@ -165,7 +165,12 @@ class SchedulerSection(_Section):
     max_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = None  # default: the base config's epochs
 
 
+# what the function of a trial that drives a worker group (workers > 1) reserves for itself
+DRIVER_CPU = 0.2
+
+
 class ResourcesSection(_Section):
+    workers: Annotated[int, Field(ge=1, le=1024)] = 1  # data-parallel workers per trial (and stage 1)
     cpu: Annotated[float, Field(gt=0, le=4096)] = 1
     gpu: Annotated[float, Field(ge=0, le=1024)] = 0
 
@@ -173,6 +178,9 @@ class ResourcesSection(_Section):
     def _whole_gpus(self):
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"gpu: more than one GPU must be a whole number, got {self.gpu}")
+        if self.gpu > 1 and self.workers == 1:
+            raise ValueError(f"gpu: {self.gpu:g} GPUs for one worker, which trains on one; for data-parallel "
+                             f"training give workers: {int(self.gpu)}, gpu: 1 (resources are per worker)")
         return self
 
 
@@ -256,7 +264,7 @@ class SweepSpec:
     grace_period: int = 1
     reduction_factor: int = 2
     max_epochs: int = 1
-    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    resources: dict = field(default_factory=lambda: {"workers": 1, "cpu": 1, "gpu": 0})  # cpu, gpu: per worker
     max_concurrent_trials: int | None = None
     retries: int = 0
     storage_path: str = "ray_results"
@@ -273,6 +281,12 @@ class SweepSpec:
         cfg.pop("tracking", None)
         text = json.dumps(cfg, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def trial_resources(self) -> dict:
+        """``{"cpu", "gpu"}`` one trial holds in all: its workers', and with several workers the
+        fraction of a CPU its own function (the worker group's driver) reserves."""
+        k = self.resources.get("workers", 1)
+        return {"cpu": k * self.resources["cpu"] + (DRIVER_CPU if k > 1 else 0.0), "gpu": k * self.resources["gpu"]}
 
     def storage_dir(self) -> str:
         p = self.storage_path
@@ -387,6 +401,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     objectives, ref = _read_objectives(path, doc)
     free = _check_points(path, doc, params)
     max_epochs, smetric, smode = _read_scheduler(path, doc, base, objectives)
+    _check_workers(path, doc, base, stage1)
     num_samples = doc.search.num_samples
     if not free:  # every key fixed: one configuration, run once (Optuna has nothing to sample)
         num_samples = 1
@@ -402,7 +417,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         num_samples=num_samples, points_to_evaluate=doc.search.points_to_evaluate if free else [],
         scheduler=sched.type, scheduler_metric=smetric, scheduler_mode=smode, grace_period=sched.grace_period,
         reduction_factor=sched.reduction_factor, max_epochs=max_epochs,
-        resources={"cpu": doc.resources.cpu, "gpu": doc.resources.gpu},
+        resources={"workers": doc.resources.workers, "cpu": doc.resources.cpu, "gpu": doc.resources.gpu},
         max_concurrent_trials=doc.max_concurrent_trials, retries=doc.retries, storage_path=doc.storage_path,
         tracking_uri=doc.mlflow.tracking_uri, experiment=doc.mlflow.experiment or f"stas-{name}", raw=raw,
         grids=grids,
@@ -532,6 +547,19 @@ def _read_scheduler(path: Path, doc: SpaceFile, base: TrainConfig, objectives) -
     if sched.grace_period > max_epochs:
         raise _err(path, f"scheduler.grace_period ({sched.grace_period}) must be <= scheduler.max_epochs ({max_epochs})")
     return max_epochs, smetric, smode
+
+
+def _check_workers(path: Path, doc: SpaceFile, base: TrainConfig, stage1: TrainConfig) -> None:
+    """The global batch of stage 1 and of the trials splits over ``resources.workers``."""
+    workers = doc.resources.workers
+    for key, cfg in (("base", base), ("stage1", stage1)):
+        if cfg.batch_size % workers:
+            raise _err(path, f"resources.workers is {workers} and {key}'s batch_size {cfg.batch_size} (the global "
+                             f"batch) does not split over them; give a batch_size that is a multiple of {workers}")
+    if workers > 1 and base.sync_bn:
+        from ..train.distributed import check_sync_bn  # (loads torch)
+
+        check_sync_bn(base, workers, f"{path}: base")
 
 
 def describe(spec: SweepSpec, tracking_uri: str) -> str:

@@ -5,12 +5,19 @@ reports every metric every epoch with a Tune checkpoint, and after its last epoc
 the model at every value of its method's knob (``epsilon_table``: the sweep's epsilons for
 STAS, its ``eval.keep_ratios`` / ``eval.exit_thresholds`` for the baselines), so one training
 yields several candidate points for the front.
+
+With ``resources.workers`` K > 1 the trial's function drives a worker group (:mod:`.workers`:
+a Ray Train ``TorchTrainer`` over K DDP workers) and reports what the group reports; with one
+worker it trains in its own process, as a worker group's start-up (seconds of Ray actors and a
+process group) would cost a one-worker trial more than its epochs on a small model.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from ..train.trainer import Trainer
 from . import checkpoints
 from .front import REPORT_KEYS
 from .space import trial_config
+from .workers import WorkerGroup, fit_workers
 
 
 def use_trial_threads(cpus: float | None = None) -> int | None:
@@ -55,26 +63,85 @@ def stored_names(working: str | Path, stored: str | None):
         raise type(e)(str(e).replace(str(working), str(stored))) from None
 
 
+def trial_report(trainer: Trainer, metrics: dict, *, epochs: int, epsilons: list[float],
+                 grids: dict[str, list[float]] | None) -> dict:
+    """A trial's report of one epoch; after its last, with the epsilon table (run by every worker)."""
+    epoch = metrics["epoch"]
+    report = {k: metrics[k] for k in REPORT_KEYS}
+    report["full_budget"] = epoch == epochs
+    if epoch == epochs:
+        report["epsilon_table"] = json.dumps(final_evaluation(trainer, epsilons, grids))
+    return report
+
+
 def train_trial(config: dict, *, base: TrainConfig, epochs: int, epsilons: list[float], stage1_weights: dict,
-                grids: dict[str, list[float]] | None = None) -> None:
+                grids: dict[str, list[float]] | None = None, group: WorkerGroup | None = None,
+                storage_path: str | None = None) -> None:
     """Function trainable: ``config`` holds the sampled dotted keys of one trial; ``grids`` the
-    knob grids of the baselines (method -> values)."""
+    knob grids of the baselines (method -> values); ``group``: train on a worker group, keeping
+    its runs under ``storage_path``."""
     from ray import tune
 
-    use_trial_threads()
     cfg = trial_config(base, config, epochs)
+    make_report = functools.partial(trial_report, epochs=epochs, epsilons=epsilons, grids=grids)
     out = Path(tune.get_context().get_trial_dir()) / "train"
     stored = checkpoints.resume_files(out / "checkpoints")  # a retried or resumed trial continues from its last epoch
+    if group is not None and group.workers > 1:
+        return _train_trial_on_workers(cfg, group, storage_path, make_report, stage1_weights, stored is not None)
+    use_trial_threads()
     with stored_names(out / "checkpoints", stored):
         trainer = Trainer(cfg, out, resume=stored is not None, progress=False, log=None,
                           init_weights=None if stored else stage1_weights)
     for epoch in range(trainer.epoch, cfg.epochs):
         metrics = trainer.run_epoch(epoch)
-        report = {k: metrics[k] for k in REPORT_KEYS}
-        report["full_budget"] = epoch + 1 == epochs
-        if epoch + 1 == epochs:
-            report["epsilon_table"] = json.dumps(final_evaluation(trainer, epsilons, grids))
-        checkpoints.report(report, {"last.pt": trainer.last_path})
+        checkpoints.report(make_report(trainer, metrics), {"last.pt": trainer.last_path})
+
+
+def _train_trial_on_workers(cfg: TrainConfig, group: WorkerGroup, storage_path: str, make_report,
+                            stage1_weights: dict, resume: bool) -> None:
+    """The trial on a worker group: a fresh Ray Train run, from the trial's Tune checkpoint when it
+    has one (a retried or resumed trial), whose every epoch is reported to Tune with a Tune
+    checkpoint of its ``last.pt``."""
+    from ray import tune
+
+    ctx = tune.get_context()
+    resume_from = tune.get_checkpoint() if resume else None
+
+    def forward(report: dict, checkpoint) -> None:
+        with checkpoint.as_directory() as d:
+            checkpoints.report(report, {"last.pt": Path(d) / "last.pt"})
+
+    fit_workers(cfg, group, storage_path=f"{storage_path.rstrip('/')}/{ctx.get_experiment_name()}/worker-runs",
+                name=f"{ctx.get_trial_id()}-{uuid.uuid4().hex[:8]}",
+                make_report=make_report, on_report=forward, init_weights=stage1_weights, resume_from=resume_from)
+
+
+def stage1_report(trainer: Trainer, metrics: dict) -> dict:
+    return dict(metrics)
+
+
+def train_stage1_on_workers(cfg: TrainConfig, out_dir: str | None, group: WorkerGroup,
+                            storage_path: str) -> tuple[dict, list[dict]]:
+    """:func:`train_stage1` on a worker group, driven from the calling process (the sweep's driver):
+    worker 0 trains into ``out_dir`` (a path every node sees), resuming from its ``last.pt``."""
+    import ray.train
+    import torch
+
+    from ..train.checkpoint import load_checkpoint
+
+    last = Path(out_dir) / "checkpoints" / "last.pt" if out_dir else None
+    resume_from = ray.train.Checkpoint.from_directory(str(last.parent)) if last and last.is_file() else None
+    final: dict = {}
+
+    def keep(_report: dict, checkpoint) -> None:
+        with checkpoint.as_directory() as d:
+            final["state"] = load_checkpoint(Path(d) / "last.pt")
+
+    fit_workers(cfg, group, storage_path=storage_path, make_report=stage1_report, on_report=keep,
+                resume_from=resume_from, out=out_dir, log_prefix="[stage 1] ")
+    state = final.get("state") or load_checkpoint(last)  # none reported: the run was complete already
+    return {k: torch.as_tensor(v) for k, v in state["model"].items()}, list(state.get("history", []))
+
 
 
 def train_stage1(cfg: TrainConfig, out_dir: str | None) -> tuple[dict, list[dict]]:

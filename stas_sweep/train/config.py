@@ -326,6 +326,8 @@ class TrainConfig(_Section):
     # bf16: bfloat16 autocast on any device, in training and evaluation, no GradScaler needed.
     amp: Literal["auto", "on", "off", "bf16"] = "auto"
     compile: bool = False  # torch.compile the stem and every block (SpikingViT.compile_parts)
+    # with several workers: batch-norm statistics over the global batch, not each worker's share
+    sync_bn: bool = False
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     init_from: str | None = None  # checkpoint whose model weights start this run (stage 1 -> 2)

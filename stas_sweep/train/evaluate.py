@@ -24,6 +24,7 @@ import torch
 from .. import methods
 from ..energy import EnergyMeter
 from ..models.vit import SpikingViT
+from .distributed import all_reduce_sums
 
 
 Progress = Callable[[str], None]
@@ -75,7 +76,7 @@ def _batches(loader, max_batches: int | None) -> str:
 def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, epsilon: float | None = None,
              knob: float | None = None, energy: bool = True, energy_batches: int | None = None,
              max_batches: int | None = None, progress: Progress | None = None, every_s: float = 10.0,
-             amp_dtype: torch.dtype | None = None) -> dict:
+             amp_dtype: torch.dtype | None = None, distributed: bool = False) -> dict:
     """Top-1 accuracy (%), mean token ratio, energy (mJ/image, ``energy_mj`` in the paper's
     convention and ``energy_strict_mj``) and latency (``latency_ms``, :class:`LatencyTimer`) over ``loader``.
 
@@ -88,6 +89,11 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
     (any method's knob) applies to this evaluation only. ``progress``, when given, is called
     with a line such as ``"batch 12/40"`` at most every ``every_s`` seconds. ``amp_dtype``: run
     the model under ``torch.autocast`` with that dtype (the halting state stays float32).
+
+    ``distributed``: every data-parallel worker calls this on its share of the set (a loader from
+    ``build_loaders(..., rank, world)``) and gets the numbers of the whole set: the counts, the
+    token-ratio sum and the energy totals (per-image energy times images: the meter's operation
+    counts, hence its firing rates, are sums over images) are added up over the workers.
     """
     model.eval()
     total = _batches(loader, max_batches) if progress else ""
@@ -114,11 +120,13 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
         if progress is not None and time.monotonic() - last >= every_s:
             last = time.monotonic()
             progress(f"batch {i + 1}/{total}")
-    if seen == 0:
-        raise ValueError("evaluation loader produced no samples")
-    if timer.median_ms() is None:  # one batch only: time it again, after its warm-up
+    if first is not None and timer.median_ms() is None:  # one batch only: time it again, after its warm-up
         with amp, timer.batch(len(first)):
             model(first, epsilon=epsilon, knob=knob)
+    if distributed:
+        return _reduced(correct, seen, ratio_sum, meter, timer.median_ms(), device)
+    if seen == 0:
+        raise ValueError("evaluation loader produced no samples")
     result = {"accuracy": 100.0 * correct / seen, "token_ratio": ratio_sum / seen, "latency_ms": timer.median_ms(),
               "images": seen}
     if meter is not None:
@@ -128,9 +136,33 @@ def evaluate(model: SpikingViT, loader, device: torch.device | str = "cpu", *, e
     return result
 
 
+def _reduced(correct: int, seen: int, ratio_sum: float, meter: EnergyMeter | None, latency_ms: float | None,
+             device) -> dict:
+    """:func:`evaluate`'s result over every worker's share: the sums added up, then divided
+    (``latency_ms``: the mean of the workers' medians, each timed on its own device)."""
+    sums = {"correct": correct, "seen": seen, "ratio": ratio_sum, "metered": 0, "energy": 0.0, "strict": 0.0,
+            "latency": latency_ms or 0.0, "timed": 1 if latency_ms is not None else 0}
+    if meter is not None and meter.images:
+        report = meter.report()
+        sums.update(metered=report.images, energy=report.energy_mj * report.images,
+                    strict=report.energy_strict_mj * report.images)
+    sums = all_reduce_sums(sums, device)
+    if sums["seen"] == 0:
+        raise ValueError("evaluation loader produced no samples")
+    result = {"accuracy": 100.0 * sums["correct"] / sums["seen"], "token_ratio": sums["ratio"] / sums["seen"],
+              "latency_ms": sums["latency"] / sums["timed"] if sums["timed"] else None, "images": int(sums["seen"])}
+    if meter is not None:
+        if not sums["metered"]:
+            raise RuntimeError("EnergyMeter.report(): no forward output was observed")
+        result["energy_mj"] = sums["energy"] / sums["metered"]
+        result["energy_strict_mj"] = sums["strict"] / sums["metered"]
+    return result
+
+
 def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torch.device | str = "cpu", *,
                   energy_batches: int | None = None, max_batches: int | None = None,
-                  grids: dict[str, list[float]] | None = None, progress: Progress | None = None) -> list[dict]:
+                  grids: dict[str, list[float]] | None = None, progress: Progress | None = None,
+                  distributed: bool = False) -> list[dict]:
     """One row per value of the model's knob: ``method, epsilon, keep_ratio, exit_threshold,
     accuracy, token_ratio, energy_mj, energy_strict_mj, latency_ms, energy_reduction`` (every
     registered method's knob is a column).
@@ -140,6 +172,7 @@ def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torc
     where ``E_static`` is the same weights evaluated with halting switched off. A static model
     gives one row with ``method = static`` and every knob None. ``progress``, when given, hears
     of every pass and of its batches (e.g. ``"pass 2/5 (epsilon 0.1): batch 12/40"``).
+    ``distributed``: as in :func:`evaluate` (every worker calls it on its share).
     """
     halting = model.halting
     method = halting.method if halting is not None else "static"
@@ -148,11 +181,11 @@ def epsilon_table(model: SpikingViT, loader, epsilons: list[float], device: torc
     passes = 1 + len(grid)
 
     def kw(n: int, what: str) -> dict:
+        common = dict(energy_batches=energy_batches, max_batches=max_batches, distributed=distributed)
         if progress is None:
-            return dict(energy_batches=energy_batches, max_batches=max_batches)
+            return common
         progress(f"pass {n}/{passes} ({what}) ...")
-        return dict(energy_batches=energy_batches, max_batches=max_batches,
-                    progress=lambda m: progress(f"pass {n}/{passes} ({what}): {m}"))
+        return dict(common, progress=lambda m: progress(f"pass {n}/{passes} ({what}): {m}"))
 
     model.set_halting(None)
     try:

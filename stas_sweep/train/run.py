@@ -27,7 +27,7 @@ def final_evaluation(trainer: Trainer, epsilons: list[float], grids: dict[str, l
     """The trained model on the validation set at each epsilon, or for a baseline at each value
     of its knob in ``grids`` (rows of :func:`epsilon_table`)."""
     return epsilon_table(trainer.model, trainer.val_loader, epsilons, trainer.device,
-                         energy_batches=trainer.cfg.energy_batches, grids=grids)
+                         energy_batches=trainer.cfg.energy_batches, grids=grids, distributed=trainer.world > 1)
 
 
 @dataclass

@@ -116,7 +116,7 @@ class SML:
         self.alpha, self.lamb, self.temperature = alpha, lamb, temperature
         self.module = nn.ModuleList(SurrogateModule(model.embed_dim, model.num_classes, channels, tuple(kernels))
                                     for _ in self.blocks)
-        self._feats: dict[int, dict[torch.device, torch.Tensor]] = {}  # module -> replica device -> [T', b, K, D]
+        self._feats: dict[int, torch.Tensor] = {}  # module -> [T', B, K, D] of the last training forward
         self._ran = False  # a training forward ran since the last loss
         self._handles = [model.blocks[b].register_forward_hook(self._collector(i)) for i, b in enumerate(self.blocks)]
         self._handles.append(model.register_forward_hook(self._mark))
@@ -128,17 +128,8 @@ class SML:
         def collect(module: nn.Module, inputs, out: torch.Tensor) -> None:
             if module.training:
                 packing = inputs[1] if len(inputs) > 1 and isinstance(inputs[1], Packing) else None
-                # data-parallel replicas each see a slice of the batch, on their own device
-                self._feats.setdefault(i, {})[out.device] = out if packing is None else packing.unpack(out)
+                self._feats[i] = out if packing is None else packing.unpack(out)
         return collect
-
-    @staticmethod
-    def _whole_batch(parts: dict[torch.device, torch.Tensor], device: torch.device) -> torch.Tensor:
-        """The replicas' slices in device order (DataParallel's scatter and gather order), on ``device``."""
-        order = sorted(parts, key=lambda d: (d.type, -1 if d.index is None else d.index))
-        if len(order) == 1:
-            return parts[order[0]]
-        return torch.cat([parts[d].to(device) for d in order], dim=1)  # [T', B, K, D]
 
     def loss(self, criterion, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """L_SML of the last training forward (the task term of eq. 10 with SML on). A block that
@@ -147,7 +138,7 @@ class SML:
         if not self._ran:
             raise RuntimeError("SML: the model ran no training forward since the last loss")
         self._ran = False
-        surrogate = [m(self._whole_batch(feats[i], logits.device)).float()
+        surrogate = [m(feats[i]).float()
                      for i, m in enumerate(self.module) if i in feats]
         if not surrogate:
             return criterion(logits, target)

@@ -4,11 +4,19 @@
     history = trainer.fit(callbacks=[lambda epoch, metrics, trainer: ...])
 
 Plain classes and functions, so the ``train`` command and the sweep's Ray trainable drive the
-same code. Per epoch it reports ``epoch, train_loss, task_loss, ponder_loss, accuracy,
+same code, in one process or as one of several data-parallel workers (``torch.distributed``
+initialised, e.g. by Ray Train's ``TorchTrainer``; see :mod:`.distributed`). Per epoch it reports ``epoch, train_loss, task_loss, ponder_loss, accuracy,
 token_ratio, energy_mj, energy_strict_mj, latency_ms, lr, images_per_s, epoch_time_s`` and writes ``checkpoints/last.pt``
 (and ``best.pt``) atomically. ``resume=True`` continues from ``last.pt`` and reproduces an
 uninterrupted run: model, optimiser, schedule, scaler, RNG state and the loaders' epoch
 streams are all restored.
+
+With K workers: ``batch_size`` is the global batch (each worker runs ``batch_size / K`` of it),
+the gradients are averaged by ``DistributedDataParallel``, the reported numbers are sums over every
+worker (the whole validation set, every training batch), every worker draws from its own seed
+(:func:`~stas_sweep.data.loaders.rank_seed` of the run's seed, re-seeded each epoch so a resume at
+any K is reproducible), and only worker 0 logs and writes files. A checkpoint holds the model
+alone, not the wrapper, so a run resumes at any K.
 
 Loss (eq. 10): ``task + delta_p * ponder`` (with SML on, SML's loss in place of ``task``), with the
 task loss a label-smoothed cross-entropy (soft-target cross-entropy under mixup).
@@ -30,11 +38,12 @@ from torch import nn
 
 from ..errors import UserError
 from ..data import build_datasets, build_loaders, build_mixup, epoch_seed
+from ..data.loaders import rank_seed
 from ..models import create_model
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .distributed import all_reduce_sums, average_gradients, check_sync_bn, sync_batch_norm, worker_batch, world
 from .evaluate import evaluate
-from .parallel import wrap_data_parallel
 from .sml import SML
 
 Callback = Callable[[int, dict, "Trainer"], None]
@@ -76,7 +85,10 @@ class Trainer:
                  log: Callable[[str], None] | None = print, init_weights: dict | None = None) -> None:
         self.cfg = cfg
         self.out = Path(output_dir)
-        self.progress, self.log = progress, log or (lambda _msg: None)
+        self.rank, self.world = world()
+        self.main = self.rank == 0  # the worker that logs and writes files
+        self.progress = progress and self.main
+        self.log = (log if self.main else None) or (lambda _msg: None)
         self.device = resolve_device(cfg.device)
         self.amp = cfg.amp in ("on", "bf16") or (cfg.amp == "auto" and self.device.type == "cuda")
         self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else None  # None: autocast's default for the device
@@ -101,12 +113,12 @@ class Trainer:
         if cfg.compile:
             self.model.compile_parts()
         self.train_loader, self.val_loader = build_loaders(
-            self.train_ds, self.val_ds, cfg.batch_size, d.workers, cfg.seed,
-            pin_memory=self.device.type == "cuda",
+            self.train_ds, self.val_ds, worker_batch(cfg.batch_size, self.world), d.workers, cfg.seed,
+            pin_memory=self.device.type == "cuda", rank=self.rank, world=self.world,
         )
         self.mixup = build_mixup(d.mixup, d.cutmix, d.label_smoothing, self.model_args["num_classes"])
         self.criterion = self._criterion(mixup=self.mixup is not None)
-        self.train_model = wrap_data_parallel(self.model, self.device, log=self.log)
+        self.train_model = self._data_parallel()
         sml = cfg.sml
         self.sml = SML(self.model, sml.blocks, alpha=sml.alpha, lamb=sml.lamb, temperature=sml.temperature,
                        channels=sml.channels, kernels=tuple(sml.kernels)) if sml.enabled else None
@@ -138,6 +150,23 @@ class Trainer:
             self._init_from(cfg.init_from)
 
     # -- set-up -----------------------------------------------------------------------------
+    def _data_parallel(self) -> nn.Module:
+        """The model to call in training: wrapped in ``DistributedDataParallel`` with several workers.
+        A halting model leaves some parameters without gradient in a step (blocks every token
+        skipped), hence ``find_unused_parameters``."""
+        if self.world == 1:
+            return self.model
+        check_sync_bn(self.cfg, self.world)
+        if self.cfg.sync_bn:
+            sync_batch_norm(self.model)
+        self.log(f"data-parallel training over {self.world} workers ({torch.distributed.get_backend()}), "
+                 f"{self.cfg.batch_size // self.world} images each per step"
+                 + (", batch-norm statistics over the global batch" if self.cfg.sync_bn else ""))
+        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                   find_unused_parameters=self.cfg.halting is not None)
+
     def _criterion(self, mixup: bool):
         if mixup:
             from timm.loss import SoftTargetCrossEntropy
@@ -193,7 +222,9 @@ class Trainer:
         cfg, model = self.cfg, self.model
         model.train()
         self.train_loader.set_epoch(epoch)
-        np.random.seed(epoch_seed(cfg.seed, epoch) % 2**32)  # timm's Mixup draws from numpy
+        if self.world > 1:  # each worker's own stream (dropout, ...), the same whatever K the run resumed at
+            seed_everything(epoch_seed(rank_seed(cfg.seed, self.rank), epoch))
+        np.random.seed(epoch_seed(rank_seed(cfg.seed, self.rank), epoch) % 2**32)  # timm's Mixup draws from numpy
         mixup = self.mixup if (self.mixup and (cfg.data.mixup_off_epoch is None or epoch < cfg.data.mixup_off_epoch)) else None
         criterion = self.criterion if (mixup or self.mixup is None) else self._criterion(mixup=False)
         delta_p = cfg.halting.delta_p if cfg.halting else 0.0
@@ -212,7 +243,7 @@ class Trainer:
             if mixup is not None:
                 x, target = mixup(x, y)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                out = self.train_model(x)  # data-parallel over a trial's GPUs when it has several
+                out = self.train_model(x)  # DDP with several workers
                 task = criterion(out.logits.float(), target)
                 # eq. 10; with SML its loss (the model's and the surrogate modules') is the task term
                 fit = task if self.sml is None else self.sml.loss(criterion, out.logits.float(), target)
@@ -224,6 +255,8 @@ class Trainer:
                                          f"is the previous epoch's")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.sml is not None:  # SML's surrogate modules sit outside the DDP wrapper
+                average_gradients(self.sml.module.parameters())
             if cfg.optim.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -238,6 +271,8 @@ class Trainer:
             if self.progress:
                 batches.set_postfix(loss=f"{sums['loss'] / n:.3f}", tokens=f"{sums['ratio'] / n:.2f}")
         elapsed = time.perf_counter() - t0
+        sums = all_reduce_sums({**sums, "n": n}, self.device)  # every worker's batches
+        n = sums["n"]
         self.scheduler.step(epoch + 1)
         return {
             "train_loss": sums["loss"] / n, "task_loss": sums["task"] / n, "ponder_loss": sums["ponder"] / n,
@@ -247,14 +282,16 @@ class Trainer:
 
     def evaluate(self, epsilon: float | None = None) -> dict:
         r = evaluate(self.model, self.val_loader, self.device, epsilon=epsilon,
-                     energy_batches=self.cfg.energy_batches, amp_dtype=self.amp_dtype)
+                     energy_batches=self.cfg.energy_batches, amp_dtype=self.amp_dtype,
+                     distributed=self.world > 1)
         return {"accuracy": r["accuracy"], "token_ratio": r["token_ratio"], "energy_mj": r["energy_mj"],
                 "energy_strict_mj": r["energy_strict_mj"], "latency_ms": r["latency_ms"]}
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, callbacks: list[Callback] = ()) -> list[dict]:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._write_config()
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.write_config()
         for epoch in range(self.epoch, self.cfg.epochs):
             metrics = self.run_epoch(epoch)
             for cb in callbacks:
@@ -267,7 +304,8 @@ class Trainer:
         metrics.update(self.evaluate())
         self.epoch = epoch + 1
         self.history.append(metrics)
-        self.save()
+        if self.main:
+            self.save()
         self.log(
             f"epoch {epoch + 1}/{self.cfg.epochs}  loss {metrics['train_loss']:.4f} "
             f"(task {metrics['task_loss']:.4f}, ponder {metrics['ponder_loss']:.3f})  "
@@ -306,7 +344,7 @@ class Trainer:
                 f.write(json.dumps(h) + "\n")
         return path
 
-    def _write_config(self) -> None:
+    def write_config(self) -> None:
         import yaml
 
         (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
