@@ -111,6 +111,9 @@ class _quiet_store:
         return False
 
 
+quiet_store = _quiet_store  # for the sweep's writer, which reports a store's errors in one line too
+
+
 def _first_line(e: BaseException, limit: int = 300) -> str:
     text = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {text[:limit]}"
@@ -518,6 +521,8 @@ class SweepTracker:
                 if r.data.tags.get(ROLE_TAG) != "point"]
             if found:
                 self.runs[trial_id] = found[0].info.run_id
+        if trial_id in self.__dict__.get("_params_unlogged", ()):
+            self._log_trial_params(trial_id, params)
         if trial_id in self.runs:
             if started and self.client.get_run(self.runs[trial_id]).info.status == "KILLED":
                 self.client.update_run(self.runs[trial_id], status="RUNNING")
@@ -528,8 +533,14 @@ class SweepTracker:
             **self._energy_tag(),
         })
         self.runs[trial_id] = run.info.run_id
-        log_params(self.client, run.info.run_id, params)
-        return run.info.run_id
+        unlogged = self.__dict__.setdefault("_params_unlogged", set())  # a retry after a failure logs them
+        unlogged.add(trial_id)
+        return self._log_trial_params(trial_id, params)
+
+    def _log_trial_params(self, trial_id: str, params: dict) -> str:
+        log_params(self.client, self.runs[trial_id], params)
+        self.__dict__.setdefault("_params_unlogged", set()).discard(trial_id)
+        return self.runs[trial_id]
 
     def trial_result(self, trial_id: str, params: dict, metrics: dict, step: int) -> None:
         """One epoch's metrics of a trial (numbers only)."""
@@ -540,6 +551,17 @@ class SweepTracker:
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         self.client.log_batch(run_id, metrics=items)
+
+    def trial_results(self, trial_id: str, params: dict, results: list[tuple[dict, int]]) -> None:
+        """Epochs' metrics of one trial, ``(metrics, step)`` each, in one ``log_batch`` (numbers only)."""
+        from mlflow.entities import Metric
+
+        run_id = self.child(trial_id, params)
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for metrics, step in results for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(items), 1000):  # MLflow takes 1000 metrics a call
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def _tag_end(self, trial_id: str, params: dict, *, full_budget: bool = False, error: str | None = None) -> str:
         """The end tags of a trial (``full_budget``, ``stopped_by``, ``error``), written once per driver."""
@@ -586,15 +608,18 @@ class SweepTracker:
 
         key = self.point_key(point)
         pareto = "true" if on_front else "false"
-        if key in self.point_runs:
+        unlogged = self.__dict__.setdefault("_points_unlogged", set())  # created, metrics not yet logged
+        if key in self.point_runs and key not in unlogged:
             return self.point_runs[key]
-        # named like its key (<trial>@<epsilon>): short enough for the UI's run-name column
-        run = self.client.create_run(self._experiment_id(), run_name=key,
-                                     tags={"mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key,
-                                           SWEEP_TAG: self.sweep, "trial_id": str(point["trial_id"]),
-                                           "method": str(point.get("method") or getattr(self, "base_method", "stas")),
-                                           "pareto": pareto, **self._energy_tag(), **self._model_tags(point)})
-        run_id = run.info.run_id
+        if key not in self.point_runs:
+            # named like its key (<trial>@<epsilon>): short enough for the UI's run-name column
+            run = self.client.create_run(self._experiment_id(), run_name=key, tags={
+                "mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key, SWEEP_TAG: self.sweep,
+                "trial_id": str(point["trial_id"]), "method": str(point.get("method") or getattr(self, "base_method", "stas")),
+                "pareto": pareto, **self._energy_tag(), **self._model_tags(point)})
+            self.point_runs[key], self.point_pareto[key] = run.info.run_id, pareto
+            unlogged.add(key)
+        run_id = self.point_runs[key]
         ts = int(time.time() * 1000)
         params = [Param(k, str(point[k])[:6000]) for k in param_keys([point])]
         from .models.halting import KNOBS
@@ -606,8 +631,7 @@ class SweepTracker:
         self.client.log_batch(run_id, metrics=metrics, params=params,
                               tags=[RunTag(k, str(point.get(k))) for k in knobs])
         self.client.set_terminated(run_id, "FINISHED")
-        self.point_runs[key] = run_id
-        self.point_pareto[key] = pareto
+        unlogged.discard(key)
         return run_id
 
     def _model_tags(self, point: dict) -> dict[str, str]:
@@ -659,6 +683,50 @@ class SweepTracker:
         for tid, n in per_trial.items():
             if tid in self.runs:
                 self.client.set_tag(self.runs[tid], "pareto_points", str(n))
+
+    def write_front_change(self, new: list[tuple[dict, bool]], left: list[dict], pareto_points: dict[str, int],
+                           hypervolume: float, front_size: int, step: int) -> None:
+        """What one finished trial changed on the front (computed by the sweep): its ``new`` points
+        (each with whether it is on the front), the points that ``left`` the front (retagged), the
+        ``pareto_points`` count of each trial whose count changed, and the front's size and
+        hypervolume at ``step`` (finished trials). Nothing else is read or written."""
+        from mlflow.entities import Metric
+
+        self._sync()
+        for p, on in new:
+            run_id, want = self._point_run(p, on), "true" if on else "false"
+            key = self.point_key(p)
+            if self.point_pareto.get(key) != want:
+                self.client.set_tag(run_id, "pareto", want)
+                self.point_pareto[key] = want
+        for p in left:
+            key = self.point_key(p)
+            if key in self.point_runs and self.point_pareto.get(key) != "false":
+                self.client.set_tag(self.point_runs[key], "pareto", "false")
+                self.point_pareto[key] = "false"
+        for tid, n in pareto_points.items():
+            if tid in self.runs:
+                self.client.set_tag(self.runs[tid], "pareto_points", str(n))
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric("hypervolume", float(hypervolume), ts, step),
+                                                       Metric("front_size", float(front_size), ts, step)])
+
+    def write_front_files(self, points: list[dict], front: list[dict], files=()) -> None:
+        """The front's tables (``candidates.json``, ``pareto_front.json``) and the given files
+        (its plots, drawn by the sweep) on the parent run."""
+        self._log_json(self.parent_id, points, "candidates.json")
+        self._log_json(self.parent_id, front, "pareto_front.json")
+        for f in files:
+            self.client.log_artifact(self.parent_id, str(f))
+
+    def hypervolume_history(self) -> list[tuple[int, float]]:
+        """``(finished trials, hypervolume)`` as logged so far, the latest value of each step."""
+        if not self.parent_id:
+            return []
+        last: dict[int, float] = {}
+        for m in sorted(self.client.get_metric_history(self.parent_id, "hypervolume"), key=lambda m: (m.step, m.timestamp)):
+            last[m.step] = m.value
+        return sorted(last.items())
 
     def write_front(self, front, final: bool) -> None:
         """Log a computed front (``front.points``, ``.front``, ``.hypervolume``): the point runs and

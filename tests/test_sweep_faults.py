@@ -211,3 +211,55 @@ def test_a_disk_filling_up_mid_sweep_ends_in_one_line_with_the_runs_closed(ray_l
     assert main(["run", str(spec.path)]) == 1
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "disk is full" in lines[0] and "--resume" in lines[0], lines
+
+
+@pytest.mark.slow(10)
+def test_a_tracking_outage_never_stalls_the_sweep_and_loses_no_result(tmp_path, sweep_file, mlflow_db, capfd,
+                                                                      short_sqlite_busy_timeout):
+    """Real MLflow (sqlite) locked by another connection while trials report: the callback (Tune's
+    loop) returns at once for every event; the outage warning comes within 10 s of the first
+    failed call; after the store returns every result is logged once, in order, with the front."""
+    import sqlite3
+    import time
+    from types import SimpleNamespace
+
+    from stas_sweep.sweep.callbacks import TrackerCallback
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import SweepTracker
+
+    uri = mlflow_db(tmp_path)
+    spec = load_spec(sweep_file(tmp_path))
+    (tmp_path / "results").mkdir(exist_ok=True)
+    tracker = SweepTracker(uri, spec.experiment, spec.name, str(tmp_path / "results"), spec.objectives)
+    tracker.start_parent(spec, "plan")
+    callback = TrackerCallback(tracker, spec.objectives, spec.reference)
+    trials = [SimpleNamespace(trial_id=t, config={"halting.beta": -6.0}, checkpoint=None, last_result={})
+              for t in ("t1", "t2")]
+    for t in trials:
+        callback.on_trial_start(0, [], t)
+    callback.flush()
+    lock = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    t0, slowest = time.monotonic(), 0.0
+    for epoch in (1, 2, 3):
+        for t in trials:
+            s = time.perf_counter()
+            callback.on_trial_result(0, [], t, {"epoch": epoch, "accuracy": 10.0 * epoch, "energy_mj": 1.0 / epoch})
+            slowest = max(slowest, time.perf_counter() - s)
+    rows = json.dumps([{"epsilon": 0.0, "accuracy": 30.0, "energy_mj": 0.5}])
+    trials[0].last_result = {"epoch": 3, "full_budget": True, "epsilon_table": rows}
+    callback.on_trial_complete(0, [], trials[0])
+    assert slowest < 0.5, f"a callback waited {slowest:.1f} s for the locked store"
+    while "warning: MLflow store" not in (err := capfd.readouterr().err):
+        assert time.monotonic() - t0 < 10, "no outage warning within 10 s"
+        time.sleep(0.2)
+    lock.execute("COMMIT")
+    lock.close()
+    callback.on_experiment_end([])
+    err += capfd.readouterr().err
+    assert "answers again" in err and "Traceback" not in err
+    for t in trials:
+        history = tracker.client.get_metric_history(tracker.runs[t.trial_id], "accuracy")
+        assert [(m.step, m.value) for m in history] == [(1, 10.0), (2, 20.0), (3, 30.0)]
+    assert tracker.client.get_run(tracker.runs["t1"]).info.status == "FINISHED"
+    assert tracker.point_pareto == {"t1@0": "true"}
