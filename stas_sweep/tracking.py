@@ -369,8 +369,8 @@ class SweepTracker:
       also on the parent and trial runs; a resume under another version is refused). Filtering ``tags.pareto = 'true'`` lists the
       front and a scatter of two of these metrics draws it.
 
-    The points and the front come from :mod:`stas_sweep.sweep.front` (anything with ``points``,
-    ``front`` and ``hypervolume``). Picklable (Ray Tune stores its callbacks with the
+    The points, the front, its changes and its plots come from the sweep (:mod:`stas_sweep.sweep.front`,
+    :mod:`stas_sweep.sweep.writer`; a front is anything with ``points``, ``front`` and ``hypervolume``). Picklable (Ray Tune stores its callbacks with the
     experiment); the client is rebuilt lazily.
     """
 
@@ -391,7 +391,6 @@ class SweepTracker:
         self._client = None
         self._synced = False  # runs read back from MLflow since this object was built
         self.base_method = "stas"      # the trials' halting method unless halting.method is searched
-        self.paper: list[dict] = []    # the paper's rows for the sweep's data set (plot markers)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -422,10 +421,7 @@ class SweepTracker:
     # -- parent -------------------------------------------------------------------------------
     def start_parent(self, spec, plan: str) -> str:
         """Create the sweep's parent run, or reopen it when the sweep is resumed."""
-        from .sweep.paper_results import paper_rows
-
         self.base_method = spec.base.halting.method if spec.base.halting is not None else "stas"
-        self.paper = paper_rows(spec.base.data.name, transformers_only=True)
         exp_id = self._experiment_id()
         found = self.client.search_runs(
             [exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{self.sweep}' "
@@ -604,8 +600,6 @@ class SweepTracker:
         """The run of one candidate point, created (finished, with its metrics) on first sight."""
         from mlflow.entities import Metric, Param, RunTag
 
-        from .sweep.front import param_keys
-
         key = self.point_key(point)
         pareto = "true" if on_front else "false"
         unlogged = self.__dict__.setdefault("_points_unlogged", set())  # created, metrics not yet logged
@@ -621,9 +615,10 @@ class SweepTracker:
             unlogged.add(key)
         run_id = self.point_runs[key]
         ts = int(time.time() * 1000)
-        params = [Param(k, str(point[k])[:6000]) for k in param_keys([point])]
         from .models.halting import KNOBS
 
+        searched = sorted(set(point) - {"trial_id", "method", *KNOBS.values(), *POINT_METRIC_NAMES})
+        params = [Param(k, str(point[k])[:6000]) for k in searched]
         knobs = [k for k in dict.fromkeys(KNOBS.values()) if point.get(k) is not None] or ["epsilon"]
         params += [Param(k, str(point.get(k))) for k in knobs if k not in {p.key for p in params}]
         metrics = [Metric(k, float(point[k]), ts, 0) for k in POINT_METRIC_NAMES
@@ -728,45 +723,21 @@ class SweepTracker:
             last[m.step] = m.value
         return sorted(last.items())
 
-    def write_front(self, front, final: bool) -> None:
-        """Log a computed front (``front.points``, ``.front``, ``.hypervolume``): the point runs and
-        their ``pareto`` tags, the hypervolume, the tables and the plots (the HTML only when ``final``)."""
-        from .sweep.plots import plot_front_html, plot_front_png, plot_hypervolume_png
-
+    def write_front(self, front, final: bool = False, files=()) -> None:
+        """Log a computed front (``front.points``, ``.front``, ``.hypervolume``) in full: the point
+        runs and their ``pareto`` tags, the hypervolume, the tables and the given ``files`` (its
+        plots, drawn by the sweep). ``final``: the sweep's end (the HTML plot is among the files)."""
         points, on, hv = front.points, front.front, front.hypervolume
         self.write_points(points, on)
         self.client.log_metric(self.parent_id, "hypervolume", hv, step=self.finished)
         self.client.log_metric(self.parent_id, "front_size", len(on), step=self.finished)
-        self._log_json(self.parent_id, points, "candidates.json")
-        self._log_json(self.parent_id, on, "pareto_front.json")
-        import tempfile
+        self.write_front_files(points, on, files)
 
-        x, y = "energy_mj", "accuracy"
-        names = [m for m, _ in self.objectives]
-        if x not in names or y not in names:
-            x, y = names[1], names[0]
-        paper = getattr(self, "paper", None)  # the paper's rows (absent in a tracker pickled before them)
-        with tempfile.TemporaryDirectory() as d:
-            if points:
-                self.client.log_artifact(self.parent_id, str(plot_front_png(
-                    points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y, paper=paper,
-                    title=f"{self.sweep}: {len(on)} of {plural(len(points), 'point')} on the front")))
-                if final:
-                    self.client.log_artifact(self.parent_id, str(plot_front_html(
-                        points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=paper,
-                        energy_version=getattr(self, "energy_convention", None), title=f"{self.sweep}: {len(on)} of {plural(len(points), 'point')} on the front")))
-            history = self.client.get_metric_history(self.parent_id, "hypervolume")
-            if history:
-                last: dict[int, float] = {}  # finished trials -> the latest value logged at that count
-                for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
-                    last[m.step] = m.value
-                self.client.log_artifact(self.parent_id, str(plot_hypervolume_png(
-                    list(last.values()), Path(d) / "hypervolume.png", steps=list(last))))
-
-    def finish(self, result) -> None:
+    def finish(self, result, files=()) -> None:
         """The sweep's results (``trials``, ``points``, ``front``, ``hypervolume``): the end tags
         where they differ from those written as trials ended (trials of earlier drivers; an
-        error whose text Tune had not stored yet when the trial failed), the final front."""
+        error whose text Tune had not stored yet when the trial failed), the final front and its
+        ``files`` (plots drawn by the sweep)."""
         for t in result.trials:
             error = (t["error"] or "") if t["status"] == "failed" else None
             if self.ended.get(t["trial_id"]) != (t["full_budget"] if error is None else None, error):
@@ -776,7 +747,7 @@ class SweepTracker:
         # restored with its callback, not by this one: read them back before writing the front
         self._load_state()
         self._close_open_trials("KILLED", keep={t["trial_id"] for t in result.trials}, reason="not_restored")
-        self.write_front(result, final=True)
+        self.write_front(result, final=True, files=files)
         self.client.set_tag(self.parent_id, "front_size", str(len(result.front)))
         self.client.set_terminated(self.parent_id, "FINISHED")
 

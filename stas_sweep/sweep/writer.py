@@ -38,6 +38,7 @@ from ..tables import plural
 from ..tracking import quiet_store
 from .checkpoints import REPLAYED
 from .front import TRIAL_METRICS, IncrementalFront, trial_points
+from .plots import plot_front_html, plot_front_png, plot_hypervolume_png
 
 STALL_WARNING_S = 5.0     # a call unanswered this long: the store is away (the warning comes then)
 MAX_BACKOFF_S = 8.0       # the longest wait between two tries of a failed call
@@ -244,25 +245,13 @@ class SweepWriter:
     def _artifacts(self, force: bool = False) -> None:
         """The front's plots and tables, when due: their cost grows with the points, so they are
         redrawn only while they take at most :data:`ARTIFACT_SHARE` of the writer's time."""
-        if self.front is None or not self.front.points or (not force and time.monotonic() < self._artifacts_due):
+        if not self.front.points or (not force and time.monotonic() < self._artifacts_due):
             return
-        from .plots import plot_front_html, plot_front_png, plot_hypervolume_png
-
         t0 = time.perf_counter()
-        points, on, sweep = self.front.points, self.front.front, self.tracker.sweep
-        x, y = "energy_mj", "accuracy"
-        names = [m for m, _ in self.objectives]
-        if x not in names or y not in names:
-            x, y = names[1], names[0]
-        title = f"{sweep}: {len(on)} of {plural(len(points), 'point')} on the front"
         with tempfile.TemporaryDirectory() as d:
-            files = [plot_front_png(points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y,
-                                    paper=self.paper, title=title)]
-            if self.history:
-                steps = sorted(self.history)
-                files.append(plot_hypervolume_png([self.history[s] for s in steps], Path(d) / "hypervolume.png",
-                                                  steps=steps))
-            self.tracker.write_front_files(points, on, files)
+            files = draw_front(self.front.points, self.front.front, self.objectives, Path(d), sweep=self.tracker.sweep,
+                               history=self.history, paper=self.paper)
+            self.tracker.write_front_files(self.front.points, self.front.front, files)
         took = time.perf_counter() - t0
         self.artifact_seconds += took
         self._artifacts_due = time.monotonic() + took / ARTIFACT_SHARE
@@ -319,3 +308,26 @@ class SweepWriter:
                 self._outage(f"no answer for {STALL_WARNING_S:.0f} s")
             if not self.thread.is_alive():
                 return
+
+
+def draw_front(points: list[dict], front: list[dict], objectives, folder: Path, *, sweep: str,
+               history: dict[int, float], paper: list | None = None, html: bool = False,
+               energy_version: str | None = None) -> list[Path]:
+    """The front's plots in ``folder``: ``pareto_front.png`` (and ``.html`` when ``html``) of the
+    points, on accuracy and energy when both are objectives, else the first two objectives;
+    ``hypervolume.png`` of ``history`` (finished trials -> hypervolume)."""
+    if not points:
+        return []
+    x, y = "energy_mj", "accuracy"
+    names = [m for m, _ in objectives]
+    if x not in names or y not in names:
+        x, y = names[1], names[0]
+    title = f"{sweep}: {len(front)} of {plural(len(points), 'point')} on the front"
+    files = [plot_front_png(points, objectives, folder / "pareto_front.png", x=x, y=y, paper=paper, title=title)]
+    if html:
+        files.append(plot_front_html(points, objectives, folder / "pareto_front.html", x=x, y=y, paper=paper,
+                                     energy_version=energy_version, title=title))
+    if history:
+        steps = sorted(history)
+        files.append(plot_hypervolume_png([history[s] for s in steps], folder / "hypervolume.png", steps=steps))
+    return [Path(f) for f in files]
