@@ -510,7 +510,9 @@ class SweepTracker:
         """The trial's run: found by its ``trial_id`` tag, created on first sight. ``started``:
         Tune (re)starts the trial, so a run an interrupted driver closed as KILLED runs again."""
         self._sync()
-        if trial_id not in self.runs:
+        if trial_id not in self.runs and not (self._synced and self.parent_id):
+            # a synced tracker holds every trial run of its sweep: a trial it lacks has none, and
+            # searching the whole experiment for it would cost more with every trial logged
             found = [r for r in self.client.search_runs(
                 [self._experiment_id()],
                 filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' AND tags.trial_id = '{trial_id}'")

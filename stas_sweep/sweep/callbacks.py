@@ -29,7 +29,7 @@ from .writer import SweepWriter
 class TrackerCallback(tune.Callback):
     """Hands Tune's trial events to a :class:`~stas_sweep.sweep.writer.SweepWriter` (one thread
     that logs them in order) and returns at once: Tune's loop never waits for MLflow.
-    :attr:`loop_seconds` is the time spent in these hooks (what Tune's loop pays)."""
+    :attr:`loop_seconds` is the CPU time spent in these hooks (what Tune's loop pays)."""
 
     def __init__(self, tracker, objectives, reference: dict, *, paper: list | None = None) -> None:
         self.tracker = tracker
@@ -66,9 +66,9 @@ class TrackerCallback(tune.Callback):
         return {"points": points, "trials": started}
 
     def _put(self, trials, event: tuple) -> None:
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         self.writer(trials).put(event)
-        self.loop_seconds = getattr(self, "loop_seconds", 0.0) + time.perf_counter() - t0
+        self.loop_seconds = getattr(self, "loop_seconds", 0.0) + time.thread_time() - t0
 
     def flush(self) -> None:
         """Wait until every event so far is logged."""

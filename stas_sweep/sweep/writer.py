@@ -85,8 +85,8 @@ class SweepWriter:
         self.failing_since: float | None = None
         self.warned = False
         self.delayed = 0
-        self.seconds = 0.0                    # time spent writing, the plots included
-        self.artifact_seconds, self._artifacts_due = 0.0, 0.0
+        self.seconds = 0.0                    # CPU time of this thread, the plots included
+        self.artifact_seconds, self._artifacts_due = 0.0, 0.0  # CPU time of the plots and tables
         self._acked = None
         self._replayed: list[tuple] = []   # the events a killed driver did not log, written first
         self.front = IncrementalFront(self.objectives, self.reference)
@@ -133,11 +133,11 @@ class SweepWriter:
                 except queue.Empty:
                     break
             stop = _STOP in events
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             self._write([e for e in events if e != _STOP])
             if stop:
                 self._send(lambda: self._artifacts(force=True), "the front's plots")
-            self.seconds += time.perf_counter() - t0
+            self.seconds += time.thread_time() - t0
             for _ in events:
                 self.queue.task_done()
             if stop:
@@ -147,24 +147,28 @@ class SweepWriter:
 
     def _start(self) -> None:
         """Before the first event: the front and hypervolume history so far, the events to replay."""
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         self._send(self._load, "reading the sweep back")
-        self.seconds += time.perf_counter() - t0
+        self.seconds += time.thread_time() - t0
 
     def _load(self) -> None:
-        for trial_id, params, rows in self.seed.get("points", []):
-            self._add_points(trial_id, params, rows, log=False)
-        self.history = dict(self.tracker.hypervolume_history()) if self.seed.get("points") else {}
         folder = Path(self.tracker.path)
-        if "://" not in self.tracker.path and folder.is_dir():
-            acked = folder / ACKED
-            self._replayed = self._replay(acked) if self.seed.get("trials") and acked.is_file() else []
+        local = "://" not in self.tracker.path and folder.is_dir()
+        acked = folder / ACKED
+        done = set(acked.read_text().splitlines()) if local and acked.is_file() else None
+        # the finished trials' points, but those of a trial whose end the store never took: its
+        # end is replayed below, with its points
+        for trial_id, params, rows in self.seed.get("points", []):
+            if done is None or f"{trial_id}\tend" in done:
+                self._add_points(trial_id, params, rows, log=False)
+        self.history = dict(self.tracker.hypervolume_history()) if self.seed.get("points") else {}
+        if local:
+            self._replayed = self._replay(done) if self.seed.get("trials") and done is not None else []
             self._acked = acked.open("a")
 
-    def _replay(self, acked: Path) -> list[tuple]:
-        """The events of Tune's restored trials that no earlier driver had written: the epochs of
-        their ``result.json`` and the end of a trial that ended."""
-        done = set(acked.read_text().splitlines())
+    def _replay(self, done: set[str]) -> list[tuple]:
+        """The events of Tune's restored trials that no earlier driver had written (``done``: the
+        acknowledged ones): the epochs of their ``result.json`` and the end of a trial that ended."""
         events = []
         for trial_id, params, status, path in self.seed["trials"]:
             result = Path(path) / "result.json" if path and "://" not in path else None
@@ -247,14 +251,13 @@ class SweepWriter:
         redrawn only while they take at most :data:`ARTIFACT_SHARE` of the writer's time."""
         if not self.front.points or (not force and time.monotonic() < self._artifacts_due):
             return
-        t0 = time.perf_counter()
+        t0, wall = time.thread_time(), time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             files = draw_front(self.front.points, self.front.front, self.objectives, Path(d), sweep=self.tracker.sweep,
                                history=self.history, paper=self.paper)
             self.tracker.write_front_files(self.front.points, self.front.front, files)
-        took = time.perf_counter() - t0
-        self.artifact_seconds += took
-        self._artifacts_due = time.monotonic() + took / ARTIFACT_SHARE
+        self.artifact_seconds += time.thread_time() - t0
+        self._artifacts_due = time.monotonic() + (time.perf_counter() - wall) / ARTIFACT_SHARE
 
     def _ack(self, lines) -> None:
         if self._acked is not None:
