@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, credentials_to_env, mask_text
-from .tables import plural
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
 
@@ -115,6 +114,9 @@ class _quiet_store:
         for lg, level in zip(self.loggers, self.levels):
             lg.setLevel(level)
         return False
+
+
+quiet_store = _quiet_store  # for the sweep's writer, which reports a store's errors in one line too
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:
@@ -372,8 +374,8 @@ class SweepTracker:
       also on the parent and trial runs; a resume under another version is refused). Filtering ``tags.pareto = 'true'`` lists the
       front and a scatter of two of these metrics draws it.
 
-    The points and the front come from :mod:`stas_sweep.sweep.front` (anything with ``points``,
-    ``front`` and ``hypervolume``). Picklable (Ray Tune stores its callbacks with the
+    The points, the front, its changes and its plots come from the sweep (:mod:`stas_sweep.sweep.front`,
+    :mod:`stas_sweep.sweep.writer`; a front is anything with ``points``, ``front`` and ``hypervolume``). Picklable (Ray Tune stores its callbacks with the
     experiment); the client is rebuilt lazily.
     """
 
@@ -394,7 +396,6 @@ class SweepTracker:
         self._client = None
         self._synced = False  # runs read back from MLflow since this object was built
         self.base_method = "stas"      # the trials' halting method unless halting.method is searched
-        self.paper: list[dict] = []    # the paper's rows for the sweep's data set (plot markers)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -425,10 +426,7 @@ class SweepTracker:
     # -- parent -------------------------------------------------------------------------------
     def start_parent(self, spec, plan: str) -> str:
         """Create the sweep's parent run, or reopen it when the sweep is resumed."""
-        from .sweep.paper_results import paper_rows
-
         self.base_method = spec.base.halting.method if spec.base.halting is not None else "stas"
-        self.paper = paper_rows(spec.base.data.name, transformers_only=True)
         exp_id = self._experiment_id()
         found = self.client.search_runs(
             [exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep' AND tags.`{SWEEP_TAG}` = '{self.sweep}' "
@@ -517,13 +515,17 @@ class SweepTracker:
         """The trial's run: found by its ``trial_id`` tag, created on first sight. ``started``:
         Tune (re)starts the trial, so a run an interrupted driver closed as KILLED runs again."""
         self._sync()
-        if trial_id not in self.runs:
+        if trial_id not in self.runs and not (self._synced and self.parent_id):
+            # a synced tracker holds every trial run of its sweep: a trial it lacks has none, and
+            # searching the whole experiment for it would cost more with every trial logged
             found = [r for r in self.client.search_runs(
                 [self._experiment_id()],
                 filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' AND tags.trial_id = '{trial_id}'")
                 if r.data.tags.get(ROLE_TAG) != "point"]
             if found:
                 self.runs[trial_id] = found[0].info.run_id
+        if trial_id in self.__dict__.get("_params_unlogged", ()):
+            self._log_trial_params(trial_id, params)
         if trial_id in self.runs:
             if started and self.client.get_run(self.runs[trial_id]).info.status == "KILLED":
                 self.client.update_run(self.runs[trial_id], status="RUNNING")
@@ -534,8 +536,14 @@ class SweepTracker:
             **self._energy_tag(),
         })
         self.runs[trial_id] = run.info.run_id
-        log_params(self.client, run.info.run_id, params)
-        return run.info.run_id
+        unlogged = self.__dict__.setdefault("_params_unlogged", set())  # a retry after a failure logs them
+        unlogged.add(trial_id)
+        return self._log_trial_params(trial_id, params)
+
+    def _log_trial_params(self, trial_id: str, params: dict) -> str:
+        log_params(self.client, self.runs[trial_id], params)
+        self.__dict__.setdefault("_params_unlogged", set()).discard(trial_id)
+        return self.runs[trial_id]
 
     def trial_result(self, trial_id: str, params: dict, metrics: dict, step: int) -> None:
         """One epoch's metrics of a trial (numbers only)."""
@@ -546,6 +554,17 @@ class SweepTracker:
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         self.client.log_batch(run_id, metrics=items)
+
+    def trial_results(self, trial_id: str, params: dict, results: list[tuple[dict, int]]) -> None:
+        """Epochs' metrics of one trial, ``(metrics, step)`` each, in one ``log_batch`` (numbers only)."""
+        from mlflow.entities import Metric
+
+        run_id = self.child(trial_id, params)
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for metrics, step in results for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(items), 1000):  # MLflow takes 1000 metrics a call
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def _tag_end(self, trial_id: str, params: dict, *, full_budget: bool = False, error: str | None = None) -> str:
         """The end tags of a trial (``full_budget``, ``stopped_by``, ``error``), written once per driver."""
@@ -588,23 +607,25 @@ class SweepTracker:
         """The run of one candidate point, created (finished, with its metrics) on first sight."""
         from mlflow.entities import Metric, Param, RunTag
 
-        from .sweep.front import param_keys
-
         key = self.point_key(point)
         pareto = "true" if on_front else "false"
-        if key in self.point_runs:
+        unlogged = self.__dict__.setdefault("_points_unlogged", set())  # created, metrics not yet logged
+        if key in self.point_runs and key not in unlogged:
             return self.point_runs[key]
-        # named like its key (<trial>@<epsilon>): short enough for the UI's run-name column
-        run = self.client.create_run(self._experiment_id(), run_name=key,
-                                     tags={"mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key,
-                                           SWEEP_TAG: self.sweep, "trial_id": str(point["trial_id"]),
-                                           "method": str(point.get("method") or getattr(self, "base_method", "stas")),
-                                           "pareto": pareto, **self._energy_tag(), **self._model_tags(point)})
-        run_id = run.info.run_id
+        if key not in self.point_runs:
+            # named like its key (<trial>@<epsilon>): short enough for the UI's run-name column
+            run = self.client.create_run(self._experiment_id(), run_name=key, tags={
+                "mlflow.parentRunId": self.parent_id, ROLE_TAG: "point", POINT_TAG: key, SWEEP_TAG: self.sweep,
+                "trial_id": str(point["trial_id"]), "method": str(point.get("method") or getattr(self, "base_method", "stas")),
+                "pareto": pareto, **self._energy_tag(), **self._model_tags(point)})
+            self.point_runs[key], self.point_pareto[key] = run.info.run_id, pareto
+            unlogged.add(key)
+        run_id = self.point_runs[key]
         ts = int(time.time() * 1000)
-        params = [Param(k, str(point[k])[:6000]) for k in param_keys([point])]
         from .models.halting import KNOBS
 
+        searched = sorted(set(point) - {"trial_id", "method", *KNOBS.values(), *POINT_METRIC_NAMES})
+        params = [Param(k, str(point[k])[:6000]) for k in searched]
         knobs = [k for k in dict.fromkeys(KNOBS.values()) if point.get(k) is not None] or ["epsilon"]
         params += [Param(k, str(point.get(k))) for k in knobs if k not in {p.key for p in params}]
         metrics = [Metric(k, float(point[k]), ts, 0) for k in POINT_METRIC_NAMES
@@ -612,8 +633,7 @@ class SweepTracker:
         self.client.log_batch(run_id, metrics=metrics, params=params,
                               tags=[RunTag(k, str(point.get(k))) for k in knobs])
         self.client.set_terminated(run_id, "FINISHED")
-        self.point_runs[key] = run_id
-        self.point_pareto[key] = pareto
+        unlogged.discard(key)
         return run_id
 
     def _model_tags(self, point: dict) -> dict[str, str]:
@@ -666,45 +686,65 @@ class SweepTracker:
             if tid in self.runs:
                 self.client.set_tag(self.runs[tid], "pareto_points", str(n))
 
-    def write_front(self, front, final: bool) -> None:
-        """Log a computed front (``front.points``, ``.front``, ``.hypervolume``): the point runs and
-        their ``pareto`` tags, the hypervolume, the tables and the plots (the HTML only when ``final``)."""
-        from .sweep.plots import plot_front_html, plot_front_png, plot_hypervolume_png
+    def write_front_change(self, new: list[tuple[dict, bool]], left: list[dict], pareto_points: dict[str, int],
+                           hypervolume: float, front_size: int, step: int) -> None:
+        """What one finished trial changed on the front (computed by the sweep): its ``new`` points
+        (each with whether it is on the front), the points that ``left`` the front (retagged), the
+        ``pareto_points`` count of each trial whose count changed, and the front's size and
+        hypervolume at ``step`` (finished trials). Nothing else is read or written."""
+        from mlflow.entities import Metric
 
+        self._sync()
+        for p, on in new:
+            run_id, want = self._point_run(p, on), "true" if on else "false"
+            key = self.point_key(p)
+            if self.point_pareto.get(key) != want:
+                self.client.set_tag(run_id, "pareto", want)
+                self.point_pareto[key] = want
+        for p in left:
+            key = self.point_key(p)
+            if key in self.point_runs and self.point_pareto.get(key) != "false":
+                self.client.set_tag(self.point_runs[key], "pareto", "false")
+                self.point_pareto[key] = "false"
+        for tid, n in pareto_points.items():
+            if tid in self.runs:
+                self.client.set_tag(self.runs[tid], "pareto_points", str(n))
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric("hypervolume", float(hypervolume), ts, step),
+                                                       Metric("front_size", float(front_size), ts, step)])
+
+    def write_front_files(self, points: list[dict], front: list[dict], files=()) -> None:
+        """The front's tables (``candidates.json``, ``pareto_front.json``) and the given files
+        (its plots, drawn by the sweep) on the parent run."""
+        self._log_json(self.parent_id, points, "candidates.json")
+        self._log_json(self.parent_id, front, "pareto_front.json")
+        for f in files:
+            self.client.log_artifact(self.parent_id, str(f))
+
+    def hypervolume_history(self) -> list[tuple[int, float]]:
+        """``(finished trials, hypervolume)`` as logged so far, the latest value of each step."""
+        if not self.parent_id:
+            return []
+        last: dict[int, float] = {}
+        for m in sorted(self.client.get_metric_history(self.parent_id, "hypervolume"), key=lambda m: (m.step, m.timestamp)):
+            last[m.step] = m.value
+        return sorted(last.items())
+
+    def write_front(self, front, final: bool = False, files=()) -> None:
+        """Log a computed front (``front.points``, ``.front``, ``.hypervolume``) in full: the point
+        runs and their ``pareto`` tags, the hypervolume, the tables and the given ``files`` (its
+        plots, drawn by the sweep). ``final``: the sweep's end (the HTML plot is among the files)."""
         points, on, hv = front.points, front.front, front.hypervolume
         self.write_points(points, on)
         self.client.log_metric(self.parent_id, "hypervolume", hv, step=self.finished)
         self.client.log_metric(self.parent_id, "front_size", len(on), step=self.finished)
-        self._log_json(self.parent_id, points, "candidates.json")
-        self._log_json(self.parent_id, on, "pareto_front.json")
-        import tempfile
+        self.write_front_files(points, on, files)
 
-        x, y = "energy_mj", "accuracy"
-        names = [m for m, _ in self.objectives]
-        if x not in names or y not in names:
-            x, y = names[1], names[0]
-        paper = getattr(self, "paper", None)  # the paper's rows (absent in a tracker pickled before them)
-        with tempfile.TemporaryDirectory() as d:
-            if points:
-                self.client.log_artifact(self.parent_id, str(plot_front_png(
-                    points, self.objectives, Path(d) / "pareto_front.png", x=x, y=y, paper=paper,
-                    title=f"{self.sweep}: {len(on)} of {plural(len(points), 'point')} on the front")))
-                if final:
-                    self.client.log_artifact(self.parent_id, str(plot_front_html(
-                        points, self.objectives, Path(d) / "pareto_front.html", x=x, y=y, paper=paper,
-                        energy_version=getattr(self, "energy_convention", None), title=f"{self.sweep}: {len(on)} of {plural(len(points), 'point')} on the front")))
-            history = self.client.get_metric_history(self.parent_id, "hypervolume")
-            if history:
-                last: dict[int, float] = {}  # finished trials -> the latest value logged at that count
-                for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
-                    last[m.step] = m.value
-                self.client.log_artifact(self.parent_id, str(plot_hypervolume_png(
-                    list(last.values()), Path(d) / "hypervolume.png", steps=list(last))))
-
-    def finish(self, result) -> None:
+    def finish(self, result, files=()) -> None:
         """The sweep's results (``trials``, ``points``, ``front``, ``hypervolume``): the end tags
         where they differ from those written as trials ended (trials of earlier drivers; an
-        error whose text Tune had not stored yet when the trial failed), the final front."""
+        error whose text Tune had not stored yet when the trial failed), the final front and its
+        ``files`` (plots drawn by the sweep)."""
         for t in result.trials:
             error = (t["error"] or "") if t["status"] == "failed" else None
             if self.ended.get(t["trial_id"]) != (t["full_budget"] if error is None else None, error):
@@ -714,7 +754,7 @@ class SweepTracker:
         # restored with its callback, not by this one: read them back before writing the front
         self._load_state()
         self._close_open_trials("KILLED", keep={t["trial_id"] for t in result.trials}, reason="not_restored")
-        self.write_front(result, final=True)
+        self.write_front(result, final=True, files=files)
         self.client.set_tag(self.parent_id, "front_size", str(len(result.front)))
         self.client.set_terminated(self.parent_id, "FINISHED")
 

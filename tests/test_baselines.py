@@ -391,10 +391,12 @@ def test_baselines_sweep_end_to_end(ray_local, tmp_path, sweep_file, mlflow_db, 
 
 
 def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys, mlflow_db):
-    """A CIFAR-100 sweep's tracker draws the paper's Table 3 rows on the front PNG/HTML, and
+    """A CIFAR-100 sweep draws the paper's Table 3 rows on the front PNG/HTML its tracker logs, and
     ``pareto --paper`` lists them as not measured (a real sqlite MLflow store, no Ray)."""
     from stas_sweep.cli import main
     from stas_sweep.sweep.front import front_of
+    from stas_sweep.sweep.paper_results import paper_rows
+    from stas_sweep.sweep.writer import draw_front
     from stas_sweep.sweep.space import load_spec
     from stas_sweep.tracking import SweepTracker
 
@@ -402,14 +404,17 @@ def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys, mlflow_d
     uri = mlflow_db(tmp_path)
     tracker = SweepTracker(uri, "c100", spec.name, str(tmp_path), spec.objectives, scheduler="moasha")
     tracker.start_parent(spec, "plan")
-    assert tracker.paper and all(not r["measured"] for r in tracker.paper)
+    paper = paper_rows(spec.base.data.name, transformers_only=True)  # the sweep draws them on its plots
+    assert paper and all(not r["measured"] for r in paper)
     tracker.child("t1", {"halting.method": "token_drop"})
     assert tracker.client.get_run(tracker.runs["t1"]).data.tags["method"] == "token_drop"
     points = [{"trial_id": "t1", "method": "token_drop", "epsilon": None, "keep_ratio": k, "exit_threshold": None,
                "accuracy": 70.0 + 5 * k, "energy_mj": 0.3 + 0.2 * k} for k in (1.0, 0.5)]
     points.append({"trial_id": "t2", "method": "stas", "epsilon": 0.1, "keep_ratio": None, "exit_threshold": None,
                    "accuracy": 74.0, "energy_mj": 0.45})
-    tracker.write_front(front_of(points, spec.objectives, spec.reference), final=True)
+    front = front_of(points, spec.objectives, spec.reference)
+    tracker.write_front(front, final=True, files=draw_front(front.points, front.front, spec.objectives, tmp_path,
+                                                            sweep=spec.name, history={}, paper=paper, html=True))
     html = Path(tracker.client.download_artifacts(tracker.parent_id, "pareto_front.html")).read_text()
     assert "paper: STAS^eps Spikingformer-4-384" in html and "Tables 2-3; not measured" in html
     assert main(["pareto", "--paper", "--tracking-uri", uri, "--experiment", "c100"]) == 0

@@ -227,7 +227,10 @@ def test_pareto_skips_a_failed_empty_sweep_and_point_runs_follow_the_front(tmp_p
     again.start_parent(spec, "plan")
     p2 = p1 + [{"trial_id": "t2", "epsilon": 0.0, "accuracy": 95.0, "energy_mj": 0.4, **row, "halting.beta": -5.0}]
     front = _front(p2, obj, ref)
-    again.write_front(front, final=True)
+    from stas_sweep.sweep.writer import draw_front  # the sweep draws, the tracker logs the files
+
+    again.write_front(front, final=True, files=draw_front(front.points, front.front, obj, tmp_path, sweep=spec.name,
+                                                          history={}, html=True))
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(spec.experiment)
     assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
@@ -326,7 +329,11 @@ def test_a_resume_under_another_energy_convention_is_refused(tmp_path, sweep_fil
     tracker = SweepTracker(uri, spec.experiment, spec.name, "/x/a", obj, energy_convention=str(METER_VERSION))
     tracker.start_parent(spec, "plan")
     tracker.child("t1", {})
-    tracker.write_front(_front([point], obj, ref), final=True)
+    from stas_sweep.sweep.writer import draw_front  # the sweep draws, the tracker logs the files
+
+    front = _front([point], obj, ref)
+    tracker.write_front(front, final=True, files=draw_front(front.points, front.front, obj, tmp_path, sweep=spec.name,
+                                                            history={}, html=True, energy_version=str(METER_VERSION)))
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(spec.experiment).experiment_id])
     assert {r.data.tags.get(ENERGY_TAG) for r in runs} == {str(METER_VERSION)} and len(runs) == 3  # parent, trial, point

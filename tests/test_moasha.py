@@ -575,5 +575,6 @@ def test_an_epoch_reported_again_after_a_kill_is_not_logged_twice(tmp_path, swee
     trial = SimpleNamespace(trial_id="t1", config={"halting.beta": -6.0})
     for epoch, extra in ((1, {}), (2, {}), (2, {REPLAYED: True}), (3, {})):
         callback.on_trial_result(0, [], trial, {"epoch": epoch, "accuracy": 10.0 * epoch, "energy_mj": 1.0, **extra})
+    callback.flush()  # the callback hands the results to its writer thread
     history = tracker.client.get_metric_history(tracker.runs["t1"], "accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]

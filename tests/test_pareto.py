@@ -475,3 +475,41 @@ def test_best_point_per_objective():
     assert best_point(front, "energy_mj", [("energy_mj", "max")])["trial_id"] == "a"  # the sweep's direction wins
     with pytest.raises(ValueError, match="accepted objectives"):
         best_point(front, "speed", ACC_ENERGY)
+
+
+@pytest.mark.parametrize("objectives", [ACC_ENERGY, THREE])
+def test_incremental_front_equals_full_recomputation(objectives):
+    """Points arrive in batches (a trial's knob rows): after each batch the kept front, its order,
+    its hypervolume and the points that left it equal what front_of computes from scratch. Values
+    on a small grid give ties and duplicates; NaN and missing values give invalid points; later
+    batches drift better, so front points leave."""
+    from stas_sweep.sweep.front import IncrementalFront, front_of
+
+    rng = np.random.default_rng(7)
+    reference = {"accuracy": 0.0, "energy_mj": 10.0, "token_ratio": 10.0}
+    kept = IncrementalFront(objectives, reference)
+    points, left_seen = [], 0
+    for batch in range(60):
+        new = []
+        for _ in range(int(rng.integers(1, 5))):
+            p = {"trial_id": f"t{batch}", "accuracy": float(rng.integers(0, 6) + batch // 20),
+                 "energy_mj": float(rng.integers(1, 7)), "token_ratio": float(rng.integers(1, 4))}
+            if rng.random() < 0.05:
+                p["energy_mj"] = math.nan
+            if rng.random() < 0.03:
+                del p["accuracy"]
+            if rng.random() < 0.1 and points:  # an exact duplicate of an earlier point
+                p = dict(points[int(rng.integers(len(points)))])
+            new.append(p)
+        before = {id(p) for p in kept.front}
+        before_idx = set(kept.on)
+        change = kept.add(new)
+        points += new
+        full = front_of(points, objectives, reference)
+        assert kept.front == full.front
+        assert kept.hypervolume == pytest.approx(full.hypervolume, rel=1e-12, abs=1e-12)
+        assert set(change.left) == before_idx - kept.on
+        assert change.changed == (before != {id(p) for p in kept.front})
+        left_seen += len(change.left)
+    assert left_seen > 5  # the drift made points leave
+    assert len(kept.front) < len(points)

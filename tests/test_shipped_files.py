@@ -94,3 +94,24 @@ def test_plan_prints_the_stage1_that_will_run(path):
         assert spec.stage1.model == own.model
     if path.name.startswith(("cifar", "imagenet", "dvs")):
         assert named, f"{path.name}: a paper-scale space trains stage 1 with its recipe's stage-1 config"
+
+
+def test_tracking_imports_neither_train_nor_sweep():
+    """tracking.py only logs and reads MLflow (HOUSE.md): the sweep computes and draws the front
+    and hands it files and numbers; no import of train or sweep, at module level or in a function."""
+    import ast
+
+    tree = ast.parse((Path(__file__).parent.parent / "stas_sweep" / "tracking.py").read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names = [f"{'.' * node.level}{node.module or ''}"] + [f"{'.' * node.level}{a.name}" for a in node.names
+                                                                   if not node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found += [(n, node.lineno) for n in names
+                  if n.lstrip(".").split(".")[0] in ("sweep", "train") or n.startswith("stas_sweep.sweep")
+                  or n.startswith("stas_sweep.train")]
+    assert not found, f"tracking.py imports {found}"

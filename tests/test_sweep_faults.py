@@ -241,3 +241,98 @@ def test_a_corrupt_checkpoint_on_resume_is_named_by_its_stored_file(ray_local, t
     stored = next((ray_local / "corrupt").glob("trial_*/checkpoint_000000"))
     assert f"{stored}/last.pt: not a readable stas-sweep checkpoint" in error, error
     assert "/train/checkpoints/last.pt" not in error  # the working copy is not what the user is sent to
+
+
+@pytest.mark.slow(10)
+def test_a_tracking_outage_never_stalls_the_sweep_and_loses_no_result(tmp_path, sweep_file, mlflow_db, capfd,
+                                                                      short_sqlite_busy_timeout):
+    """Real MLflow (sqlite) locked by another connection while trials report: the callback (Tune's
+    loop) returns at once for every event; the outage warning comes within 10 s of the first
+    failed call; after the store returns every result is logged once, in order, with the front."""
+    import sqlite3
+    import time
+    from types import SimpleNamespace
+
+    from stas_sweep.sweep.callbacks import TrackerCallback
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.tracking import SweepTracker
+
+    uri = mlflow_db(tmp_path)
+    spec = load_spec(sweep_file(tmp_path))
+    (tmp_path / "results").mkdir(exist_ok=True)
+    tracker = SweepTracker(uri, spec.experiment, spec.name, str(tmp_path / "results"), spec.objectives)
+    tracker.start_parent(spec, "plan")
+    callback = TrackerCallback(tracker, spec.objectives, spec.reference)
+    trials = [SimpleNamespace(trial_id=t, config={"halting.beta": -6.0}, checkpoint=None, last_result={})
+              for t in ("t1", "t2")]
+    for t in trials:
+        callback.on_trial_start(0, [], t)
+    callback.flush()
+    lock = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    t0, slowest = time.monotonic(), 0.0
+    for epoch in (1, 2, 3):
+        for t in trials:
+            s = time.perf_counter()
+            callback.on_trial_result(0, [], t, {"epoch": epoch, "accuracy": 10.0 * epoch, "energy_mj": 1.0 / epoch})
+            slowest = max(slowest, time.perf_counter() - s)
+    rows = json.dumps([{"epsilon": 0.0, "accuracy": 30.0, "energy_mj": 0.5}])
+    trials[0].last_result = {"epoch": 3, "full_budget": True, "epsilon_table": rows}
+    callback.on_trial_complete(0, [], trials[0])
+    assert slowest < 0.5, f"a callback waited {slowest:.1f} s for the locked store"
+    while "warning: MLflow store" not in (err := capfd.readouterr().err):
+        assert time.monotonic() - t0 < 10, "no outage warning within 10 s"
+        time.sleep(0.2)
+    lock.execute("COMMIT")
+    lock.close()
+    callback.on_experiment_end([])
+    err += capfd.readouterr().err
+    assert "answers again" in err and "Traceback" not in err
+    for t in trials:
+        history = tracker.client.get_metric_history(tracker.runs[t.trial_id], "accuracy")
+        assert [(m.step, m.value) for m in history] == [(1, 10.0), (2, 20.0), (3, 30.0)]
+    assert tracker.client.get_run(tracker.runs["t1"]).info.status == "FINISHED"
+    assert tracker.point_pareto == {"t1@0": "true"}
+
+
+def test_a_resumed_driver_replays_from_tunes_results_what_the_killed_one_had_not_logged(tmp_path, sweep_file,
+                                                                                        mlflow_db):
+    """Real MLflow (sqlite), no Ray: the killed driver's writer had acknowledged epoch 1 of trial a
+    (``mlflow_acked.log``) but not epochs 2-3, nor the end of trial b, though Tune holds them all
+    (each trial's ``result.json``). The resumed driver's writer logs exactly the rest, in order,
+    ends trial b with its points on the front, and logs nothing twice."""
+    from types import SimpleNamespace
+
+    from stas_sweep.sweep.callbacks import TrackerCallback
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.sweep.writer import ACKED
+    from stas_sweep.tracking import SweepTracker
+
+    uri = mlflow_db(tmp_path)
+    spec = load_spec(sweep_file(tmp_path))
+    folder = tmp_path / "results" / "tiny"
+    folder.mkdir(parents=True, exist_ok=True)
+    tracker = SweepTracker(uri, spec.experiment, spec.name, str(folder), spec.objectives)
+    tracker.start_parent(spec, "plan")
+    params = {"halting.beta": -6.0}
+    rows = json.dumps([{"epsilon": 0.0, "accuracy": 50.0, "energy_mj": 0.5}])
+    results = {"a": [{"epoch": e, "accuracy": 10.0 * e, "energy_mj": 1.0} for e in (1, 2, 3)],
+               "b": [{"epoch": 1, "accuracy": 50.0, "energy_mj": 0.5, "full_budget": True, "epsilon_table": rows}]}
+    trials = []
+    for tid, rs in results.items():
+        (tmp_path / tid).mkdir()
+        (tmp_path / tid / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rs))
+        trials.append(SimpleNamespace(trial_id=tid, config=params, last_result=rs[-1], path=str(tmp_path / tid),
+                                      status="RUNNING" if tid == "a" else "TERMINATED", checkpoint=None))
+    tracker.trial_results("a", params, [({"accuracy": 10.0, "energy_mj": 1.0}, 1)])  # what the store acknowledged
+    (folder / ACKED).write_text("a\t1\nb\t1\n")
+    resumed = SweepTracker(uri, spec.experiment, spec.name, str(folder), spec.objectives)
+    resumed.start_parent(spec, "plan")
+    callback = TrackerCallback(resumed, spec.objectives, spec.reference)
+    callback.on_trial_start(0, trials, trials[0])  # Tune restarts trial a
+    callback.on_experiment_end(trials)
+    history = resumed.client.get_metric_history(resumed.runs["a"], "accuracy")
+    assert sorted((m.step, m.value) for m in history) == [(1, 10.0), (2, 20.0), (3, 30.0)]
+    assert resumed.client.get_run(resumed.runs["b"]).info.status == "FINISHED"
+    assert resumed.point_pareto == {"b@0": "true"}
+    assert (folder / ACKED).read_text().splitlines()[2:] == ["a\t2", "a\t3", "b\tend"]

@@ -13,7 +13,8 @@ holds the value evaluated, every other method's knob None.
 This module names the metrics every trial reports each epoch, the metrics a point carries and
 the keys a front's hover shows; the objectives and their directions are the records of
 :mod:`stas_sweep.objectives`, the methods' knobs those of :mod:`stas_sweep.methods`.
-:func:`front_of` computes the front once; the tracker, the plots and the CLI only receive it.
+:func:`front_of` computes the front once; :class:`IncrementalFront` keeps it as points arrive
+(what a sweep does after every trial); the tracker, the plots and the CLI only receive it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Mapping, NamedTuple, Sequence
 
 from .. import methods, objectives as objective_records
-from .pareto import as_objectives, hypervolume, pareto_front
+from .pareto import as_objectives, hypervolume, loss_vector, pareto_front
 
 # what a search-space file may name as an objective (or as the scheduler's metric)
 OBJECTIVE_METRICS = objective_records.names()
@@ -64,6 +65,79 @@ def front_of(points: Sequence[Mapping], objectives, reference: Mapping[str, floa
     if not points:
         return Front([], [], 0.0)
     return Front(points, pareto_front(points, objectives), hypervolume(points, objectives, reference))
+
+
+class FrontChange(NamedTuple):
+    """What one :meth:`IncrementalFront.add` changed: the new points' indices, the earlier points
+    that left the front (the only runs whose ``pareto`` tag changes: a point off the front never
+    comes back as points are added), and whether the front (so the hypervolume) changed."""
+
+    added: list[int]
+    left: list[int]
+    changed: bool
+
+
+class IncrementalFront:
+    """The front of a growing set of points, kept as they arrive.
+
+    Each new point is compared with the current front only: if a front point dominates it, it is
+    off the front (a point off the front is dominated by one on it, so no other comparison can
+    put it on); otherwise it joins and the front points it dominates leave. Identical points do
+    not dominate each other, so duplicates of a front point are all on it, as in
+    :func:`~stas_sweep.sweep.pareto.non_dominated`. The hypervolume is that of the front (points
+    off it add nothing), recomputed only when the front changed, and appended to
+    :attr:`history` once per :meth:`record` (one value per finished trial). Cost per point:
+    O(front size), whatever the number of points.
+    """
+
+    def __init__(self, objectives, reference: Mapping[str, float], points: Sequence[Mapping] = ()) -> None:
+        self.objectives, self.reference = as_objectives(objectives), dict(reference)
+        self.points: list[dict] = []
+        self._loss: list[tuple | None] = []   # each point's values to minimise (None: invalid)
+        self.on: set[int] = set()             # indices of the front's points
+        self.hypervolume = 0.0
+        self.history: list[float] = []        # the hypervolume after each recorded trial
+        if points:
+            self.add(points)
+
+    def add(self, points: Sequence[Mapping]) -> FrontChange:
+        before = set(self.on)
+        added = []
+        for p in points:
+            i = len(self.points)
+            self.points.append(dict(p))
+            f = loss_vector(p, self.objectives)
+            self._loss.append(f)
+            added.append(i)
+            if f is None or any(_dominates(self._loss[j], f) for j in self.on):
+                continue
+            self.on = {j for j in self.on if not _dominates(f, self._loss[j])}
+            self.on.add(i)
+        changed = self.on != before
+        if changed:
+            self.hypervolume = hypervolume([self.points[j] for j in self.on], self.objectives, self.reference)
+        return FrontChange(added, sorted(before - self.on), changed)
+
+    def record(self) -> float:
+        """Append the current hypervolume to the history (a trial finished); returns it."""
+        self.history.append(self.hypervolume)
+        return self.hypervolume
+
+    @property
+    def front(self) -> list[dict]:
+        """The front's points in :func:`~stas_sweep.sweep.pareto.pareto_front`'s order: by the
+        raw values of the objectives, then by arrival."""
+        names = [o.name for o in self.objectives]
+        order = sorted(self.on, key=lambda i: (*(float(self.points[i][n]) for n in names), i))
+        return [self.points[i] for i in order]
+
+    def snapshot(self) -> Front:
+        return Front(self.points, self.front, self.hypervolume)
+
+
+def _dominates(a: tuple, b: tuple) -> bool:
+    """``a`` dominates ``b`` (both to minimise): no worse anywhere, better somewhere."""
+    return all(x <= y for x, y in zip(a, b)) and a != b
 
 
 def param_keys(points: Sequence[Mapping]) -> list[str]:

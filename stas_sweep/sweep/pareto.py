@@ -30,6 +30,7 @@ __all__ = [
     "non_dominated",
     "pareto_front",
     "hypervolume",
+    "loss_vector",
 ]
 
 MODES = ("max", "min")
@@ -113,6 +114,12 @@ def _number(value: object) -> float:
     except (TypeError, ValueError):
         return math.nan
     return x if math.isfinite(x) else math.nan
+
+
+def loss_vector(point: Mapping[str, float], objectives: Sequence[Objective]) -> tuple[float, ...] | None:
+    """``(s_1 * point[name_1], ...)``, the point's values to minimise; None for an invalid point."""
+    f = tuple(o.sign * _number(point.get(o.name)) for o in objectives)
+    return None if any(math.isnan(x) for x in f) else f
 
 
 def _loss_matrix(

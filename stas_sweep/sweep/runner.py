@@ -20,20 +20,24 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..energy import METER_VERSION
 from ..errors import last_line
-from ..tracking import sqlite_path
+from ..tracking import SweepTracker, sqlite_path
 from ..tables import plural
 from . import storage
+from .callbacks import TrackerCallback
 from .checkpoints import restore_lost_checkpoints
 from .front import OBJECTIVE_METRICS, front_of, trial_points
+from .paper_results import paper_rows
 from .space import DRIVER_CPU, SweepSpec
 from .trainable import train_stage1, train_stage1_on_workers, train_trial
 from .workers import WorkerGroup
+from .writer import draw_front
 
 # restarts of a worker group (a lost worker or node) from its last checkpoint, before the trial
 # fails and Tune's own retries (``retries``) take over
@@ -520,17 +524,15 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
     (FINISHED, KILLED on Ctrl-C, FAILED otherwise). Raises :class:`SweepError` for a sweep that
     cannot start, :class:`SweepInterrupted` when stopped, :class:`SweepFault` on a disk or
     permission fault. ``trainable`` as :func:`run_sweep`'s."""
-    from ..tracking import SweepTracker
-    from .callbacks import TrackerCallback
-
     preflight(spec, address=address, resume=resume, tracking_uri=tracking_uri, log=log)  # nothing is created when this fails
     with sweep_folder(spec, resume, log):  # a second driver of this sweep is refused here, before MLflow
         tracker = SweepTracker(tracking_uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
                                scheduler=spec.scheduler, energy_convention=str(METER_VERSION))
         tracker.start_parent(spec, plan)
+        paper = paper_rows(spec.base.data.name, transformers_only=True)  # markers on the front's plots
         try:
             result = run_sweep(spec, address=address, resume=resume, log=log, trainable=trainable,
-                               callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference,
+                               callbacks=[TrackerCallback(tracker, spec.objectives, spec.reference, paper=paper,
                                                           world_size=spec.resources.get("workers", 1))])
         except KeyboardInterrupt:
             _close(tracker, "KILLED", None, log)
@@ -542,7 +544,12 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
                 raise SweepFault(fault) from e
             raise
         log_stage1_model(tracker, spec, log=log)
-        tracker.finish(result)
+        history = dict(tracker.hypervolume_history())
+        history[len(result.trials)] = result.hypervolume
+        with tempfile.TemporaryDirectory() as d:
+            tracker.finish(result, files=draw_front(
+                result.points, result.front, spec.objectives, Path(d), sweep=spec.name, history=history, paper=paper,
+                html=True, energy_version=tracker.energy_convention))
         return result
 
 
