@@ -619,7 +619,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
     latest sweep's front) in the Model Registry; prints ``models:/NAME/VERSION``."""
     import re
 
-    from .sweep.front import best_point, knee_point
+    from .sweep.front import best_point, knee_point, knob_of
     from .tracking import front_point_run, latest_sweep, point_run, register_point
 
     point = args.point.strip()
@@ -637,7 +637,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
                           else best_point(sweep["front"], point[5:], sweep["objectives"]))
             except ValueError as e:
                 raise UsageError(f"POINT {args.point!r}: {e}") from None
-            picked = front_point_run(uri, sweep["run_id"], SweepTracker.point_key(chosen))
+            picked = front_point_run(uri, sweep["run_id"], SweepTracker.point_key(chosen, knob_of(chosen)[0]))
         else:
             picked = point_run(uri, point)
         registered, created = register_point(uri, picked, args.name, args.force)

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from .errors import UserError, credentials_to_env, mask_text
 
@@ -380,7 +380,11 @@ class SweepTracker:
     """
 
     def __init__(self, uri: str | None, experiment: str, sweep: str, path: str, objectives: list,
-                 scheduler: str = "asha", energy_convention: str | None = None) -> None:
+                 scheduler: str = "asha", energy_convention: str | None = None,
+                 knob_of: Callable[[Mapping], tuple[str, Any]] | None = None) -> None:
+        # a point -> (its knob's name, value): the sweep's (front.knob_of, from the method records);
+        # module level, so it pickles with the tracker. None: every point is an A-SSA point (epsilon).
+        self.knob_of = knob_of
         self.uri = resolve_tracking_uri(uri)
         self.energy_convention = energy_convention  # the meter's version: a tag on every run
         self.scheduler = scheduler  # what stopped a trial early: the `stopped_by` tag
@@ -594,20 +598,24 @@ class SweepTracker:
 
     # -- the points and the front -------------------------------------------------------------
     @staticmethod
-    def point_key(point: dict) -> str:
-        """``<trial>@<epsilon>`` for A-SSA, ``<trial>@<knob>=<value>`` for a baseline's knob."""
-        from .models.halting import KNOBS
-
-        knob = KNOBS.get(point.get("method") or "stas", "epsilon")
+    def point_key(point: Mapping, knob: str = "epsilon") -> str:
+        """``<trial>@<epsilon>`` for A-SSA, ``<trial>@<knob>=<value>`` for another method's knob."""
         value = point.get(knob)
         text = "-" if value is None else f"{float(value):g}"
         return f"{point['trial_id']}@{text}" if knob == "epsilon" else f"{point['trial_id']}@{knob}={text}"
+
+    def _knob(self, point: Mapping) -> str:
+        knob_of = getattr(self, "knob_of", None)
+        return knob_of(point)[0] if knob_of is not None else "epsilon"
+
+    def _key(self, point: Mapping) -> str:
+        return self.point_key(point, self._knob(point))
 
     def _point_run(self, point: dict, on_front: bool) -> str:
         """The run of one candidate point, created (finished, with its metrics) on first sight."""
         from mlflow.entities import Metric, Param, RunTag
 
-        key = self.point_key(point)
+        key = self._key(point)
         pareto = "true" if on_front else "false"
         unlogged = self.__dict__.setdefault("_points_unlogged", set())  # created, metrics not yet logged
         if key in self.point_runs and key not in unlogged:
@@ -622,12 +630,12 @@ class SweepTracker:
             unlogged.add(key)
         run_id = self.point_runs[key]
         ts = int(time.time() * 1000)
-        from .models.halting import KNOBS
-
-        searched = sorted(set(point) - {"trial_id", "method", *KNOBS.values(), *POINT_METRIC_NAMES})
-        params = [Param(k, str(point[k])[:6000]) for k in searched]
-        knobs = [k for k in dict.fromkeys(KNOBS.values()) if point.get(k) is not None] or ["epsilon"]
-        params += [Param(k, str(point.get(k))) for k in knobs if k not in {p.key for p in params}]
+        knob = self._knob(point)
+        # the searched values and the knob (other methods' knobs, None on this point, are left out)
+        searched = sorted(k for k in set(point) - {"trial_id", "method", knob, *POINT_METRIC_NAMES}
+                          if point[k] is not None)
+        params = [Param(k, str(point[k])[:6000]) for k in searched] + [Param(knob, str(point.get(knob)))]
+        knobs = [knob]
         metrics = [Metric(k, float(point[k]), ts, 0) for k in POINT_METRIC_NAMES
                    if isinstance(point.get(k), (int, float)) and not isinstance(point.get(k), bool)]
         self.client.log_batch(run_id, metrics=metrics, params=params,
@@ -639,9 +647,7 @@ class SweepTracker:
     def _model_tags(self, point: dict) -> dict[str, str]:
         """A point run's tags ``model_uri`` (its trial's model, when logged) and ``knob``
         (``epsilon=0.2``: the value the model was evaluated at)."""
-        from .models.halting import KNOBS
-
-        knob = KNOBS.get(point.get("method") or "stas", "epsilon")
+        knob = self._knob(point)
         tags = {"knob": f"{knob}={point.get(knob)}"}
         model = getattr(self, "models", {}).get(str(point["trial_id"]))  # absent in a tracker pickled before models
         if model:
@@ -672,10 +678,10 @@ class SweepTracker:
         """One run per candidate point (created once), ``pareto`` retagged where the front changed;
         each trial run's ``pareto_points``: how many of its points are on the front."""
         self._sync()
-        on = {self.point_key(p) for p in front}
+        on = {self._key(p) for p in front}
         per_trial: dict[str, int] = {}
         for p in points:
-            key = self.point_key(p)
+            key = self._key(p)
             run_id = self._point_run(p, key in on)
             want = "true" if key in on else "false"
             if self.point_pareto.get(key) != want:
@@ -697,12 +703,12 @@ class SweepTracker:
         self._sync()
         for p, on in new:
             run_id, want = self._point_run(p, on), "true" if on else "false"
-            key = self.point_key(p)
+            key = self._key(p)
             if self.point_pareto.get(key) != want:
                 self.client.set_tag(run_id, "pareto", want)
                 self.point_pareto[key] = want
         for p in left:
-            key = self.point_key(p)
+            key = self._key(p)
             if key in self.point_runs and self.point_pareto.get(key) != "false":
                 self.client.set_tag(self.point_runs[key], "pareto", "false")
                 self.point_pareto[key] = "false"

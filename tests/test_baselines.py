@@ -394,7 +394,7 @@ def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys, mlflow_d
     """A CIFAR-100 sweep draws the paper's Table 3 rows on the front PNG/HTML its tracker logs, and
     ``pareto --paper`` lists them as not measured (a real sqlite MLflow store, no Ray)."""
     from stas_sweep.cli import main
-    from stas_sweep.sweep.front import front_of
+    from stas_sweep.sweep.front import front_of, knob_of
     from stas_sweep.sweep.paper_results import paper_rows
     from stas_sweep.sweep.writer import draw_front
     from stas_sweep.sweep.space import load_spec
@@ -402,7 +402,7 @@ def test_cifar_sweep_front_carries_the_papers_markers(tmp_path, capsys, mlflow_d
 
     spec = load_spec(Path(__file__).parent.parent / "search_spaces" / "cifar100_baselines.yaml")
     uri = mlflow_db(tmp_path)
-    tracker = SweepTracker(uri, "c100", spec.name, str(tmp_path), spec.objectives, scheduler="moasha")
+    tracker = SweepTracker(uri, "c100", spec.name, str(tmp_path), spec.objectives, scheduler="moasha", knob_of=knob_of)
     tracker.start_parent(spec, "plan")
     paper = paper_rows(spec.base.data.name, transformers_only=True)  # the sweep draws them on its plots
     assert paper and all(not r["measured"] for r in paper)

@@ -32,7 +32,7 @@ from ..tables import plural
 from . import storage
 from .callbacks import TrackerCallback
 from .checkpoints import restore_lost_checkpoints
-from .front import OBJECTIVE_METRICS, front_of, trial_points
+from .front import OBJECTIVE_METRICS, front_of, knob_of, trial_points
 from .paper_results import paper_rows
 from .space import DRIVER_CPU, SweepSpec
 from .trainable import train_stage1, train_stage1_on_workers, train_trial
@@ -527,7 +527,7 @@ def run_tracked(spec: SweepSpec, tracking_uri: str, plan: str, *, address: str |
     preflight(spec, address=address, resume=resume, tracking_uri=tracking_uri, log=log)  # nothing is created when this fails
     with sweep_folder(spec, resume, log):  # a second driver of this sweep is refused here, before MLflow
         tracker = SweepTracker(tracking_uri, spec.experiment, spec.name, experiment_path(spec), spec.objectives,
-                               scheduler=spec.scheduler, energy_convention=str(METER_VERSION))
+                               scheduler=spec.scheduler, energy_convention=str(METER_VERSION), knob_of=knob_of)
         tracker.start_parent(spec, plan)
         paper = paper_rows(spec.base.data.name, transformers_only=True)  # markers on the front's plots
         try:
