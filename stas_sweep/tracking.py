@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -84,6 +85,12 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
+
+
+def params_key(flat: Mapping[str, Any]) -> str:
+    """Flattened params as MLflow stores them (strings, cut at 6000 characters), as one comparable
+    text: a run's logged params and a trial's config give the same key."""
+    return json.dumps({k: str(v)[:6000] for k, v in flat.items()}, sort_keys=True)
 
 
 def log_params(client, run_id: str, params: dict) -> None:
@@ -491,6 +498,8 @@ class SweepTracker:
                 self.runs[tags["trial_id"]] = run.info.run_id
                 if tags.get(MODEL_URI_TAG):
                     self.models[tags["trial_id"]] = tags[MODEL_URI_TAG]
+                if run.info.status in ("RUNNING", "KILLED"):  # cut off by a driver that stopped
+                    self.__dict__.setdefault("open_trials", {})[tags["trial_id"]] = params_key(run.data.params)
 
     def saved_points(self) -> list[dict]:
         """The candidate points logged so far (``candidates.json``): where a resumed sweep goes on."""
@@ -534,6 +543,8 @@ class SweepTracker:
             if started and self.client.get_run(self.runs[trial_id]).info.status == "KILLED":
                 self.client.update_run(self.runs[trial_id], status="RUNNING")
             return self.runs[trial_id]
+        if started and self._adopt(trial_id, params):
+            return self.runs[trial_id]
         run = self.client.create_run(self._experiment_id(), run_name=f"trial-{trial_id}", tags={
             "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep, ROLE_TAG: "trial",
             "full_budget": "false", "method": params.get("halting.method", getattr(self, "base_method", "stas")),
@@ -543,6 +554,42 @@ class SweepTracker:
         unlogged = self.__dict__.setdefault("_params_unlogged", set())  # a retry after a failure logs them
         unlogged.add(trial_id)
         return self._log_trial_params(trial_id, params)
+
+    def lost_trials(self, known) -> list[str]:
+        """After a resume, ``known``: the trial ids Tune restored. The trial runs a killed driver left
+        open (RUNNING, or KILLED by a Ctrl-C) whose trial Tune does not know: Tune's saved state
+        predates them. Each may be adopted (:meth:`_adopt`) by a new trial of the same configuration."""
+        self._sync()
+        open_trials = self.__dict__.setdefault("open_trials", {})
+        self.lost = {t: key for t, key in open_trials.items() if t not in set(known)}
+        return sorted(self.lost)
+
+    def _adopt(self, trial_id: str, params: dict) -> bool:
+        """A new trial whose configuration is that of a lost trial (:meth:`lost_trials`; Optuna,
+        restored to the saved state, suggests it again) continues the lost trial's run: retagged
+        with the new id (``adopted_from``: the old one) and reopened, so no configuration has two
+        trial runs. The epochs the lost trial logged stand; the same epochs of the new trial are not
+        logged again (:meth:`trial_results`)."""
+        lost = getattr(self, "lost", None)
+        if not lost:
+            return False
+        key = params_key(flatten(params))
+        old = next((t for t, k in lost.items() if k == key), None)
+        if old is None:
+            return False
+        del lost[old]
+        run_id = self.runs.pop(old)
+        self.client.set_tag(run_id, "trial_id", trial_id)
+        self.client.set_tag(run_id, "adopted_from", old)
+        if "stopped_by" in self.client.get_run(run_id).data.tags:  # a driver's end closed it as not restored
+            self.client.delete_tag(run_id, "stopped_by")
+        self.client.update_run(run_id, status="RUNNING", name=f"trial-{trial_id}")
+        steps = [m.step for m in self.client.get_metric_history(run_id, "accuracy")]
+        self.__dict__.setdefault("logged_upto", {})[trial_id] = max(steps, default=0)
+        self.runs[trial_id] = run_id
+        print(f"trial {trial_id} has the configuration of trial {old}, which a killed driver had started after "
+              f"Tune last saved the sweep: it continues that trial's MLflow run", file=sys.stderr, flush=True)
+        return True
 
     def _log_trial_params(self, trial_id: str, params: dict) -> str:
         log_params(self.client, self.runs[trial_id], params)
@@ -565,7 +612,8 @@ class SweepTracker:
 
         run_id = self.child(trial_id, params)
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for metrics, step in results for k, v in metrics.items()
+        upto = getattr(self, "logged_upto", {}).get(trial_id, 0)  # logged by the lost trial it adopted
+        items = [Metric(k, float(v), ts, step) for metrics, step in results if step > upto for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), 1000):  # MLflow takes 1000 metrics a call
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
@@ -751,14 +799,15 @@ class SweepTracker:
         where they differ from those written as trials ended (trials of earlier drivers; an
         error whose text Tune had not stored yet when the trial failed), the final front and its
         ``files`` (plots drawn by the sweep)."""
+        # after a resume, the trials and points of this driver were logged by the tracker Tune
+        # restored with its callback, not by this one: read them back first (a trial run this
+        # object does not hold would otherwise be created a second time)
+        self._load_state()
         for t in result.trials:
             error = (t["error"] or "") if t["status"] == "failed" else None
             if self.ended.get(t["trial_id"]) != (t["full_budget"] if error is None else None, error):
                 self._tag_end(t["trial_id"], t["params"], full_budget=t["full_budget"], error=error)
         self.finished = len(result.trials)
-        # after a resume, the trials and points of this driver were logged by the tracker Tune
-        # restored with its callback, not by this one: read them back before writing the front
-        self._load_state()
         self._close_open_trials("KILLED", keep={t["trial_id"] for t in result.trials}, reason="not_restored")
         self.write_front(result, final=True, files=files)
         self.client.set_tag(self.parent_id, "front_size", str(len(result.front)))

@@ -111,8 +111,10 @@ def test_a_space_with_nothing_to_search_runs_its_one_configuration(ray_local, tm
 
 def test_no_trial_run_is_left_running_after_an_interruption_or_a_resume(tmp_path, sweep_file, mlflow_db):
     """Ctrl-C closes the running trials' runs as KILLED with the sweep; a resume reopens the ones
-    Tune brings back; at the end, a trial Tune had not saved before a kill -9 (so it never comes
-    back) is closed as KILLED and tagged ``stopped_by = not_restored``."""
+    Tune brings back. A trial Tune had not saved before a kill -9 never comes back: a new trial of
+    the same configuration (Optuna, restored to the saved state, suggests it again) continues its
+    run, so no configuration has two trial runs and no epoch is logged twice; one whose
+    configuration does not come again is closed as KILLED, ``stopped_by = not_restored``."""
     from types import SimpleNamespace
 
     from stas_sweep.sweep.space import load_spec
@@ -121,23 +123,37 @@ def test_no_trial_run_is_left_running_after_an_interruption_or_a_resume(tmp_path
     spec = load_spec(sweep_file(tmp_path))
     uri = mlflow_db(tmp_path)
     objectives = [("accuracy", "max"), ("energy_mj", "min")]
+    beta = {t: {"halting.beta": b, "world_size": 1} for t, b in zip("abce", (-6.0, -6.5, -7.0, -7.5))}
     tracker = SweepTracker(uri, "faults", "tiny", str(tmp_path / "results"), objectives)
     tracker.start_parent(spec, "plan")
-    runs = {t: tracker.child(t, {"halting.beta": -6.0}, started=True) for t in ("a", "b", "c")}
-    tracker.trial_complete("a", {"halting.beta": -6.0}, full_budget=False)
-    tracker.fail("KILLED")  # Ctrl-C
+    runs = {t: tracker.child(t, beta[t], started=True) for t in "abce"}
+    tracker.trial_complete("a", beta["a"], full_budget=False)
+    tracker.trial_results("c", beta["c"], [({"accuracy": 50.0}, 1)])
+    tracker.fail("KILLED")  # Ctrl-C (a kill -9 leaves them RUNNING: the same from here on)
     status = lambda t: tracker.client.get_run(runs[t]).info.status  # noqa: E731
-    assert [status(t) for t in "abc"] == ["FINISHED", "KILLED", "KILLED"]
-    # the resume: a new tracker (Tune's restored copy); Tune restores b, never heard of c
+    assert [status(t) for t in "abce"] == ["FINISHED", "KILLED", "KILLED", "KILLED"]
+    # the resume: a new tracker (Tune's restored copy); Tune restores a and b, never heard of c or e
     again = SweepTracker(uri, "faults", "tiny", str(tmp_path / "results"), objectives)
     again.start_parent(spec, "plan")
-    assert again.child("b", {"halting.beta": -6.0}, started=True) == runs["b"] and status("b") == "RUNNING"
-    again.trial_complete("b", {"halting.beta": -6.0}, full_budget=False)
-    trials = [{"trial_id": t, "params": {"halting.beta": -6.0}, "status": "stopped_by_moasha", "full_budget": False,
-               "error": None} for t in "ab"]
+    assert again.lost_trials(known={"a", "b"}) == ["c", "e"]
+    assert again.child("b", beta["b"], started=True) == runs["b"] and status("b") == "RUNNING"
+    again.trial_complete("b", beta["b"], full_budget=False)
+    # Optuna suggests c's configuration again, as trial d: it continues c's run
+    assert again.child("d", dict(beta["c"]), started=True) == runs["c"] and status("c") == "RUNNING"
+    again.trial_results("d", beta["c"], [({"accuracy": 50.0}, 1), ({"accuracy": 60.0}, 2)])
+    again.trial_complete("d", beta["c"], full_budget=False)
+    trials = [{"trial_id": t, "params": beta["c" if t == "d" else t], "status": "stopped_by_moasha",
+               "full_budget": False, "error": None} for t in "abd"]
     again.finish(SimpleNamespace(trials=trials, points=[], front=[], hypervolume=0.0))
-    assert [status(t) for t in "abc"] == ["FINISHED", "FINISHED", "KILLED"]
-    assert tracker.client.get_run(runs["c"]).data.tags["stopped_by"] == "not_restored"
+    assert [status(t) for t in "abce"] == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]
+    tags = {t: tracker.client.get_run(runs[t]).data.tags for t in "ce"}
+    assert tags["c"]["trial_id"] == "d" and tags["c"]["adopted_from"] == "c"
+    assert tags["c"]["stopped_by"] == "asha"  # d's own end, not the closing of a lost trial
+    assert tags["e"]["stopped_by"] == "not_restored"
+    history = tracker.client.get_metric_history(runs["c"], "accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 50.0), (2, 60.0)]  # epoch 1 once
+    trial_runs = tracker.client.search_runs([again._experiment_id()], filter_string="tags.`stas.role` = 'trial'")
+    assert len(trial_runs) == 4  # a, b, c (continued by d), e: one run per configuration
 
 
 @pytest.fixture

@@ -56,7 +56,8 @@ class TrackerCallback(tune.Callback):
     def seed_of(trials) -> dict:
         """What the writer needs of the trials Tune restored (none on a fresh sweep): the points of
         the finished ones, and each started one's id, config, status and folder (its ``result.json``
-        holds the results a killed driver may not have logged)."""
+        holds the results a killed driver may not have logged), and every trial id Tune knows (a
+        trial run of none of them was cut off before Tune saved it)."""
         points, started = [], []
         for t in trials:
             last = t.last_result or {}
@@ -65,7 +66,7 @@ class TrackerCallback(tune.Callback):
             started.append((t.trial_id, dict(t.config), t.status, getattr(t, "path", None)))
             if t.status == "TERMINATED" and last.get("full_budget") and last.get("epsilon_table"):
                 points.append((t.trial_id, dict(t.config), json.loads(last["epsilon_table"])))
-        return {"points": points, "trials": started}
+        return {"points": points, "trials": started, "known": [t.trial_id for t in trials]}
 
     def _put(self, trials, event: tuple) -> None:
         t0 = time.thread_time()

@@ -162,6 +162,11 @@ class SweepWriter:
             if done is None or f"{trial_id}\tend" in done:
                 self._add_points(trial_id, params, rows, log=False)
         self.history = dict(self.tracker.hypervolume_history()) if self.seed.get("points") else {}
+        lost = self.tracker.lost_trials(self.seed.get("known", []))
+        if lost:
+            self.log(f"MLflow: {plural(len(lost), 'trial run')} of a killed driver ({', '.join(lost)}) that Tune "
+                     f"did not save: a new trial of the same configuration continues each; the others are "
+                     f"closed as KILLED at the end")
         if local:
             self._replayed = self._replay(done) if self.seed.get("trials") and done is not None else []
             self._acked = acked.open("a")
