@@ -740,14 +740,14 @@ class SweepTracker:
         where they differ from those written as trials ended (trials of earlier drivers; an
         error whose text Tune had not stored yet when the trial failed), the final front and its
         ``files`` (plots drawn by the sweep)."""
+        # after a resume, the trials and points of this driver were logged by the tracker Tune
+        # restored with its callback, not by this one: read them back before tagging and writing
+        self._load_state()
         for t in result.trials:
             error = (t["error"] or "") if t["status"] == "failed" else None
             if self.ended.get(t["trial_id"]) != (t["full_budget"] if error is None else None, error):
                 self._tag_end(t["trial_id"], t["params"], full_budget=t["full_budget"], error=error)
         self.finished = len(result.trials)
-        # after a resume, the trials and points of this driver were logged by the tracker Tune
-        # restored with its callback, not by this one: read them back before writing the front
-        self._load_state()
         self._close_open_trials("KILLED", keep={t["trial_id"] for t in result.trials}, reason="not_restored")
         self.write_front(result, final=True, files=files)
         self.client.set_tag(self.parent_id, "front_size", str(len(result.front)))
