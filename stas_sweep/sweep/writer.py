@@ -77,14 +77,12 @@ class SweepWriter:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.seed = seed or {}
-        self.front: IncrementalFront | None = None
         self.history: dict[int, float] = {}   # finished trials -> hypervolume then
         self.pareto_points: dict[str, int] = {}  # trial id -> its points on the front
         self.points_of: set[str] = set()      # trials whose points the front holds
         self.busy_since: float | None = None  # when the call in progress started
         self.failing_since: float | None = None
         self.warned = False
-        self.delayed = 0
         self.seconds = 0.0                    # CPU time of this thread, the plots included
         self.artifact_seconds, self._artifacts_due = 0.0, 0.0  # CPU time of the plots and tables
         self._acked = None
@@ -115,7 +113,8 @@ class SweepWriter:
         self._stopped.set()
         if self.thread.is_alive():
             self.log(f"warning: MLflow store {self.tracker.uri} still does not answer: {self.queue.qsize()} "
-                     f"trial event(s) not logged; --resume replays them from Tune's results")
+                     f"trial event(s) not logged (Tune's results hold them: result.json of each trial; --resume of an "
+                     f"interrupted sweep replays them)")
             return False
         return True
 
@@ -152,6 +151,8 @@ class SweepWriter:
         self.seconds += time.thread_time() - t0
 
     def _load(self) -> None:
+        self.front = IncrementalFront(self.objectives, self.reference)  # afresh if a failure cut a try
+        self.pareto_points, self.points_of = {}, set()
         folder = Path(self.tracker.path)
         local = "://" not in self.tracker.path and folder.is_dir()
         acked = folder / ACKED
@@ -285,7 +286,6 @@ class SweepWriter:
                 if not transient(e):
                     self.log(f"warning: MLflow refused {what} ({last_line(e)}); the sweep goes on without it")
                     return False
-                self.delayed += 1
                 self._outage(f"{type(e).__name__}: {last_line(e)[:300]}")
                 time.sleep(delay)
                 delay = min(2 * delay, MAX_BACKOFF_S)
