@@ -131,15 +131,16 @@ def test_submit_to_an_unreachable_address_fails_clearly(tmp_path, sweep_file, fr
 
 
 def test_local_run_refuses_gpus_it_does_not_have(tmp_path, sweep_file, mlflow_db, monkeypatch, capsys, forbid_ray):
-    """More GPUs per trial than any machine has: refused in this process before a Ray starts."""
+    """More GPUs per trial than this machine has (32 workers of one GPU each): refused in this
+    process before a Ray starts."""
     from stas_sweep.cli import main
 
-    space = sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1024})
+    space = sweep_file(tmp_path, resources={"workers": 32, "cpu": 1, "gpu": 1})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db(tmp_path, "m.db"))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(space)]) == 2
-    assert "no trial could ever be placed (GPU: a trial needs 1024, this machine has" in capsys.readouterr().err
+    assert "GPU: a trial needs 32, this machine has" in capsys.readouterr().err
 
 
 def test_submit_quotes_every_value_of_the_entrypoint(tmp_path, sweep_file, monkeypatch):
