@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from node_loss import kill_all
+from node_loss import kill_all, run
 
 TRIALS, EPOCHS, DEADLINE_S = 6, 4, 240
 
@@ -139,23 +139,8 @@ def drill(root: Path) -> list[str]:
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("kill-and-resume drill: terminated"))
-    root = Path(tempfile.mkdtemp(prefix="stas-kill-resume-"))
-    t0 = time.time()
-    problems = drill(root)
-    took = time.time() - t0
-    if problems:
-        logs = sorted(root.glob("driver-*.log"))
-        print(f"kill-and-resume drill FAILED after {took:.0f} s:\n  " + "\n  ".join(problems), file=sys.stderr)
-        if logs:
-            print("last driver's output (last 40 lines):\n" + "\n".join(logs[-1].read_text().splitlines()[-40:]),
-                  file=sys.stderr)
-        return 1
-    print(f"kill-and-resume drill passed in {took:.0f} s: one trial run per configuration after a kill -9, "
-          f"the lost trial's run continued by its configuration's new trial, every epoch once, none RUNNING")
-    if "--keep" not in sys.argv:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return run("kill-and-resume", drill, "one trial run per configuration after a kill -9, the lost trial's run "
+               "continued by its configuration's new trial, every epoch once, none RUNNING", "stas-kill-resume-")
 
 
 if __name__ == "__main__":

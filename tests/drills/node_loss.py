@@ -184,24 +184,32 @@ def drill(root: Path) -> list[str]:
         shutil.rmtree(node_tmp, ignore_errors=True)
 
 
-def main() -> int:
-    # a SIGTERM (CI's timeout) unwinds through drill()'s finally, which stops every process by PID
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("node-loss drill: terminated"))
-    root = Path(tempfile.mkdtemp(prefix="stas-node-loss-"))
+def run(name: str, drill, passed: str, prefix: str) -> int:
+    """Run ``drill(root)`` (a list of problems, empty when it passed) in a fresh temp folder and print
+    the verdict: the problems and the newest ``*.log`` of the folder's tail on failure (exit 1),
+    ``passed`` on success (the folder removed unless ``--keep``)."""
+    # a SIGTERM (CI's timeout) unwinds through the drill's finally, which stops every process by PID
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{name} drill: terminated"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     t0 = time.time()
     problems = drill(root)
     took = time.time() - t0
     if problems:
-        print(f"node-loss drill FAILED after {took:.0f} s:\n  " + "\n  ".join(problems), file=sys.stderr)
-        print("driver output (last 40 lines):\n" + "\n".join(
-            (root / "driver.log").read_text().splitlines()[-40:]) if (root / "driver.log").exists() else "",
-            file=sys.stderr)
+        print(f"{name} drill FAILED after {took:.0f} s:\n  " + "\n  ".join(problems), file=sys.stderr)
+        logs = sorted(root.glob("*.log"), key=lambda f: f.stat().st_mtime)
+        if logs:
+            print(f"{logs[-1].name} (last 40 lines):\n" + "\n".join(logs[-1].read_text().splitlines()[-40:]),
+                  file=sys.stderr)
         return 1
-    print(f"node-loss drill passed in {took:.0f} s: the sweep finished after the second node was killed, "
-          f"a worker group resumed from its checkpoint, every epoch logged once, no run left RUNNING")
+    print(f"{name} drill passed in {took:.0f} s: {passed}")
     if "--keep" not in sys.argv:
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def main() -> int:
+    return run("node-loss", drill, "the sweep finished after the second node was killed, a worker group resumed "
+               "from its checkpoint, every epoch logged once, no run left RUNNING", "stas-node-loss-")
 
 
 if __name__ == "__main__":
