@@ -154,6 +154,7 @@ def test_rank_seeds():
 
 
 
+@pytest.mark.drill
 @pytest.mark.slow(60)
 def test_a_sweep_whose_trials_train_on_two_workers(ray_local, tmp_path, sweep_file, mlflow_db, mlflow_runs,
                                                     monkeypatch, capsys):

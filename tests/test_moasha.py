@@ -290,6 +290,7 @@ def _kill_ray_under(folder: str) -> None:
             pass
 
 
+@pytest.mark.drill
 @pytest.mark.slow(80)
 def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(tmp_path, sweep_file, descendants):
     """`run_sweep` in a subprocess on synthetic trials: Ctrl-C (SIGINT to its process group), resume,
