@@ -8,7 +8,7 @@ command's flag and help. The evaluation tables, the front's knob lookup, the plo
 training config's and search-space file's checks and the command line all read these records::
 
     register(Method("token_drop", TokenDropConfig, grid=(1.0, 0.75, 0.5, 0.25), grid_key="keep_ratios",
-                    bounds={"gt": 0, "le": 1}, label="token dropping (STATA-style)", colour="#2ca02c",
+                    label="token dropping (STATA-style)", colour="#2ca02c",
                     flag_help="the token-dropping baseline at this keep ratio in (0, 1]"))
 
 ``static`` (halting off) is a record too, with no config and no knob: the row every evaluation
@@ -22,7 +22,7 @@ the command-line parser can read the records without loading torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 from .models.configs import HaltingConfig, MethodConfig, TimestepExitConfig, TokenDropConfig
@@ -35,16 +35,13 @@ class Method:
     """A halting method. ``config``: the config class the model runs (None: ``static``);
     ``grid``: the knob values an evaluation visits when the search-space file gives none (None:
     the training config's ``eval_epsilons``, A-SSA's STAS^epsilon grid); ``grid_key``: the
-    search-space file's ``eval`` key that overrides ``grid``; ``bounds``: the knob's accepted
-    range as pydantic's ``Field`` takes it (the search-space schema checks ``grid_key`` values
-    with it); ``label``/``colour``: its points in the front plots; ``flag_help``: the ``energy``
-    command's help for its knob's flag."""
+    search-space file's ``eval`` key that overrides ``grid``; ``label``/``colour``: its points in
+    the front plots; ``flag_help``: the ``energy`` command's help for its knob's flag."""
 
     name: str
     config: type[MethodConfig] | None
     grid: tuple[float, ...] | None = None
     grid_key: str | None = None
-    bounds: Mapping[str, float] = field(default_factory=dict)
     label: str = ""
     colour: str = "#7f7f7f"
     flag_help: str = ""
@@ -53,6 +50,12 @@ class Method:
     def knob(self) -> str | None:
         """The evaluation knob's field (``epsilon``, ``keep_ratio``, ``exit_threshold``); None for static."""
         return None if self.config is None else self.config.knob_name
+
+    @property
+    def bounds(self) -> Mapping[str, float]:
+        """The knob's accepted range as pydantic's ``Field`` takes it (the config's; the training
+        config and the search-space schema check knob values with it)."""
+        return {} if self.config is None else dict(self.config.knob_bounds)
 
     @property
     def decision_row(self) -> str | None:
@@ -130,12 +133,12 @@ def colour_of(method: str | None, default: str) -> str:
     return default if m is None else m.colour
 
 
-register(Method("stas", HaltingConfig, grid=None, grid_key="epsilons", bounds={"ge": 0, "lt": 1}, label="STAS (A-SSA)", colour="#1f77b4",
+register(Method("stas", HaltingConfig, grid=None, grid_key="epsilons", label="STAS (A-SSA)", colour="#1f77b4",
                 flag_help="halting threshold knob in [0, 1) (implies --halting)"))
 register(Method("token_drop", TokenDropConfig, grid=(1.0, 0.75, 0.5, 0.25), grid_key="keep_ratios",
-                bounds={"gt": 0, "le": 1}, label="static token dropping (STATA-style)", colour="#2ca02c",
+                label="static token dropping (STATA-style)", colour="#2ca02c",
                 flag_help="the token-dropping baseline at this keep ratio in (0, 1]"))
 register(Method("timestep_exit", TimestepExitConfig, grid=(0.0, 0.1, 0.3, 0.6), grid_key="exit_thresholds",
-                bounds={"ge": 0, "le": 1}, label="temporal early exit (DT-SNN-style, ours)", colour="#9467bd",
+                label="temporal early exit (DT-SNN-style, ours)", colour="#9467bd",
                 flag_help="the timestep-exit baseline at this normalised-entropy threshold in [0, 1]"))
 register(Method(STATIC, None, label="static (halting off)", colour="#8c564b"))

@@ -22,6 +22,7 @@ class MethodConfig:
 
     method: ClassVar[str]
     knob_name: ClassVar[str]
+    knob_bounds: ClassVar[dict[str, float]]  # the knob's accepted range, as pydantic's Field takes it
     decision_row: ClassVar[str]  # the energy report's row of the method's own decisions
 
     @property
@@ -44,6 +45,7 @@ class HaltingConfig(MethodConfig):
     accumulation: str = "tb"
     method: ClassVar[str] = "stas"
     knob_name: ClassVar[str] = "epsilon"
+    knob_bounds: ClassVar[dict[str, float]] = {"ge": 0.0, "lt": 1.0}
     decision_row: ClassVar[str] = "halting_score"
 
     def __post_init__(self) -> None:
@@ -67,6 +69,7 @@ class TokenDropConfig(MethodConfig):
     keep_ratio: float = 0.7
     method: ClassVar[str] = "token_drop"
     knob_name: ClassVar[str] = "keep_ratio"
+    knob_bounds: ClassVar[dict[str, float]] = {"gt": 0.0, "le": 1.0}
     decision_row: ClassVar[str] = "token_score"
 
     def __post_init__(self) -> None:
@@ -88,33 +91,35 @@ class TimestepExitConfig(MethodConfig):
     exit_threshold: float = 0.2
     method: ClassVar[str] = "timestep_exit"
     knob_name: ClassVar[str] = "exit_threshold"
+    knob_bounds: ClassVar[dict[str, float]] = {"ge": 0.0, "le": 1.0}
     decision_row: ClassVar[str] = "exit_test"
 
     def __post_init__(self) -> None:
         self.exit_threshold = check_exit_threshold(self.exit_threshold)
 
 
-def check_epsilon(epsilon: float) -> float:
-    epsilon = float(epsilon)
-    if not 0.0 <= epsilon < 1.0:
-        raise ValueError(f"epsilon must lie in [0, 1), got {epsilon}")
-    return epsilon
+def check_range(name: str, value: float, bounds: dict[str, float], what: str = "") -> float:
+    """``value`` as a float when it lies in ``bounds`` (``ge``/``gt`` below, ``le``/``lt`` above),
+    else a ValueError naming the range, e.g. ``epsilon must lie in [0, 1), got 1.0``."""
+    value = float(value)
+    lo, lo_open = (bounds["gt"], True) if "gt" in bounds else (bounds.get("ge", float("-inf")), False)
+    hi, hi_open = (bounds["lt"], True) if "lt" in bounds else (bounds.get("le", float("inf")), False)
+    if not ((lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)):
+        raise ValueError(f"{name}{what} must lie in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, "
+                         f"got {value}")
+    return value
 
+
+def check_epsilon(epsilon: float) -> float:
+    return check_range("epsilon", epsilon, HaltingConfig.knob_bounds)
 
 
 def check_keep_ratio(keep_ratio: float) -> float:
-    keep_ratio = float(keep_ratio)
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
-    return keep_ratio
+    return check_range("keep_ratio", keep_ratio, TokenDropConfig.knob_bounds)
 
 
 def check_exit_threshold(threshold: float) -> float:
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"exit_threshold (a normalised entropy) must lie in [0, 1], got {threshold}")
-    return threshold
-
+    return check_range("exit_threshold", threshold, TimestepExitConfig.knob_bounds, " (a normalised entropy)")
 
 
 # the configs the model runs, by method name (a halting dict's ``method`` key)
