@@ -1,7 +1,7 @@
 """Sweep overhead: wall time against the trials' own training time, points per trial, stage-1 runs.
 
     python benchmarks/bench_sweep.py [--out docs/benchmarks.md]
-    python benchmarks/bench_sweep.py --synthetic 64 256 1024 [--out docs/benchmarks.md]
+    python benchmarks/bench_sweep.py --synthetic 64 256 1024 [--checkpoint-period S] [--out docs/benchmarks.md]
 
 Runs ``stas-sweep run search_spaces/digits.yaml`` in a temporary folder (local Ray, sqlite
 MLflow), then runs a renamed copy of the same file: its stage 1 must be reused, not retrained.
@@ -10,7 +10,8 @@ MLflow), then runs a renamed copy of the same file: its stage 1 must be reused, 
 process: ``run_tracked`` (the sweep as ``stas-sweep run`` makes it: MLflow parent run, the
 tracker callback and its writer) on the synthetic trainable of ``stas_sweep.sweep.synthetic``
 (no torch, no training: only the driver's work shows), MOASHA, TPE, 2 trials at a time, a
-sqlite store, 4 knob points per trial. The time is split by wrapping the methods that do each
+sqlite store, 4 knob points per trial, the trials checkpointing as the file's
+``checkpoint_period_s`` says (``--checkpoint-period``). The time is split by wrapping the methods that do each
 part: our callback on Tune's loop, our writer thread (front, retags, MLflow writes), Optuna
 (``OptunaSearch``), MOASHA, Tune's experiment-state saves, and the rest of Tune's loop.
 """
@@ -58,7 +59,7 @@ class Timed:
         setattr(cls, name, timed)
 
 
-def synthetic_one(n: int, work: Path) -> dict:
+def synthetic_one(n: int, work: Path, checkpoint_period: float | None = None) -> dict:
     """One synthetic sweep of ``n`` trials in this process; the seconds of each part."""
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.search.optuna import OptunaSearch
@@ -78,6 +79,8 @@ def synthetic_one(n: int, work: Path) -> dict:
            "scheduler": {"type": "moasha", "grace_period": 1, "reduction_factor": 2, "max_epochs": 4},
            "resources": {"cpu": 1}, "max_concurrent_trials": 2, "retries": 0,
            "storage_path": str(work / "results"), "mlflow": {"experiment": "bench"}}
+    if checkpoint_period is not None:
+        raw["checkpoint_period_s"] = checkpoint_period
     space = work / "space.yaml"
     space.write_text(yaml.safe_dump(raw))
     spec = load_spec(space)
@@ -112,15 +115,16 @@ def synthetic_one(n: int, work: Path) -> dict:
             "artifacts": cb._writer.artifact_seconds if cb._writer else 0.0, **timed.seconds}
 
 
-def synthetic(sizes: list[int], out: Path | None) -> None:
+def synthetic(sizes: list[int], out: Path | None, checkpoint_period: float | None = None) -> None:
     rows = []
     for n in sizes:
         work = Path(tempfile.mkdtemp(prefix=f"bench-synthetic-{n}-"))
         env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                    STAS_SWEEP_RAY_TMPDIR=tempfile.mkdtemp(prefix="r", dir="/tmp"), PYTHONPATH=str(REPO))
         load = os.getloadavg()[0]
-        proc = subprocess.run([sys.executable, __file__, "--synthetic-one", str(n), str(work)], cwd=work, env=env,
-                              capture_output=True, text=True)
+        period = [] if checkpoint_period is None else ["--checkpoint-period", str(checkpoint_period)]
+        proc = subprocess.run([sys.executable, __file__, "--synthetic-one", str(n), str(work), *period], cwd=work,
+                              env=env, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
         row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -152,14 +156,17 @@ def main() -> None:
     ap.add_argument("--periodic-state", type=float, metavar="S",
                     help="with --synthetic: keep every trial checkpoint so that Tune saves its experiment state "
                          "every S seconds (TUNE_GLOBAL_CHECKPOINT_S) instead of after every checkpoint")
+    ap.add_argument("--checkpoint-period", type=float, metavar="S",
+                    help="with --synthetic: the search space's checkpoint_period_s (default: the file's default; "
+                         "0 checkpoints every epoch)")
     args = ap.parse_args()
     if args.periodic_state:
         os.environ.update(BENCH_PERIODIC_STATE="1", TUNE_GLOBAL_CHECKPOINT_S=str(args.periodic_state))
     if args.synthetic_one:
-        print(json.dumps(synthetic_one(int(args.synthetic_one[0]), Path(args.synthetic_one[1]))))
+        print(json.dumps(synthetic_one(int(args.synthetic_one[0]), Path(args.synthetic_one[1]), args.checkpoint_period)))
         return
     if args.synthetic:
-        synthetic(args.synthetic, args.out)
+        synthetic(args.synthetic, args.out, args.checkpoint_period)
         return
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     raw = yaml.safe_load((REPO / "search_spaces/digits.yaml").read_text())

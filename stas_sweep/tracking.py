@@ -540,8 +540,8 @@ class SweepTracker:
         if trial_id in self.__dict__.get("_params_unlogged", ()):
             self._log_trial_params(trial_id, params)
         if trial_id in self.runs:
-            if started and self.client.get_run(self.runs[trial_id]).info.status == "KILLED":
-                self.client.update_run(self.runs[trial_id], status="RUNNING")
+            if started:
+                self._reopen(trial_id)
             return self.runs[trial_id]
         if started and self._adopt(trial_id, params):
             return self.runs[trial_id]
@@ -554,6 +554,18 @@ class SweepTracker:
         unlogged = self.__dict__.setdefault("_params_unlogged", set())  # a retry after a failure logs them
         unlogged.add(trial_id)
         return self._log_trial_params(trial_id, params)
+
+    def _reopen(self, trial_id: str) -> None:
+        """Tune (re)starts a trial that has a run: a run an interrupted driver closed as KILLED runs
+        again, and one a stopped driver left open keeps the epochs it logged (restored from an
+        older checkpoint, the trial trains them again; they are not logged twice)."""
+        run_id = self.runs[trial_id]
+        if self.client.get_run(run_id).info.status == "KILLED":
+            self.client.update_run(run_id, status="RUNNING")
+        if self.__dict__.get("open_trials", {}).pop(trial_id, None) is not None:
+            steps = [m.step for m in self.client.get_metric_history(run_id, "accuracy")]
+            upto = self.__dict__.setdefault("logged_upto", {})
+            upto[trial_id] = max(upto.get(trial_id, 0), *steps, 0)
 
     def lost_trials(self, known) -> list[str]:
         """After a resume, ``known``: the trial ids Tune restored. The trial runs a killed driver left
@@ -598,25 +610,23 @@ class SweepTracker:
 
     def trial_result(self, trial_id: str, params: dict, metrics: dict, step: int) -> None:
         """One epoch's metrics of a trial (numbers only)."""
-        from mlflow.entities import Metric
-
-        run_id = self.child(trial_id, params)
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        self.client.log_batch(run_id, metrics=items)
+        self.trial_results(trial_id, params, [(metrics, step)])
 
     def trial_results(self, trial_id: str, params: dict, results: list[tuple[dict, int]]) -> None:
-        """Epochs' metrics of one trial, ``(metrics, step)`` each, in one ``log_batch`` (numbers only)."""
+        """Epochs' metrics of one trial, ``(metrics, step)`` each, in one ``log_batch`` (numbers only).
+        An epoch logged already (by this driver before a retry from an older checkpoint, by a driver
+        before a resume, or by the lost trial this one adopted) is not logged again."""
         from mlflow.entities import Metric
 
         run_id = self.child(trial_id, params)
         ts = int(time.time() * 1000)
-        upto = getattr(self, "logged_upto", {}).get(trial_id, 0)  # logged by the lost trial it adopted
+        logged = self.__dict__.setdefault("logged_upto", {})
+        upto = logged.get(trial_id, 0)
         items = [Metric(k, float(v), ts, step) for metrics, step in results if step > upto for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), 1000):  # MLflow takes 1000 metrics a call
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        logged[trial_id] = max([upto, *(step for _, step in results)])
 
     def _tag_end(self, trial_id: str, params: dict, *, full_budget: bool = False, error: str | None = None) -> str:
         """The end tags of a trial (``full_budget``, ``stopped_by``, ``error``), written once per driver."""

@@ -533,6 +533,11 @@ def test_a_lost_checkpoint_is_put_back_from_the_next_one_or_named(tmp_path):
     checkpoint is named in a warning; finished trials and kept checkpoints are left alone."""
     from stas_sweep.sweep.checkpoints import REPLAY, REPORT, restore_lost_checkpoints
 
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
     def trial(tid, status, ckpt, later=None):
         folder = tmp_path / f"trial_{tid}"
         folder.mkdir()
@@ -540,8 +545,15 @@ def test_a_lost_checkpoint_is_put_back_from_the_next_one_or_named(tmp_path):
             (folder / later).mkdir()
             (folder / later / REPORT).write_text('{"epoch": 3}')
             (folder / later / "last.pt").write_bytes(b"weights")
+        # Tune's record: the newest checkpoint it registered, and a last result that carries none
+        # (an epoch between two checkpoints, see checkpoints.CheckpointClock)
+        meta = _TrainingRunMetadata()
+        meta.checkpoint_manager = _CheckpointManager(CheckpointConfig(num_to_keep=1))
+        meta.checkpoint_manager.register_checkpoint(
+            _TrainingResult(checkpoint=Checkpoint(str(folder / ckpt)), metrics={"epoch": 1}))
+        meta.last_result = {"epoch": 2}
         return [json.dumps({"trial_id": tid, "status": status, "relative_logdir": folder.name}),
-                json.dumps({"last_result": {"checkpoint_dir_name": ckpt}})]
+                meta.get_json_state()]
 
     state = {"trial_data": [trial("a", "RUNNING", "checkpoint_000001", later="checkpoint_000002"),
                             trial("b", "PAUSED", "checkpoint_000004"),

@@ -129,6 +129,7 @@ def test_no_trial_run_is_left_running_after_an_interruption_or_a_resume(tmp_path
     runs = {t: tracker.child(t, beta[t], started=True) for t in "abce"}
     tracker.trial_complete("a", beta["a"], full_budget=False)
     tracker.trial_results("c", beta["c"], [({"accuracy": 50.0}, 1)])
+    tracker.trial_results("b", beta["b"], [({"accuracy": 40.0}, 1), ({"accuracy": 45.0}, 2)])
     tracker.fail("KILLED")  # Ctrl-C (a kill -9 leaves them RUNNING: the same from here on)
     status = lambda t: tracker.client.get_run(runs[t]).info.status  # noqa: E731
     assert [status(t) for t in "abce"] == ["FINISHED", "KILLED", "KILLED", "KILLED"]
@@ -137,6 +138,8 @@ def test_no_trial_run_is_left_running_after_an_interruption_or_a_resume(tmp_path
     again.start_parent(spec, "plan")
     assert again.lost_trials(known={"a", "b"}) == ["c", "e"]
     assert again.child("b", beta["b"], started=True) == runs["b"] and status("b") == "RUNNING"
+    # b comes back from a checkpoint older than its last logged epoch: it trains epoch 2 again
+    again.trial_results("b", beta["b"], [({"accuracy": 44.0}, 2), ({"accuracy": 47.0}, 3)])
     again.trial_complete("b", beta["b"], full_budget=False)
     # Optuna suggests c's configuration again, as trial d: it continues c's run
     assert again.child("d", dict(beta["c"]), started=True) == runs["c"] and status("c") == "RUNNING"
@@ -152,6 +155,8 @@ def test_no_trial_run_is_left_running_after_an_interruption_or_a_resume(tmp_path
     assert tags["e"]["stopped_by"] == "not_restored"
     history = tracker.client.get_metric_history(runs["c"], "accuracy")
     assert [(m.step, m.value) for m in history] == [(1, 50.0), (2, 60.0)]  # epoch 1 once
+    history = tracker.client.get_metric_history(runs["b"], "accuracy")
+    assert sorted((m.step, m.value) for m in history) == [(1, 40.0), (2, 45.0), (3, 47.0)]  # epoch 2 once
     trial_runs = tracker.client.search_runs([again._experiment_id()], filter_string="tags.`stas.role` = 'trial'")
     assert len(trial_runs) == 4  # a, b, c (continued by d), e: one run per configuration
 
@@ -177,7 +182,7 @@ def _filling_trial(filler: str):
 
         report = synthetic._report
 
-        def fill_then_report(metrics, epoch):
+        def fill_then_report(metrics, epoch, *checkpoint):
             if epoch == 2:
                 try:
                     with open(filler, "ab") as f:
@@ -185,7 +190,7 @@ def _filling_trial(filler: str):
                             f.write(b"\0" * 65536)
                 except OSError:
                     pass
-            report(metrics, epoch)
+            report(metrics, epoch, *checkpoint)
 
         synthetic._report = fill_then_report
         synthetic.sweep_trainable(config, epochs=epochs, epsilons=epsilons)
@@ -352,3 +357,61 @@ def test_a_resumed_driver_replays_from_tunes_results_what_the_killed_one_had_not
     assert resumed.client.get_run(resumed.runs["b"]).info.status == "FINISHED"
     assert resumed.point_pareto == {"b@0": "true"}
     assert (folder / ACKED).read_text().splitlines()[2:] == ["a\t2", "a\t3", "b\tend"]
+
+
+def test_checkpoint_clock_every_period_and_always_the_last_epoch():
+    from stas_sweep.sweep.checkpoints import CheckpointClock
+
+    now = [100.0]
+    clock = CheckpointClock(10, clock=lambda: now[0])
+    due = []
+    for t, last in [(103, False), (109.9, False), (110, False), (115, False), (116, True), (117, False), (126, False)]:
+        now[0] = t
+        due.append(clock.due(last))
+    assert due == [False, False, True, False, True, False, True]
+    every = CheckpointClock(0, clock=lambda: 0.0)
+    assert all(every.due(False) for _ in range(3))
+
+
+def test_a_trial_checkpoints_by_its_clock_and_tune_saves_its_state_after_each(ray_local, tmp_path, sweep_file,
+                                                                             monkeypatch):
+    """``checkpoint_period_s: 0``: a checkpoint every epoch, and Tune saves its whole experiment state
+    after each (``num_to_keep=1``); a period longer than the trials: only their last epoch, so the
+    state saves, whose cost grows with the trials so far, no longer follow the epochs."""
+    from collections import Counter
+
+    from ray.tune import Callback
+    from ray.tune.execution.tune_controller import TuneController
+
+    from stas_sweep.sweep.runner import run_sweep
+    from stas_sweep.sweep.space import load_spec
+    from stas_sweep.sweep.synthetic import sweep_trainable
+
+    saves = []
+    save = TuneController.save_to_dir
+    monkeypatch.setattr(TuneController, "save_to_dir", lambda self: (saves.append(len(self._trials)), save(self))[1])
+
+    class Count(Callback):
+        def __init__(self):
+            self.checkpoints, self.results = Counter(), Counter()
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            self.checkpoints[trial.trial_id] += 1
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.results[trial.trial_id] += 1
+
+    counts = {}
+    for period in (0, 1000):
+        spec = load_spec(sweep_file(tmp_path / str(period), search={"sampler": "random", "seed": 0, "num_samples": 4},
+                                    scheduler={"type": "fifo", "max_epochs": 3}, checkpoint_period_s=period))
+        count, saves[:] = Count(), []
+        result = run_sweep(spec, trainable=sweep_trainable, callbacks=[count], verbose=0, log=lambda *_: None)
+        assert [t["status"] for t in result.trials] == ["finished"] * 4 and len(result.front) >= 1
+        assert all(n == 3 for n in count.results.values()), count.results
+        counts[period] = (dict(count.checkpoints), len(saves))
+    every, every_saves = counts[0]
+    last, last_saves = counts[1000]
+    assert sorted(every.values()) == [3] * 4 and sorted(last.values()) == [1] * 4, counts
+    # one save per checkpoint (two trials' checkpoints between two steps of Tune's loop share one)
+    assert every_saves >= 6 and last_saves <= 4 + 2 and last_saves < every_saves, counts

@@ -1,5 +1,15 @@
 """A trial's Tune checkpoints: each holds the report it was taken with, and survives a killed driver.
 
+A trial attaches a checkpoint to an epoch's report only when its :class:`CheckpointClock` says so:
+every epoch with ``checkpoint_period_s: 0``, else once that many seconds have passed since its
+last checkpoint, and always on its last epoch (whose weights become the logged model). Tune saves
+its whole experiment state (every trial's record, the searcher, the callbacks' state) after each
+checkpoint (below), a cost that grows with the trials so far; with epochs of a few seconds or less,
+a checkpoint at every epoch would make the sweep's driver cost grow with the square of its trials.
+Epochs longer than the period checkpoint every time, as before; a killed driver costs a running
+trial at most the period's epochs (after ``--resume`` it trains them again; the MLflow run keeps
+the epochs it had logged, see ``tracking.SweepTracker``).
+
 Ray Tune 2.60 keeps one checkpoint per trial here (``CheckpointConfig(num_to_keep=1)``). It deletes
 the previous checkpoint as soon as it registers a new one, and saves the experiment state that
 names the new one a moment later (ray-project/ray#27790). A driver killed in between leaves a saved
@@ -20,19 +30,40 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 REPORT, REPLAY = "report.json", "replay.json"
 REPLAYED = "replayed"  # the key a report made again carries
 
-__all__ = ["report", "resume_files", "restore_lost_checkpoints"]
+__all__ = ["CheckpointClock", "report", "resume_files", "restore_lost_checkpoints"]
 
 
-def report(metrics: dict, files: dict[str, str | Path]) -> None:
-    """``tune.report(metrics)`` with a checkpoint of ``files`` (name in the checkpoint -> path to copy)
-    and of ``metrics`` itself."""
+class CheckpointClock:
+    """Whether an epoch's report carries a checkpoint: every epoch when ``period_s`` is 0, else when
+    ``period_s`` seconds have passed since the trial's last checkpoint (or its start), and always on
+    its last epoch."""
+
+    def __init__(self, period_s: float, clock=time.monotonic) -> None:
+        self.period_s, self.clock = float(period_s), clock
+        self.since = clock()
+
+    def due(self, last_epoch: bool) -> bool:
+        now = self.clock()
+        if last_epoch or self.period_s <= 0 or now - self.since >= self.period_s:
+            self.since = now
+            return True
+        return False
+
+
+def report(metrics: dict, files: dict[str, str | Path], checkpoint: bool = True) -> None:
+    """``tune.report(metrics)``, with ``checkpoint`` a checkpoint of ``files`` (name in the checkpoint ->
+    path to copy) and of ``metrics`` itself."""
     from ray import tune
 
+    if not checkpoint:
+        tune.report(metrics)
+        return
     with tempfile.TemporaryDirectory() as d:
         for name, src in files.items():
             shutil.copyfile(src, Path(d) / name)
@@ -76,8 +107,8 @@ def restore_lost_checkpoints(path: str, log=print) -> list[str]:
         return []
     restored = []
     for trial_json, meta_json in json.loads(states[-1].read_text())["trial_data"]:
-        trial, meta = json.loads(trial_json), json.loads(meta_json)
-        name = (meta.get("last_result") or {}).get("checkpoint_dir_name")
+        trial = json.loads(trial_json)
+        name = _named_checkpoint(meta_json)
         if trial.get("status") in ("TERMINATED", "ERROR") or not name or not trial.get("relative_logdir"):
             continue
         lost = Path(path) / trial["relative_logdir"] / name
@@ -98,3 +129,12 @@ def restore_lost_checkpoints(path: str, log=print) -> list[str]:
         log(f"trial {trial['trial_id']}: the driver was killed between Tune deleting {name} and saving the "
             f"sweep state; resuming from {later[0].name}, whose epoch is reported again, not trained again")
     return restored
+
+
+def _named_checkpoint(meta_json: str) -> str | None:
+    """The folder name of the newest checkpoint a trial's saved record names (its last result may
+    carry none: not every epoch is checkpointed)."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    latest = _TrainingRunMetadata.from_json_state(meta_json).checkpoint_manager.latest_checkpoint_result
+    return Path(latest.checkpoint.path).name if latest is not None else None

@@ -17,6 +17,7 @@ Wiring (Ray 2.60, Optuna 5):
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import shutil
@@ -410,9 +411,11 @@ def _run_sweep(spec: SweepSpec, address, resume: bool, callbacks, log, verbose: 
     if trainable is None:
         fn = tune.with_parameters(train_trial, base=spec.base, epochs=spec.max_epochs, epsilons=spec.epsilons,
                                   grids=spec.grids, stage1_weights=stage1_weights(spec, log=log),
-                                  group=worker_group(spec), storage_path=spec.storage_dir())
-    else:
-        fn = tune.with_parameters(trainable, epochs=spec.max_epochs, epsilons=spec.epsilons)
+                                  group=worker_group(spec), storage_path=spec.storage_dir(),
+                                  checkpoint_period_s=spec.checkpoint_period_s)
+    else:  # another trainable (tests, benchmarks): the checkpoint period when it takes one
+        period = {"checkpoint_period_s": spec.checkpoint_period_s} if takes(trainable, "checkpoint_period_s") else {}
+        fn = tune.with_parameters(trainable, epochs=spec.max_epochs, epsilons=spec.epsilons, **period)
     trainable = tune.with_resources(fn, trial_function_resources(spec))
     if resume:
         set_aside_broken_saves(path, log=log)
@@ -438,8 +441,9 @@ def _run_sweep(spec: SweepSpec, address, resume: bool, callbacks, log, verbose: 
                                         reuse_actors=True),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage_dir(), callbacks=callbacks, verbose=verbose,
-                # num_to_keep=1: Tune then saves the experiment state after every trial checkpoint
-                # (every epoch), so a SIGKILLed driver resumes with no finished epoch to run again
+                # num_to_keep=1: Tune then saves the experiment state after every trial checkpoint,
+                # so a SIGKILLed driver resumes with no checkpointed epoch to run again; a trial
+                # checkpoints every checkpoint_period_s (checkpoints.CheckpointClock)
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
             ),
@@ -455,6 +459,12 @@ def _run_sweep(spec: SweepSpec, address, resume: bool, callbacks, log, verbose: 
     if faults:  # trials that died of the machine's fault, not of their configuration
         raise SweepFault(f"{faults[0]} ({plural(len(faults), 'trial')} stopped by it)")
     return result
+
+
+def takes(fn, name: str) -> bool:
+    """Whether ``fn`` has a parameter ``name`` (or takes any keyword)."""
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def set_aside_broken_saves(path: str, log=print) -> list[str]:

@@ -28,6 +28,8 @@ A file (YAML, read by :func:`stas_sweep.train.config.load_yaml`: safe loader, du
     resources: {cpu: 1, gpu: 0}       # per worker; workers: K trains each trial on K DDP workers (Ray Train)
     max_concurrent_trials: 2
     retries: 0
+    checkpoint_period_s: 10           # a trial's epoch carries a Tune checkpoint when 10 s passed since
+                                      # its last one, and its last epoch always; 0: every epoch
     storage_path: ./ray_results       # relative to the working directory, or s3:// gs://
     mlflow: {tracking_uri: null, experiment: stas-digits}
 
@@ -58,6 +60,8 @@ from ..train.config import (
 from .front import OBJECTIVE_METRICS
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "fixed")
+# Tune's own shortest period between saves of its experiment state (its "auto" period)
+CHECKPOINT_PERIOD_S = 10.0
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("moasha", "asha", "fifo")
 MAX_TRIALS = 100_000
@@ -212,6 +216,7 @@ class SpaceFile(_Section):
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     max_concurrent_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None
     retries: Annotated[int, Field(ge=0, le=100)] = 0
+    checkpoint_period_s: Annotated[float, Field(ge=0, le=86400)] = CHECKPOINT_PERIOD_S
     storage_path: Annotated[str, AfterValidator(_storage)] = "ray_results"
     mlflow: MlflowSection = Field(default_factory=MlflowSection)
 
@@ -267,6 +272,7 @@ class SweepSpec:
     resources: dict = field(default_factory=lambda: {"workers": 1, "cpu": 1, "gpu": 0})  # cpu, gpu: per worker
     max_concurrent_trials: int | None = None
     retries: int = 0
+    checkpoint_period_s: float = CHECKPOINT_PERIOD_S   # see checkpoints.CheckpointClock
     storage_path: str = "ray_results"
     tracking_uri: str | None = None
     experiment: str = "stas-sweep"
@@ -418,7 +424,8 @@ def load_spec(path: str | Path) -> SweepSpec:
         scheduler=sched.type, scheduler_metric=smetric, scheduler_mode=smode, grace_period=sched.grace_period,
         reduction_factor=sched.reduction_factor, max_epochs=max_epochs,
         resources={"workers": doc.resources.workers, "cpu": doc.resources.cpu, "gpu": doc.resources.gpu},
-        max_concurrent_trials=doc.max_concurrent_trials, retries=doc.retries, storage_path=doc.storage_path,
+        max_concurrent_trials=doc.max_concurrent_trials, retries=doc.retries,
+        checkpoint_period_s=doc.checkpoint_period_s, storage_path=doc.storage_path,
         tracking_uri=doc.mlflow.tracking_uri, experiment=doc.mlflow.experiment or f"stas-{name}", raw=raw,
         grids=grids,
     )
@@ -586,7 +593,8 @@ def describe(spec: SweepSpec, tracking_uri: str) -> str:
         if spec.searched() else "  search: nothing to search (every key is fixed): one trial of that configuration",
         f"  scheduler: {schedule}",
         f"  resources per trial: {spec.resources}; max concurrent trials: {spec.max_concurrent_trials or 'as resources allow'}; "
-        f"retries: {spec.retries}",
+        f"retries: {spec.retries}; a trial checkpoints "
+        + (f"every {spec.checkpoint_period_s:g} s and its last epoch" if spec.checkpoint_period_s else "every epoch"),
         f"  results and checkpoints: {spec.storage_dir()}/{spec.name} (checkpoints kept: about "
         f"{spec.checkpoint_bytes() / 2**20:,.0f} MiB)",
         f"  MLflow: {tracking_uri}, experiment {spec.experiment!r}",

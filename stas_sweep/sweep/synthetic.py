@@ -52,11 +52,12 @@ def _checkpointed_epoch() -> int:
         return int(Path(d, "epoch").read_text()) if checkpoints.resume_files(d) else 0
 
 
-def _report(metrics: dict, epoch: int) -> None:
-    """``tune.report`` with a checkpoint that holds only the epoch (the curves need no weights)."""
+def _report(metrics: dict, epoch: int, checkpoint: bool = True) -> None:
+    """``tune.report``, with ``checkpoint`` a checkpoint that holds only the epoch (the curves need no
+    weights)."""
     with tempfile.TemporaryDirectory() as d:
         Path(d, "epoch").write_text(str(epoch))
-        checkpoints.report(metrics, {"epoch": Path(d, "epoch")})
+        checkpoints.report(metrics, {"epoch": Path(d, "epoch")}, checkpoint)
 
 
 def trainable(config: dict) -> None:
@@ -82,9 +83,10 @@ def knobs(config: dict) -> tuple[float, float]:
 
 
 def sweep_trainable(config: dict, *, epochs: int, epsilons: list[float], sleep: float = 0.0,
-                    epoch_log: str | None = None) -> None:
+                    epoch_log: str | None = None, checkpoint_period_s: float = 0.0) -> None:
     """A sweep trial on the synthetic curves: reports ``epoch``, ``accuracy`` (in %) and ``energy_mj``
-    every epoch with a checkpoint, continues from its checkpoint, and at ``epochs`` adds
+    every epoch, with a checkpoint as the real trial takes them (``checkpoint_period_s``, see
+    :class:`.checkpoints.CheckpointClock`), continues from its checkpoint, and at ``epochs`` adds
     ``full_budget`` and an ``epsilon_table`` (a larger epsilon: energy down, accuracy slightly down).
     ``sleep`` seconds per epoch; ``epoch_log``: a folder where every epoch run appends a JSON line
     to ``<trial id>.jsonl`` (what a test counts to see no epoch ran twice)."""
@@ -92,6 +94,7 @@ def sweep_trainable(config: dict, *, epochs: int, epsilons: list[float], sleep: 
 
     h, q = knobs(config)
     trial_id = tune.get_context().get_trial_id()
+    clock = checkpoints.CheckpointClock(checkpoint_period_s)
     for epoch in range(_checkpointed_epoch() + 1, epochs + 1):
         if sleep:
             time.sleep(sleep)
@@ -106,4 +109,4 @@ def sweep_trainable(config: dict, *, epochs: int, epsilons: list[float], sleep: 
             with open(f"{epoch_log}/{trial_id}.jsonl", "a") as f:
                 f.write(json.dumps({"epoch": epoch, "time": time.time(),
                                     **{k: report[k] for k in ("accuracy", "energy_mj")}}) + "\n")
-        _report(report, epoch)
+        _report(report, epoch, clock.due(epoch == epochs))

@@ -1,7 +1,8 @@
 """The Ray Tune function trainable around the trainer, and the shared stage-1 task.
 
 One trial = stage 2 of STAS from the shared stage-1 weights: it fine-tunes with halting,
-reports every metric every epoch with a Tune checkpoint, and after its last epoch evaluates
+reports every metric every epoch, with a Tune checkpoint when its clock says so (every
+``checkpoint_period_s`` seconds and its last epoch, see :mod:`.checkpoints`), and after its last epoch evaluates
 the model at every value of its method's knob (``epsilon_table``: the sweep's epsilons for
 STAS, its ``eval.keep_ratios`` / ``eval.exit_thresholds`` for the baselines), so one training
 yields several candidate points for the front.
@@ -76,38 +77,44 @@ def trial_report(trainer: Trainer, metrics: dict, *, epochs: int, epsilons: list
 
 def train_trial(config: dict, *, base: TrainConfig, epochs: int, epsilons: list[float], stage1_weights: dict,
                 grids: dict[str, list[float]] | None = None, group: WorkerGroup | None = None,
-                storage_path: str | None = None) -> None:
+                storage_path: str | None = None, checkpoint_period_s: float = 0.0) -> None:
     """Function trainable: ``config`` holds the sampled dotted keys of one trial; ``grids`` the
     knob grids of the baselines (method -> values); ``group``: train on a worker group, keeping
-    its runs under ``storage_path``."""
+    its runs under ``storage_path``; ``checkpoint_period_s``: see :class:`.checkpoints.CheckpointClock`."""
     from ray import tune
 
     cfg = trial_config(base, config, epochs)
     make_report = functools.partial(trial_report, epochs=epochs, epsilons=epsilons, grids=grids)
     out = Path(tune.get_context().get_trial_dir()) / "train"
     stored = checkpoints.resume_files(out / "checkpoints")  # a retried or resumed trial continues from its last epoch
+    clock = checkpoints.CheckpointClock(checkpoint_period_s)
     if group is not None and group.workers > 1:
-        return _train_trial_on_workers(cfg, group, storage_path, make_report, stage1_weights, stored is not None)
+        return _train_trial_on_workers(cfg, group, storage_path, make_report, stage1_weights, stored is not None,
+                                       clock)
     use_trial_threads()
     with stored_names(out / "checkpoints", stored):
         trainer = Trainer(cfg, out, resume=stored is not None, progress=False, log=None,
                           init_weights=None if stored else stage1_weights)
     for epoch in range(trainer.epoch, cfg.epochs):
         metrics = trainer.run_epoch(epoch)
-        checkpoints.report(make_report(trainer, metrics), {"last.pt": trainer.last_path})
+        checkpoints.report(make_report(trainer, metrics), {"last.pt": trainer.last_path},
+                           clock.due(epoch + 1 == cfg.epochs))
 
 
 def _train_trial_on_workers(cfg: TrainConfig, group: WorkerGroup, storage_path: str, make_report,
-                            stage1_weights: dict, resume: bool) -> None:
+                            stage1_weights: dict, resume: bool, clock: checkpoints.CheckpointClock) -> None:
     """The trial on a worker group: a fresh Ray Train run, from the trial's Tune checkpoint when it
-    has one (a retried or resumed trial), whose every epoch is reported to Tune with a Tune
-    checkpoint of its ``last.pt``."""
+    has one (a retried or resumed trial), whose every epoch is reported to Tune, with a Tune
+    checkpoint of its ``last.pt`` when ``clock`` says so."""
     from ray import tune
 
     ctx = tune.get_context()
     resume_from = tune.get_checkpoint() if resume else None
 
     def forward(report: dict, checkpoint) -> None:
+        if not clock.due(bool(report.get("full_budget"))):
+            checkpoints.report(report, {}, checkpoint=False)
+            return
         with checkpoint.as_directory() as d:
             checkpoints.report(report, {"last.pt": Path(d) / "last.pt"})
 

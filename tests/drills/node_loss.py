@@ -76,6 +76,7 @@ def space(root: Path) -> Path:
            # 2 workers x 0.8 CPU + 0.2 for the trial's function: two trials need both 2-CPU nodes, and
            # on the head alone one trial's group runs beside the other's function
            "resources": {"workers": 2, "cpu": 0.8}, "max_concurrent_trials": 2, "retries": 2,
+           "checkpoint_period_s": 0,  # a Tune checkpoint every epoch: the drill cuts a trial after its first
            "storage_path": str(root / "results"), "mlflow": {"experiment": "drill"}}
     path = root / "space.yaml"
     path.write_text(yaml.safe_dump(raw))
