@@ -202,14 +202,16 @@ class RankedRung:
     dominating it (0 if none), which is the rank :func:`front_ranks` peels. A newcomer :math:`p`
     gets :math:`r_p = 1 + \max\{r_d : d \prec p\}`. Only the rows :math:`S = \{q : p \prec q\}`
     can change rank (a longer chain ending at :math:`q` must pass through :math:`p`); by
-    transitivity every row on such a chain after :math:`p` is in :math:`S`, so, visiting :math:`S` by
-    old rank (a topological order),
-    :math:`r'_q = \max(r_q,\ r_p + 1,\ \max\{r'_d + 1 : d \in S,\ d \prec q\})`; a row whose rank
-    did not rise adds nothing to the last term (:math:`r_d + 1 \le r_q`), so only risen rows are
-    compared. The newcomer's position: the valid rows of a smaller rank, plus the rows of its front
-    whose tie-break key (the same functions, on the same rows in the same order as the full
-    ranking) is strictly better; exact ties in key go to the newcomer, listed first. Rows with a
-    NaN are after every front (rank -1 here, ``len(F)`` in :func:`front_ranks`).
+    transitivity every row on such a chain after :math:`p` is in :math:`S`, so
+    :math:`r'_q = \max(r_q,\ r_p + 1 + h_S(q))` with :math:`h_S(q)` the height of :math:`q` inside
+    :math:`S`. Every row of :math:`S` has :math:`r_q \ge r_p` and ranks grow by at least 1 along a
+    chain, so :math:`r_p + h_S(q) \le r_q`: a rank rises by at most one, and :math:`q` rises iff
+    :math:`r_q = r_p` or a row of :math:`S` of rank :math:`r_q - 1` that rose dominates it. Rows
+    of :math:`S` are visited by old rank (a topological order), one rank at a time, until one
+    rank has no row that rose. The newcomer's position: the valid rows of a smaller rank, plus
+    the rows of its front whose tie-break key (the same functions, on the same rows in the same
+    order as the full ranking) is strictly better; exact ties in key go to the newcomer, listed
+    first. Rows with a NaN are after every front (rank -1 here, ``len(F)`` in :func:`front_ranks`).
     """
 
     def __init__(self, n_objectives: int) -> None:
@@ -263,27 +265,23 @@ class RankedRung:
         return position
 
     def _raise_dominated(self, p: np.ndarray, r_p: int) -> None:
-        """Raise the ranks of the rows ``p`` dominates (the set S of the class docstring)."""
+        """Raise by one the ranks of the rows ``p`` dominates that now sit behind a longer chain
+        (the set S and the rule of the class docstring)."""
         F, rank = self.F, self._rank[: self.n]
         S = np.flatnonzero((p <= F).all(axis=1) & (p < F).any(axis=1))     # NaN rows compare False
-        if not S.size:
-            return
-        S = S[np.argsort(rank[S], kind="stable")]
+        S = S[np.argsort(rank[S], kind="stable")]                           # old rank >= r_p
         levels, starts = np.unique(rank[S], return_index=True)
-        risen, risen_rank = np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+        risen, risen_from = S[:0], -1                      # the rows of S that rose, and their old rank
         for r, lo, hi in zip(levels, starts, [*starts[1:], S.size]):
-            keep = risen_rank + 1 > r                      # only these can lift a row of rank >= r
-            risen, risen_rank = risen[keep], risen_rank[keep]
-            if not risen.size and r_p + 1 <= r:
-                return                                     # nothing left that can raise a rank
             level = S[lo:hi]
-            new = np.full(level.size, max(r, r_p + 1))
-            if risen.size:
-                new = np.maximum(new, _dominators_max(F[level], F[risen], risen_rank) + 1)
-            up = new > r
-            rank[level[up]] = new[up]
-            risen = np.concatenate([risen, level[up]])
-            risen_rank = np.concatenate([risen_rank, new[up]])
+            if r == r_p:
+                up = level                                 # right behind p
+            elif risen.size and risen_from == r - 1:      # those below a row that rose
+                up = level[_dominators_max(F[level], F[risen], np.zeros(risen.size, dtype=int)) >= 0]
+            else:
+                return                                     # no row of rank r - 1 rose: none from r on rises
+            rank[up] += 1
+            risen, risen_from = up, r
 
     def _ahead_in_front(self, p: np.ndarray, r_p: int, tie_break: str) -> int:
         """Rows of the newcomer's front whose tie-break key is strictly better than its own, the keys
