@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import signal
 import tempfile
 from pathlib import Path
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stas_sweep.sweep.moasha import (MOASHA, MOASHAStateCallback, crowding_distance, epsilon_net_order, front_ranks,
-                                     loss_matrix, promote, rank_order)
+from stas_sweep.sweep.moasha import (MOASHA, TIE_BREAKS, MOASHAStateCallback, RankedRung, crowding_distance,
+                                     epsilon_net_order, front_ranks, loss_matrix, promote, rank_order)
 from stas_sweep.sweep.pareto import non_dominated
 from stas_sweep.sweep.runner import set_aside_broken_saves
 
@@ -126,6 +127,44 @@ def test_epsilon_net_tie_break_spreads_the_front():
         rank_order(F, "random")
 
 
+def _rows(seed, n, d, levels):
+    """Random loss rows: integer grids (``levels`` values, so exact ties and duplicates) or
+    continuous (``levels=None``), about 1 in 12 rows with a NaN."""
+    rng = np.random.default_rng(seed)
+    F = rng.integers(0, levels, (n, d)).astype(float) if levels else rng.random((n, d))
+    F[rng.random(n) < 1 / 12, rng.integers(0, d)] = NAN
+    return F
+
+
+@pytest.mark.parametrize("d, levels", [(2, 4), (2, 12), (2, None), (3, 3), (3, 6), (3, None)])
+def test_ranked_rung_decisions_and_ranks_equal_the_full_ranking(d, levels):
+    # rows inserted one by one: the newcomer's position equals its index in rank_order of
+    # [newcomer, *rows before], its decision promote(...)'s (eta 2, 3, 4.5 in turn), and the ranks kept
+    # equal front_ranks of the whole matrix after every insert
+    F = _rows(d * 100 + (levels or 0), 70, d, levels)
+    rungs = {tb: RankedRung(d) for tb in TIE_BREAKS}
+    for i in range(len(F)):
+        G = np.concatenate([F[i : i + 1], F[:i]])                 # the newcomer first, as the scheduler lists it
+        for tb, rung in rungs.items():
+            position = rung.add(f"t{i}", F[i], tb)
+            assert position == rank_order(G, tb).index(0), (tb, i)
+            eta = (2, 3, 4.5)[i % 3]
+            assert (position < max(1, math.ceil(len(G) / eta))) == promote(G, eta, 0, tb), (tb, i, eta)
+            assert rung.front_ranks().tolist() == front_ranks(F[: i + 1]).tolist(), (tb, i)
+    assert rungs["crowding"].ids == [f"t{i}" for i in range(len(F))]
+
+
+def test_ranked_rung_built_from_a_rung_dict_continues_like_one_built_row_by_row():
+    F = _rows(7, 40, 2, 5)
+    recorded = {f"t{i}": tuple(F[i]) for i in range(30)}
+    rebuilt, grown = RankedRung.of(recorded, 2), RankedRung(2)
+    for i in range(30):
+        grown.add(f"t{i}", F[i])
+    assert rebuilt.ids == grown.ids and rebuilt.front_ranks().tolist() == grown.front_ranks().tolist()
+    assert [rebuilt.add(i, F[i]) for i in range(30, 40)] == [grown.add(i, F[i]) for i in range(30, 40)]
+    assert RankedRung.of({}, 3).n == 0
+
+
 # -- the scheduler's rung rule without Ray running -------------------------------------------------
 class _T:
     def __init__(self, trial_id):
@@ -157,6 +196,34 @@ def test_scheduler_rungs_decisions_and_state_roundtrip():
     assert _feed(t, "e", 1, 0.5, 1.5) == "STOP"               # judged against the restored records
     with pytest.raises(ValueError):
         MOASHA([("accuracy", "max")], max_t=4).set_state(s.get_state())
+
+
+@pytest.mark.parametrize("tie_break", TIE_BREAKS)
+def test_scheduler_rank_cache_rebuilt_after_set_state_or_unpickling_decides_the_same(tie_break):
+    rng = np.random.default_rng(3)
+    pts = [(f"t{i}", float(a), float(e)) for i, (a, e) in enumerate(rng.integers(0, 6, (60, 2)) / 5)]
+    kw = {"max_t": 8, "grace_period": 1, "reduction_factor": 3, "tie_break": tie_break}
+    s = MOASHA(OBJ, **kw)
+    first = [_feed(s, t, 1, a, e) for t, a, e in pts[:40]]
+    restored = MOASHA(OBJ, **kw)
+    restored.set_state(s.get_state())
+    unpickled = pickle.loads(pickle.dumps(s))
+    assert "_ranked" not in unpickled.__dict__                    # the cache is not pickled
+    older = pickle.loads(pickle.dumps(s))                         # as from a tuner.pkl without it
+    older.__dict__.pop("_ranked", None)
+    out_of_step = pickle.loads(pickle.dumps(s))
+    out_of_step._ranked = {1: RankedRung.of(dict(list(s.rungs[1].items())[:20]), 2)}  # fewer rows
+    F = []                                                          # the reference: the full ranking
+    for t, a, e in pts:
+        row = loss_matrix([{"accuracy": a, "energy_mj": e}], OBJ)[0]
+        expected = "CONTINUE" if promote(np.array([row, *F]), 3, 0, tie_break) else "STOP"
+        F.append(row)
+        if t in s.rungs[1]:
+            continue
+        got = [_feed(x, t, 1, a, e) for x in (s, restored, unpickled, older, out_of_step)]
+        assert got == [expected] * 5, t
+    assert first == [("CONTINUE" if promote(np.array([F[i], *F[:i]]), 3, 0, tie_break) else "STOP")
+                     for i in range(40)]
 
 
 def test_scheduler_ignores_results_without_time_attr():

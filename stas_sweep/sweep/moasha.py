@@ -38,6 +38,17 @@ iff its position in :func:`rank_order` of all :math:`n` is among the first
 ``value >= cutoff`` does). The first trial at a rung always continues. A trial reaching
 ``max_t`` is stopped (its budget is spent).
 
+That position is computed incrementally (:class:`RankedRung`, one per rung): the rung keeps the
+front rank of every recorded row; a newcomer's rank is one more than the largest rank of the rows
+dominating it, only the rows it dominates can move to a later front (raised in one pass over them
+in rank order), and the tie-break key is computed on the newcomer's front only, on the same rows
+in the same order as :func:`rank_order`. The position, hence the decision, is exactly that of
+:func:`promote` on all :math:`n` rows (:func:`rank_order` stays the reference; the tests compare
+the two on random rows with ties and NaN); its cost per trial is about O(n d) plus the rows the
+newcomer dominates and its front, instead of a full non-dominated sort, O(n^2 d) per front. The
+ranks are not part of the state: they are ranked again in full from the rung records after
+``set_state`` or unpickling.
+
 Resume: Ray Tune 2.60 checkpoints the searcher and the callbacks with the experiment state,
 but not the scheduler (``TuneController.save_to_dir``). :class:`MOASHAStateCallback` carries the
 scheduler's rung records in the callbacks' state, so a sweep resumed after Ctrl-C or SIGKILL
@@ -57,10 +68,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .pareto import _nondominated_min, _number, as_objectives
+from .pareto import _CHUNK_ELEMENTS, _nondominated_min, _number, as_objectives
 
 __all__ = ["loss_matrix", "front_ranks", "crowding_distance", "epsilon_net_order", "rank_order", "promote",
-           "TIE_BREAKS", "MOASHA", "MOASHAStateCallback"]
+           "TIE_BREAKS", "RankedRung", "MOASHA", "MOASHAStateCallback"]
 
 TIE_BREAKS = ("crowding", "epsilon_net")
 
@@ -169,6 +180,125 @@ def promote(F: np.ndarray, eta: float, index: int = 0, tie_break: str = "crowdin
     return index in rank_order(F, tie_break)[:keep]
 
 
+def _dominators_max(A: np.ndarray, B: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """For every row ``a`` of ``A``: the largest ``value[j]`` over the rows ``B[j]`` dominating it
+    (``B[j] <= a`` componentwise and ``B[j] != a``), -1 where none does. Chunked over ``A``."""
+    out = np.full(A.shape[0], -1, dtype=int)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, B.shape[0] * B.shape[1]))
+    for start in range(0, A.shape[0], chunk):
+        block = A[start : start + chunk]                                    # (c, d)
+        dom = ((B[None, :, :] <= block[:, None, :]).all(axis=2)
+               & (B[None, :, :] < block[:, None, :]).any(axis=2))          # (c, |B|): B[j] dominates a
+        out[start : start + chunk] = np.where(dom, value[None, :], -1).max(axis=1, initial=-1)
+    return out
+
+
+class RankedRung:
+    r"""The loss rows recorded at one rung (insertion order) with the front rank of every row, kept
+    up to date one newcomer at a time; :meth:`add` gives the newcomer's position in
+    :func:`rank_order` of ``[newcomer, *rows recorded before]`` without sorting everything again.
+
+    Front rank = height in the dominance order: a row's rank is 1 + the largest rank of the rows
+    dominating it (0 if none), which is the rank :func:`front_ranks` peels. A newcomer :math:`p`
+    gets :math:`r_p = 1 + \max\{r_d : d \prec p\}`. Only the rows :math:`S = \{q : p \prec q\}`
+    can change rank (a longer chain ending at :math:`q` must pass through :math:`p`); by
+    transitivity every row on such a chain after :math:`p` is in :math:`S`, so
+    :math:`r'_q = \max(r_q,\ r_p + 1 + h_S(q))` with :math:`h_S(q)` the height of :math:`q` inside
+    :math:`S`. Every row of :math:`S` has :math:`r_q \ge r_p` and ranks grow by at least 1 along a
+    chain, so :math:`r_p + h_S(q) \le r_q`: a rank rises by at most one, and :math:`q` rises iff
+    :math:`r_q = r_p` or a row of :math:`S` of rank :math:`r_q - 1` that rose dominates it. Rows
+    of :math:`S` are visited by old rank (a topological order), one rank at a time, until one
+    rank has no row that rose. The newcomer's position: the valid rows of a smaller rank, plus
+    the rows of its front whose tie-break key (the same functions, on the same rows in the same
+    order as the full ranking) is strictly better; exact ties in key go to the newcomer, listed
+    first. Rows with a NaN are after every front (rank -1 here, ``len(F)`` in :func:`front_ranks`).
+    """
+
+    def __init__(self, n_objectives: int) -> None:
+        self.ids: list = []
+        self._F = np.zeros((8, n_objectives))              # (capacity, d) loss rows, first n used
+        self._rank = np.zeros(8, dtype=int)                # front rank; -1 for a row with a NaN
+        self.n = 0
+
+    @classmethod
+    def of(cls, recorded: Mapping, n_objectives: int) -> RankedRung:
+        """The record of a rung dict ``{trial_id: loss tuple}``, ranked in full by :func:`front_ranks`."""
+        rung = cls(n_objectives)
+        F = np.array(list(recorded.values()), dtype=float).reshape(-1, n_objectives)
+        rung._grow(len(F))
+        rung._F[: len(F)] = F
+        ranks = front_ranks(F)
+        rung._rank[: len(F)] = np.where(ranks < len(F), ranks, -1)
+        rung.ids, rung.n = list(recorded), len(F)
+        return rung
+
+    @property
+    def F(self) -> np.ndarray:
+        return self._F[: self.n]
+
+    def front_ranks(self) -> np.ndarray:
+        """The ranks as :func:`front_ranks` of the whole matrix gives them (NaN rows: ``n``)."""
+        r = self._rank[: self.n]
+        return np.where(r >= 0, r, self.n)
+
+    def _grow(self, n: int) -> None:
+        if n > self._F.shape[0]:
+            cap = max(n, 2 * self._F.shape[0])
+            self._F = np.concatenate([self._F, np.zeros((cap - self._F.shape[0], self._F.shape[1]))])
+            self._rank = np.concatenate([self._rank, np.zeros(cap - self._rank.shape[0], dtype=int)])
+
+    def add(self, trial_id, row, tie_break: str = "crowding") -> int:
+        """Record ``row`` and return its position in :func:`rank_order` of ``[row, *rows before]``."""
+        p = np.asarray(row, dtype=float).reshape(-1)
+        F, rank = self.F, self._rank[: self.n]
+        valid = rank >= 0
+        if np.isnan(p).any():
+            position, r_p = int(valid.sum()), -1
+        else:
+            r_p = int(_dominators_max(p[None, :], F[valid], rank[valid])[0]) + 1
+            self._raise_dominated(p, r_p)
+            position = int((valid & (rank < r_p)).sum()) + self._ahead_in_front(p, r_p, tie_break)
+        self._grow(self.n + 1)
+        self._F[self.n], self._rank[self.n] = p, r_p
+        self.ids.append(trial_id)
+        self.n += 1
+        return position
+
+    def _raise_dominated(self, p: np.ndarray, r_p: int) -> None:
+        """Raise by one the ranks of the rows ``p`` dominates that now sit behind a longer chain
+        (the set S and the rule of the class docstring)."""
+        F, rank = self.F, self._rank[: self.n]
+        S = np.flatnonzero((p <= F).all(axis=1) & (p < F).any(axis=1))     # NaN rows compare False
+        S = S[np.argsort(rank[S], kind="stable")]                           # old rank >= r_p
+        levels, starts = np.unique(rank[S], return_index=True)
+        risen, risen_from = S[:0], -1                      # the rows of S that rose, and their old rank
+        for r, lo, hi in zip(levels, starts, [*starts[1:], S.size]):
+            level = S[lo:hi]
+            if r == r_p:
+                up = level                                 # right behind p
+            elif risen.size and risen_from == r - 1:      # those below a row that rose
+                up = level[_dominators_max(F[level], F[risen], np.zeros(risen.size, dtype=int)) >= 0]
+            else:
+                return                                     # no row of rank r - 1 rose: none from r on rises
+            rank[up] += 1
+            risen, risen_from = up, r
+
+    def _ahead_in_front(self, p: np.ndarray, r_p: int, tie_break: str) -> int:
+        """Rows of the newcomer's front whose tie-break key is strictly better than its own, the keys
+        computed on ``[p, *front rows in insertion order]`` as :func:`rank_order` computes them."""
+        front = self.F[self._rank[: self.n] == r_p]
+        if not front.size:
+            return 0
+        G = np.concatenate([p[None, :], front])
+        if tie_break == "crowding":
+            key = -crowding_distance(G)
+        elif tie_break == "epsilon_net":
+            key = epsilon_net_order(G)
+        else:
+            raise ValueError(f"tie_break is {tie_break!r}; accepted: {', '.join(TIE_BREAKS)}")
+        return int((key[1:] < key[0]).sum())
+
+
 def _loss_vector(result: Mapping, objectives) -> tuple[float, ...]:
     return tuple(float(x) for x in loss_matrix([result], objectives)[0])
 
@@ -221,6 +351,7 @@ class MOASHA(_FIFOScheduler):
         self.rungs: dict = {m: {} for m in self.milestones}   # milestone -> {trial_id: loss vector}
         self.num_stopped = 0
         self.stopped: list[str] = []                           # trial ids stopped at a rung
+        self._ranked: dict = {}                                # milestone -> RankedRung (not state)
 
     # -- Tune's scheduler interface -----------------------------------------------------------
     def set_search_properties(self, metric, mode, **spec) -> bool:
@@ -262,11 +393,28 @@ class MOASHA(_FIFOScheduler):
                     return _TrialScheduler.CONTINUE  # decided at this rung already
                 continue
             vec = _loss_vector(result, self.objectives)
-            F = np.array([vec, *recorded.values()], dtype=float).reshape(-1, len(self.objectives))
+            ranked = self._ranked_rung(m)
+            # the newcomer's position in rank_order([vec, *recorded]), the same as promote(...)
+            position = ranked.add(trial_id, vec, getattr(self, "tie_break", "crowding"))  # (older pickles)
             recorded[trial_id] = vec
-            keep = promote(F, self._rf, 0, getattr(self, "tie_break", "crowding"))  # (older pickles: crowding)
+            keep = position < max(1, math.ceil(ranked.n / self._rf))
             return _TrialScheduler.CONTINUE if keep else _TrialScheduler.STOP
         return _TrialScheduler.CONTINUE
+
+    def _ranked_rung(self, m) -> RankedRung:
+        """The rank record of rung ``m``, ranked again in full when missing or not the rung dict's
+        (after ``set_state``, or a scheduler unpickled without its records)."""
+        cache = self.__dict__.setdefault("_ranked", {})
+        recorded = self.rungs[m]
+        ranked = cache.get(m)
+        if ranked is None or ranked.n != len(recorded) or ranked.ids != list(recorded):
+            ranked = cache[m] = RankedRung.of(recorded, len(self.objectives))
+        return ranked
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_ranked", None)                         # rebuilt from the rung dicts on first use
+        return state
 
     # -- state (experiment checkpoints, see MOASHAStateCallback) --------------------------------
     def get_state(self) -> dict:
@@ -277,6 +425,7 @@ class MOASHA(_FIFOScheduler):
         if [tuple(o) for o in state.get("objectives", self.objectives)] != [tuple(o) for o in self.objectives]:
             raise ValueError("MOASHA state of other objectives; cannot resume with it")
         self.rungs = {m: dict(r) for m, r in state["rungs"].items()}
+        self._ranked = {}                                  # ranked again from these records on first use
         self.num_stopped = state["num_stopped"]
         self.stopped = list(state["stopped"])
 
