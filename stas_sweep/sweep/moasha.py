@@ -53,10 +53,11 @@ Resume: Ray Tune 2.60 checkpoints the searcher and the callbacks with the experi
 but not the scheduler (``TuneController.save_to_dir``). :class:`MOASHAStateCallback` carries the
 scheduler's rung records in the callbacks' state, so a sweep resumed after Ctrl-C or SIGKILL
 continues with the rung records of its last experiment checkpoint. The runner keeps one Tune
-checkpoint per trial, which makes Tune save the experiment state after every reported epoch: the
-trial states and the rung records of that save are the same instant, and a trial the driver saw
-finish is never run again (only an epoch in flight at the kill is). Tested with a real driver
-killed twice (``tests/test_moasha.py``). Tune deletes a trial's previous checkpoint a moment before
+checkpoint per trial, which makes Tune save the experiment state after every trial checkpoint: the
+trial states and the rung records of that save are the same instant. With a checkpoint every epoch
+(``checkpoint_period_s: 0``) a trial the driver saw finish is never run again (only an epoch in
+flight at the kill is); with a period, a running trial also trains again the epochs since its last
+checkpoint (:mod:`.checkpoints`). Tested with a real driver killed twice (``tests/test_moasha.py``). Tune deletes a trial's previous checkpoint a moment before
 that save; a kill in between is repaired at resume by :mod:`.checkpoints`, and the trial's epoch
 is reported again to the scheduler, not trained again.
 """
