@@ -1,13 +1,21 @@
-"""Kill-and-resume drill (run by .ci/run after the test suite; about a minute on 2 cores).
+"""Kill-and-resume drill (run by .ci/run after the test suite; about two minutes on 2 cores).
 
-A tiny synthetic sweep (no torch: the curves of ``stas_sweep.sweep.synthetic``) with a real
-sqlite MLflow store runs in a driver process; the moment a third and fourth trial run appear in
-the store (Tune has started them, and has not saved its state since: their first epoch is not
-reported yet), the driver and its Ray are killed with SIGKILL. ``--resume`` then finishes the
-sweep. Optuna, restored to the saved state, suggests the lost trials' configurations again under
-new trial ids; the drill passes when the store holds one trial run per configuration (the new
-trial continued the lost one's run), every epoch of each logged once, and no run RUNNING. Every
-process it starts is stopped by its PID at the end, also on failure.
+A tiny synthetic sweep (no torch: the curves of ``stas_sweep.sweep.synthetic``, 1 s an epoch)
+with a real sqlite MLflow store runs in a driver process, which is killed with SIGKILL together
+with its Ray; ``--resume`` then finishes the sweep. Two moments:
+
+1. *Lost trials* (a checkpoint every epoch): the moment a third and fourth trial run appear in the
+   store (Tune has started them and has not saved its state since: their first epoch is not
+   reported yet). Optuna, restored to the saved state, suggests the lost trials' configurations
+   again under new trial ids; the new trial must continue the lost one's run.
+2. *Between two checkpoints* (``checkpoint_period_s: 2.5``, Tune saving its state every second):
+   the moment a trial has logged its second epoch, before its first checkpoint. Tune restores it
+   from nothing, so it trains those epochs again; its run must not log them twice.
+
+Each passes when the store holds one trial run per configuration, every epoch of each logged once,
+and no run RUNNING; the first also needs a run continued by a new trial, the second an epoch that
+was trained twice (the epoch log of the trials). Every process it starts is stopped by its PID at
+the end, also on failure.
 
     python tests/drills/kill_resume.py [--keep]     # --keep: leave the temp folder for a look
 """
@@ -37,8 +45,11 @@ from stas_sweep.sweep.runner import SweepInterrupted, run_tracked
 from stas_sweep.sweep.space import load_spec
 from stas_sweep.sweep.synthetic import sweep_trainable
 
-def trial(config, *, epochs, epsilons):
-    sweep_trainable(config, epochs=epochs, epsilons=epsilons, sleep=1.0)
+EPOCH_LOG = sys.argv[3]  # pickled with trial() for its workers
+
+def trial(config, *, epochs, epsilons, checkpoint_period_s):
+    sweep_trainable(config, epochs=epochs, epsilons=epsilons, sleep=1.0, checkpoint_period_s=checkpoint_period_s,
+                    epoch_log=EPOCH_LOG)
 
 spec = load_spec(sys.argv[1])
 try:
@@ -48,7 +59,7 @@ except SweepInterrupted:
 '''
 
 
-def space(root: Path) -> Path:
+def space(root: Path, period: float) -> Path:
     base = {"model": {"name": "spikformer-1-16", "timesteps": 2}, "data": {"name": "digits", "img_size": 8},
             "epochs": EPOCHS, "batch_size": 32, "device": "cpu", "tracking": {"enabled": False}}
     raw = {"name": "kill", "base": base, "space": {"halting.beta": {"uniform": [-8.0, -4.0]},
@@ -57,7 +68,7 @@ def space(root: Path) -> Path:
            "reference": {"energy_mj": 1.0}, "search": {"sampler": "tpe", "seed": 0, "num_samples": TRIALS},
            "scheduler": {"type": "fifo", "max_epochs": EPOCHS}, "resources": {"cpu": 1},
            "max_concurrent_trials": 2, "retries": 0, "storage_path": str(root / "results"),
-           "mlflow": {"experiment": "kill"}}
+           "checkpoint_period_s": period, "mlflow": {"experiment": "kill"}}
     path = root / "space.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -71,8 +82,29 @@ def trial_runs(db: Path) -> int:
         return 0
 
 
-def check_store(uri: str) -> list[str]:
-    """One trial run per configuration, each epoch logged once, nothing RUNNING, one adoption."""
+def logged_epoch(db: Path, epoch: int) -> bool:
+    """Whether some trial run has its accuracy of ``epoch`` in the store."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("select count(*) from metrics where key = 'accuracy' and step = ?",
+                               (epoch,)).fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def retrained(epochs: Path) -> list[str]:
+    """The trials (of the epoch log) that trained an epoch twice."""
+    twice = []
+    for f in epochs.glob("*.jsonl"):
+        ran = [json.loads(line)["epoch"] for line in f.read_text().splitlines() if line.strip()]
+        if len(ran) != len(set(ran)):
+            twice.append(f.stem)
+    return twice
+
+
+def check_store(uri: str, adopted: bool) -> list[str]:
+    """One trial run per configuration, each epoch logged once, nothing RUNNING; with ``adopted``
+    a trial run continued by a new trial."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
@@ -88,13 +120,25 @@ def check_store(uri: str) -> list[str]:
         steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "accuracy"))
         if steps != list(range(1, EPOCHS + 1)):
             problems.append(f"trial run {r.info.run_name}: accuracy logged at epochs {steps}")
-    if not any(r.data.tags.get("adopted_from") for r in trials):
+    if adopted and not any(r.data.tags.get("adopted_from") for r in trials):
         problems.append("no trial continued the run of a lost one (the kill missed its moment?)")
     return problems
 
 
 def drill(root: Path) -> list[str]:
-    path, db = space(root), root / "mlflow.db"
+    """Both moments, each in a folder of its own."""
+    lost = scenario(root / "lost", 0.0, lambda db: trial_runs(db) >= 4, "4 trial runs in the store")
+    if lost:
+        return [f"lost trials: {p}" for p in lost]
+    return [f"between checkpoints: {p}" for p in scenario(root / "between", 2.5, lambda db: logged_epoch(db, 2),
+                                                          "a trial's second epoch logged")]
+
+
+def scenario(root: Path, period: float, moment, said: str) -> list[str]:
+    """A driver killed when ``moment(db)`` holds, then resumed; the problems found in the store."""
+    root.mkdir(parents=True)
+    path, db, epochs = space(root, period), root / "mlflow.db", root / "epochs"
+    epochs.mkdir()
     (root / "driver.py").write_text(DRIVER)
     uri = f"sqlite:///{db}"
     ray_tmp: list[str] = []
@@ -104,29 +148,33 @@ def drill(root: Path) -> list[str]:
         ray_tmp.append(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # Ray's socket paths must stay short
         env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
                    OMP_WAIT_POLICY="PASSIVE", STAS_SWEEP_RAY_TMPDIR=ray_tmp[-1])
+        if period:  # Tune saves its state every second: it knows the running trial before the kill
+            env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
         env.pop("RAY_ADDRESS", None)
-        log = open(root / f"driver-{len(ray_tmp)}.log", "w")
-        return subprocess.Popen([sys.executable, str(root / "driver.py"), str(path), uri, *extra], env=env,
-                                cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log = open(root.parent / f"{root.name}-driver-{len(ray_tmp)}.log", "w")
+        return subprocess.Popen([sys.executable, str(root / "driver.py"), str(path), uri, str(epochs), *extra],
+                                env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     try:
         driver, t0 = start(), time.time()
-        while trial_runs(db) < 4:
+        while not moment(db):
             if driver.poll() is not None:
                 return [f"the first driver ended early ({driver.returncode})"]
             if time.time() - t0 > DEADLINE_S / 2:
-                return ["the sweep never started its third trial"]
+                return [f"the sweep never reached its moment ({said})"]
             time.sleep(0.05)
         os.killpg(driver.pid, signal.SIGKILL)
         kill_all(ray_tmp[-1], grace_s=0)
         driver.wait(30)
-        print(f"drill: killed the driver and its Ray at {time.time() - t0:.0f} s, 4 trial runs in the store",
-              flush=True)
+        print(f"drill: killed the driver and its Ray at {time.time() - t0:.0f} s, {said}", flush=True)
         driver = start("--resume")
         driver.wait(DEADLINE_S)
         if driver.returncode != 0:
             return [f"the resumed sweep exited {driver.returncode}"]
-        return check_store(uri)
+        problems = check_store(uri, adopted=period == 0)
+        if period and not retrained(epochs):
+            problems.append("no trial trained an epoch again after the resume (the kill missed its moment?)")
+        return problems
     except subprocess.TimeoutExpired:
         return [f"the resumed sweep did not finish in {DEADLINE_S} s"]
     finally:
@@ -139,8 +187,9 @@ def drill(root: Path) -> list[str]:
 
 
 def main() -> int:
-    return run("kill-and-resume", drill, "one trial run per configuration after a kill -9, the lost trial's run "
-               "continued by its configuration's new trial, every epoch once, none RUNNING", "stas-kill-resume-")
+    return run("kill-and-resume", drill, "one trial run per configuration after each kill -9, a lost trial's run "
+               "continued by its configuration's new trial, epochs trained again after a kill between two "
+               "checkpoints logged once, every epoch once, none RUNNING", "stas-kill-resume-")
 
 
 if __name__ == "__main__":
