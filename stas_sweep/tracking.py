@@ -563,9 +563,13 @@ class SweepTracker:
         if self.client.get_run(run_id).info.status == "KILLED":
             self.client.update_run(run_id, status="RUNNING")
         if self.__dict__.get("open_trials", {}).pop(trial_id, None) is not None:
-            steps = [m.step for m in self.client.get_metric_history(run_id, "accuracy")]
-            upto = self.__dict__.setdefault("logged_upto", {})
-            upto[trial_id] = max(upto.get(trial_id, 0), *steps, 0)
+            self._read_logged_epochs(trial_id, run_id)
+
+    def _read_logged_epochs(self, trial_id: str, run_id: str) -> None:
+        """Note the last epoch run ``run_id`` holds, so that :meth:`trial_results` does not log it again."""
+        steps = [m.step for m in self.client.get_metric_history(run_id, "accuracy")]
+        upto = self.__dict__.setdefault("logged_upto", {})
+        upto[trial_id] = max(upto.get(trial_id, 0), *steps, 0)
 
     def lost_trials(self, known) -> list[str]:
         """After a resume, ``known``: the trial ids Tune restored. The trial runs a killed driver left
@@ -596,8 +600,7 @@ class SweepTracker:
         if "stopped_by" in self.client.get_run(run_id).data.tags:  # a driver's end closed it as not restored
             self.client.delete_tag(run_id, "stopped_by")
         self.client.update_run(run_id, status="RUNNING", name=f"trial-{trial_id}")
-        steps = [m.step for m in self.client.get_metric_history(run_id, "accuracy")]
-        self.__dict__.setdefault("logged_upto", {})[trial_id] = max(steps, default=0)
+        self._read_logged_epochs(trial_id, run_id)
         self.runs[trial_id] = run_id
         print(f"trial {trial_id} has the configuration of trial {old}, which a killed driver had started after "
               f"Tune last saved the sweep: it continues that trial's MLflow run", file=sys.stderr, flush=True)
@@ -607,10 +610,6 @@ class SweepTracker:
         log_params(self.client, self.runs[trial_id], params)
         self.__dict__.setdefault("_params_unlogged", set()).discard(trial_id)
         return self.runs[trial_id]
-
-    def trial_result(self, trial_id: str, params: dict, metrics: dict, step: int) -> None:
-        """One epoch's metrics of a trial (numbers only)."""
-        self.trial_results(trial_id, params, [(metrics, step)])
 
     def trial_results(self, trial_id: str, params: dict, results: list[tuple[dict, int]]) -> None:
         """Epochs' metrics of one trial, ``(metrics, step)`` each, in one ``log_batch`` (numbers only).

@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parent / "drills"))  # procs.py, shared with the drills
+from procs import kill_all  # noqa: E402
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threads crawl on shared cores
 
 # the tiny training config every training and sweep test starts from (digits at their own 8x8
@@ -170,31 +173,7 @@ def mlflow_db(_mlflow_template):
 def _stop_ray(ray_tmp: str, timeout: float = 1) -> None:
     """Stop the Ray processes whose command line names ``ray_tmp`` (the temp dir a test gave its
     Ray), and nothing else: ``ray stop --force`` would kill every Ray on the machine."""
-    import signal
-    import time
-
-    def ours() -> list[int]:
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit() and int(proc.name) != os.getpid():
-                try:
-                    if ray_tmp.encode() in (proc / "cmdline").read_bytes():
-                        pids.append(int(proc.name))
-                except OSError:
-                    pass
-        return pids
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours():
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.time() + timeout
-        while ours() and time.time() < deadline:
-            time.sleep(0.2)
-        if not ours():
-            return
+    kill_all(ray_tmp, grace_s=timeout)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from procs import kill_all
+
 from stas_sweep.sweep.moasha import (MOASHA, TIE_BREAKS, MOASHAStateCallback, RankedRung, crowding_distance,
                                      epsilon_net_order, front_ranks, loss_matrix, promote, rank_order)
 from stas_sweep.sweep.pareto import non_dominated
@@ -347,16 +349,6 @@ def _snapshot(exp: Path) -> tuple[dict, dict]:
     return trials, moasha
 
 
-def _kill_ray_under(folder: str) -> None:
-    """End the processes of a Ray cluster this test started (their command lines name its temp dir)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and folder in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
-
-
 @pytest.mark.drill
 @pytest.mark.slow(80)
 def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(tmp_path, sweep_file, descendants):
@@ -443,7 +435,7 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        _kill_ray_under(ray_dirs[-1])
+        kill_all(ray_dirs[-1], grace_s=0)
         kill2 = time.time()
         lost = check_resumed(first, kill1)
         # what the resume reads: a state file the kill cut short is set aside first, and Tune then
@@ -460,7 +452,7 @@ def test_sweep_driver_killed_then_resumed_keeps_rung_records_and_reruns_nothing(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         for d in ray_dirs:
-            _kill_ray_under(d)
+            kill_all(d, grace_s=0)
 
     trials = {t["trial_id"]: t for t in json.loads(out.split("RESULT ", 1)[1].splitlines()[0])}
     assert len(trials) == n

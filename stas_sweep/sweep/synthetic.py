@@ -55,9 +55,12 @@ def _checkpointed_epoch() -> int:
 def _report(metrics: dict, epoch: int, checkpoint: bool = True) -> None:
     """``tune.report``, with ``checkpoint`` a checkpoint that holds only the epoch (the curves need no
     weights)."""
+    if not checkpoint:
+        checkpoints.report(metrics, {}, checkpoint=False)
+        return
     with tempfile.TemporaryDirectory() as d:
         Path(d, "epoch").write_text(str(epoch))
-        checkpoints.report(metrics, {"epoch": Path(d, "epoch")}, checkpoint)
+        checkpoints.report(metrics, {"epoch": Path(d, "epoch")})
 
 
 def trainable(config: dict) -> None:

@@ -2,8 +2,8 @@
 
 One trial = stage 2 of STAS from the shared stage-1 weights: it fine-tunes with halting,
 reports every metric every epoch, with a Tune checkpoint when its clock says so (every
-``checkpoint_period_s`` seconds and its last epoch, see :mod:`.checkpoints`), and after its last epoch evaluates
-the model at every value of its method's knob (``epsilon_table``: the sweep's epsilons for
+``checkpoint_period_s`` seconds and its last epoch, see :mod:`.checkpoints`), and after its
+last epoch evaluates the model at every value of its method's knob (``epsilon_table``: the sweep's epsilons for
 STAS, its ``eval.keep_ratios`` / ``eval.exit_thresholds`` for the baselines), so one training
 yields several candidate points for the front.
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from procs import kill_all, pids_naming
+
 EPOCHS = 2
 DEADLINE_S = 175
 
@@ -33,32 +35,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pids_naming(text: str) -> list[int]:
-    """Processes whose command line contains ``text`` (a temp dir of ours), this one excepted."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if text.encode() in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
-
-
-def kill_all(text: str, grace_s: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL, each process naming ``text``, by PID."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids_naming(text):
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.time() + grace_s
-        while pids_naming(text) and time.time() < deadline:
-            time.sleep(0.2)
 
 
 def space(root: Path) -> Path:
