@@ -7,6 +7,7 @@ Default store: a local sqlite database at an absolute path in the working direct
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -89,8 +90,9 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def params_key(flat: Mapping[str, Any]) -> str:
     """Flattened params as MLflow stores them (strings, cut at 6000 characters), as one comparable
-    text: a run's logged params and a trial's config give the same key."""
-    return json.dumps({k: str(v)[:6000] for k, v in flat.items()}, sort_keys=True)
+    digest: a run's logged params and a trial's config give the same key."""
+    text = json.dumps({k: str(v)[:6000] for k, v in flat.items()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def log_params(client, run_id: str, params: dict) -> None:
@@ -301,6 +303,7 @@ class Tracker:
 # -- sweeps: one parent run per sweep, nested runs per trial and per candidate point -------------
 
 SWEEP_TAG, ROLE_TAG, PATH_TAG, OBJECTIVES_TAG = "stas.sweep", "stas.role", "stas.path", "stas.objectives"
+CONFIG_TAG = "stas.config"  # digest of a trial run's params (params_key)
 POINT_TAG = "stas.point"  # "<trial_id>@<epsilon>": finds a point's run again after a resume
 # the energy meter's counting rules (stas_sweep.energy.METER_VERSION, handed in by the sweep) on the
 # parent, trial and point runs: fronts metered under different rules are never mixed
@@ -499,7 +502,9 @@ class SweepTracker:
                 if tags.get(MODEL_URI_TAG):
                     self.models[tags["trial_id"]] = tags[MODEL_URI_TAG]
                 if run.info.status in ("RUNNING", "KILLED"):  # cut off by a driver that stopped
-                    self.__dict__.setdefault("open_trials", {})[tags["trial_id"]] = params_key(run.data.params)
+                    # the tag: a driver killed between creating the run and logging its params
+                    key = tags.get(CONFIG_TAG) or params_key(run.data.params)
+                    self.__dict__.setdefault("open_trials", {})[tags["trial_id"]] = key
 
     def saved_points(self) -> list[dict]:
         """The candidate points logged so far (``candidates.json``): where a resumed sweep goes on."""
@@ -548,6 +553,7 @@ class SweepTracker:
         run = self.client.create_run(self._experiment_id(), run_name=f"trial-{trial_id}", tags={
             "mlflow.parentRunId": self.parent_id, "trial_id": trial_id, SWEEP_TAG: self.sweep, ROLE_TAG: "trial",
             "full_budget": "false", "method": params.get("halting.method", getattr(self, "base_method", "stas")),
+            CONFIG_TAG: params_key(flatten(params)),  # with the run, in one call: what _adopt matches
             **self._energy_tag(),
         })
         self.runs[trial_id] = run.info.run_id

@@ -161,6 +161,31 @@ def test_no_trial_run_is_left_running_after_an_interruption_or_a_resume(tmp_path
     assert len(trial_runs) == 4  # a, b, c (continued by d), e: one run per configuration
 
 
+def test_a_lost_trial_whose_params_the_killed_driver_never_logged_is_still_continued(tmp_path, sweep_file,
+                                                                                      mlflow_db, monkeypatch):
+    """A driver killed between creating a trial's run and logging its params (two MLflow calls):
+    the run's ``stas.config`` tag, written with the run, still lets the new trial of that
+    configuration continue it (the kill-and-resume drill once found 7 trial runs of 7 configurations)."""
+    from stas_sweep import tracking
+    from stas_sweep.sweep.space import load_spec
+
+    spec = load_spec(sweep_file(tmp_path))
+    uri = mlflow_db(tmp_path)
+    objectives = [("accuracy", "max"), ("energy_mj", "min")]
+    params = {"halting.beta": -7.0, "world_size": 1}
+    tracker = tracking.SweepTracker(uri, "faults", "tiny", str(tmp_path / "results"), objectives)
+    tracker.start_parent(spec, "plan")
+    with monkeypatch.context() as m:
+        m.setattr(tracking, "log_params", lambda *a, **k: None)  # the kill, right after create_run
+        run = tracker.child("c", params, started=True)
+    assert tracker.client.get_run(run).data.params == {}
+    again = tracking.SweepTracker(uri, "faults", "tiny", str(tmp_path / "results"), objectives)
+    again.start_parent(spec, "plan")
+    assert again.lost_trials(known=set()) == ["c"]
+    assert again.child("d", dict(params), started=True) == run
+    assert again.client.get_run(run).data.tags["adopted_from"] == "c"
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 6 MiB tmpfs at ``tmp_path/disk`` (root only: skipped where mounting is not allowed)."""
